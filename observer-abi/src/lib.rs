@@ -1,0 +1,163 @@
+//! The one place where kernel programs and the agent agree on bytes.
+//!
+//! Everything here is `#[repr(C)]`, fixed-width and padded by hand, so that the
+//! eBPF object (built for bpfel) and the agent (built for the host) lay the
+//! records out identically. Struct offsets of *kernel* types are not here: they
+//! come from the running kernel's BTF at load time, inside [`Config`].
+#![no_std]
+
+/// Page index meaning "to the end of the file".
+pub const EOF_PAGE: u64 = u64::MAX;
+
+/// What a record reports. Values are stable: they index counters too.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    UnmapEnter = 1,
+    UnmapExit = 2,
+    TruncateEnter = 3,
+    TruncateExit = 4,
+    /// One completed `filemap_map_pages` call (or its tracepoint).
+    MapPages = 5,
+    SyscallEnter = 6,
+    SyscallExit = 7,
+    FolioDelete = 8,
+}
+
+pub const KIND_MAX: usize = 9;
+
+impl Kind {
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::UnmapEnter,
+            2 => Kind::UnmapExit,
+            3 => Kind::TruncateEnter,
+            4 => Kind::TruncateExit,
+            5 => Kind::MapPages,
+            6 => Kind::SyscallEnter,
+            7 => Kind::SyscallExit,
+            8 => Kind::FolioDelete,
+            _ => return None,
+        })
+    }
+}
+
+/// How a record was observed, best first. Ordered so that `min` gives the
+/// weaker side of a correlation.
+pub const FIDELITY_TRACEPOINT: u8 = 1;
+pub const FIDELITY_KPROBE: u8 = 2;
+pub const FIDELITY_FENTRY: u8 = 3;
+
+/// Syscall operations (low byte of `Event::aux` on syscall records; the
+/// fallocate mode sits in bits 8..40).
+pub const OP_FALLOCATE: u64 = 1;
+pub const OP_FTRUNCATE: u64 = 2;
+pub const OP_TRUNCATE: u64 = 3;
+
+/// fallocate modes that invalidate page cache (uapi/linux/falloc.h).
+pub const FALLOC_FL_PUNCH_HOLE: u64 = 0x02;
+pub const FALLOC_FL_COLLAPSE_RANGE: u64 = 0x08;
+pub const FALLOC_FL_ZERO_RANGE: u64 = 0x10;
+pub const FALLOC_FL_INSERT_RANGE: u64 = 0x20;
+pub const FALLOC_INVALIDATING: u64 =
+    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_ZERO_RANGE | FALLOC_FL_INSERT_RANGE;
+
+/// One ring-buffer record. 80 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    /// CLOCK_MONOTONIC ns: the exit, or the instant of a point event.
+    pub ts: u64,
+    /// For `MapPages`: when the call entered (== `ts` for tracepoints).
+    pub entry_ts: u64,
+    pub ino: u64,
+    /// First page index of the range.
+    pub start: u64,
+    /// Last page index, inclusive; [`EOF_PAGE`] for "to the end".
+    pub end: u64,
+    /// Kind-specific: syscall op | mode << 8; pfn for `FolioDelete`.
+    pub aux: u64,
+    /// Kernel dev_t (major << 20 | minor), as in `super_block::s_dev`.
+    pub dev: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub kind: u8,
+    pub fidelity: u8,
+    pub _pad: [u8; 2],
+    pub comm: [u8; 16],
+}
+
+/// Kernel struct offsets and tracepoint field offsets, resolved by the agent
+/// from the running kernel and written to the `CONFIG` map before attach.
+/// `u32::MAX` marks an offset the kernel does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub vm_fault_vma: u32,
+    pub vma_vm_file: u32,
+    pub file_f_mapping: u32,
+    pub file_f_inode: u32,
+    pub mapping_host: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    /// filemap:mm_filemap_map_pages fields.
+    pub tp_map_ino: u32,
+    pub tp_map_dev: u32,
+    pub tp_map_index: u32,
+    pub tp_map_last: u32,
+    /// filemap:mm_filemap_delete_from_page_cache fields.
+    pub tp_del_ino: u32,
+    pub tp_del_dev: u32,
+    pub tp_del_index: u32,
+    pub tp_del_pfn: u32,
+    /// Non-zero: send every map_pages record, not only those of windowed files.
+    pub full_stream: u32,
+    /// Non-zero: syscall records open and close kernel-side windows (no
+    /// function probe is attached for unmap/truncate).
+    pub syscall_windows: u32,
+    /// The agent's own tgid, whose activity is never reported.
+    pub self_tgid: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    pub const UNKNOWN: u32 = u32::MAX;
+}
+
+/// Key of the kernel-side window table (the pre-filter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Kernel-side view of a file's windows: how many invalidations are in
+/// flight and when the last one ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WindowState {
+    pub open: u64,
+    pub closed_at: u64,
+}
+
+/// Counter slots in the per-CPU `COUNTERS` array.
+pub const COUNTER_EMITTED: u32 = 0; // + kind
+pub const COUNTER_LOST: u32 = 16; // + kind: ring buffer full
+pub const COUNTER_FILTERED: u32 = 32; // map_pages dropped by the pre-filter
+pub const COUNTER_UNRESOLVED: u32 = 33; // a kernel pointer chain could not be read
+pub const COUNTERS: u32 = 48;
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::WindowState {}
+}

@@ -1,0 +1,163 @@
+//! The agent's view of what the kernel reported: decoded, typed records that the
+//! correlator consumes. Nothing here knows about ring buffers or BPF.
+
+use std::fmt;
+
+/// How an event was observed, weakest first (so `min` is the weaker side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fidelity {
+    /// Classic tracepoints: map_pages is a point at the end of the call and
+    /// the window is the whole invalidating syscall.
+    Tracepoint,
+    /// kprobe/kretprobe on the functions themselves.
+    Kprobe,
+    /// fentry/fexit on the functions themselves.
+    Fentry,
+}
+
+impl Fidelity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fidelity::Tracepoint => "tracepoint",
+            Fidelity::Kprobe => "kprobe",
+            Fidelity::Fentry => "fentry",
+        }
+    }
+}
+
+/// A file as the kernel names it: `super_block::s_dev` (kernel dev_t encoding,
+/// major << 20 | minor) and the inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FileId {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn major(self) -> u32 {
+        self.dev >> 20
+    }
+    pub fn minor(self) -> u32 {
+        self.dev & 0xf_ffff
+    }
+    /// A syscall window whose file could not be resolved in the kernel.
+    pub fn is_unknown(self) -> bool {
+        self.ino == 0
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} ino {}", self.major(), self.minor(), self.ino)
+    }
+}
+
+/// Page indexes, both ends inclusive. `end == EOF` means "to the end of file".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl PageRange {
+    pub const EOF: u64 = u64::MAX;
+
+    pub fn new(start: u64, end: u64) -> Self {
+        PageRange { start, end }
+    }
+    pub fn overlaps(&self, other: &PageRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+    pub fn union(&self, other: &PageRange) -> PageRange {
+        PageRange::new(self.start.min(other.start), self.end.max(other.end))
+    }
+    pub fn contains(&self, page: u64) -> bool {
+        self.start <= page && page <= self.end
+    }
+}
+
+impl fmt::Display for PageRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.end == Self::EOF {
+            write!(f, "{}-EOF", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+/// The two kernel functions that invalidate a file range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Invalidator {
+    /// `unmap_mapping_range`: zaps PTEs of the range.
+    Unmap,
+    /// `truncate_inode_pages_range`: removes the folios from the page cache.
+    Truncate,
+}
+
+/// The user-visible operation behind a window, when a syscall told us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    PunchHole,
+    ZeroRange,
+    CollapseRange,
+    InsertRange,
+    /// fallocate with a mode that does not invalidate (e.g. plain allocation).
+    Fallocate { mode: u32 },
+    Ftruncate,
+    Truncate,
+    Unknown,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::PunchHole => "punch_hole",
+            Op::ZeroRange => "zero_range",
+            Op::CollapseRange => "collapse_range",
+            Op::InsertRange => "insert_range",
+            Op::Fallocate { .. } => "fallocate",
+            Op::Ftruncate => "ftruncate",
+            Op::Truncate => "truncate",
+            Op::Unknown => "unknown",
+        }
+    }
+    /// Whether this syscall drops page cache for its range.
+    pub fn invalidates(self) -> bool {
+        !matches!(self, Op::Fallocate { .. } | Op::Unknown)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Entry of an invalidating function for `range` of the file.
+    InvalidateEnter { which: Invalidator, range: PageRange },
+    /// Exit of the same call (range repeated for convenience).
+    InvalidateExit { which: Invalidator, range: PageRange },
+    /// A `filemap_map_pages` call that ran from `entry_ts` to the event's `ts`
+    /// and was asked to map `range`. Tracepoint mode: `entry_ts == ts`.
+    MapPages { entry_ts: u64, range: PageRange },
+    /// An invalidating-capable syscall began. `range` is what it targets.
+    /// The file is unknown (`ino == 0`) for truncate(2) by path.
+    SyscallEnter { op: Op, range: PageRange },
+    SyscallExit { op: Op },
+    /// A folio left the page cache (filemap:mm_filemap_delete_from_page_cache).
+    FolioDelete { index: u64, pfn: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts: u64,
+    pub file: FileId,
+    pub task: Task,
+    pub fidelity: Fidelity,
+    pub body: Body,
+}

@@ -1,0 +1,10 @@
+//! Page-cache race observer: the agent side.
+//!
+//! Data path: kernel probes (observer-ebpf) → event ABI (observer-abi) →
+//! [`loader`] (attach ladder) → [`source`] (ring buffer → [`event::Event`]) →
+//! [`correlator`] (pure) → [`sink`] (text, JSON, summary).
+
+pub mod correlator;
+pub mod event;
+pub mod filter;
+pub mod sink;
