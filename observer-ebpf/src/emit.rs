@@ -1,0 +1,127 @@
+//! Records, counters and the kernel-side window table (the pre-filter).
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use observer_abi::{
+    Config, Event, FileKey, Kind, WindowState, COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST,
+};
+
+use crate::maps::{COUNTERS, EVENTS, WINDOWS};
+
+#[inline(always)]
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // Per-CPU slot: no other writer.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The agent's own activity is never news.
+#[inline(always)]
+pub fn is_self(cfg: &Config) -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == cfg.self_tgid
+}
+
+/// Sends one record. A full ring buffer is counted, per kind, never hidden.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn send(
+    kind: Kind,
+    fidelity: u8,
+    ts: u64,
+    entry_ts: u64,
+    key: &FileKey,
+    start: u64,
+    end: u64,
+    aux: u64,
+) {
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        count(COUNTER_LOST + kind as u32);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    slot.write(Event {
+        ts,
+        entry_ts,
+        ino: key.ino,
+        start,
+        end,
+        aux,
+        dev: key.dev,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        kind: kind as u8,
+        fidelity,
+        _pad: [0; 2],
+        comm,
+    });
+    slot.submit(0);
+    count(COUNTER_EMITTED + kind as u32);
+}
+
+/// BPF has no atomic RMW in `core` for this target; XADD is in every BPF
+/// ISA version. Adding `u64::MAX` subtracts one.
+#[inline(always)]
+fn atomic_add(ptr: *mut u64, val: u64) {
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) ptr, in(reg) val) };
+}
+
+/// An invalidation of `key` began: map_pages on it must now reach the agent.
+#[inline(always)]
+pub fn window_open(key: &FileKey) {
+    if let Some(w) = WINDOWS.get_ptr_mut(key) {
+        atomic_add(unsafe { &raw mut (*w).open }, 1);
+        return;
+    }
+    let fresh = WindowState {
+        open: 1,
+        closed_at: 0,
+    };
+    // A racing insert by another CPU wins; then count on the winner.
+    if WINDOWS.insert(key, &fresh, 1 /* BPF_NOEXIST */).is_err() {
+        if let Some(w) = WINDOWS.get_ptr_mut(key) {
+            atomic_add(unsafe { &raw mut (*w).open }, 1);
+        }
+    }
+}
+
+#[inline(always)]
+pub fn window_close(key: &FileKey, ts: u64) {
+    if let Some(w) = WINDOWS.get_ptr_mut(key) {
+        unsafe {
+            // Exits seen without their entry (attached mid-call) must not
+            // drive the count below zero.
+            if (*w).open > 0 {
+                atomic_add(&raw mut (*w).open, u64::MAX);
+            }
+            (*w).closed_at = ts;
+        }
+    }
+}
+
+/// Whether a map_pages call on `key` that ran since `entry_ts` may have met a
+/// window: one is open now, or one closed after the call entered.
+#[inline(always)]
+pub fn worth_sending(cfg: &Config, key: &FileKey, entry_ts: u64) -> bool {
+    if cfg.full_stream != 0 {
+        return true;
+    }
+    let hit = match unsafe { WINDOWS.get(key) } {
+        Some(w) => w.open > 0 || w.closed_at >= entry_ts,
+        None => false,
+    };
+    if !hit {
+        count(COUNTER_FILTERED);
+    }
+    hit
+}

@@ -1,0 +1,37 @@
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use observer_abi::{Config, FileKey, WindowState, COUNTERS as COUNTER_SLOTS};
+
+/// Records for the agent. Resized by the agent at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 21, 0);
+
+/// Offsets from the running kernel's BTF and tracefs, written before attach.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The pre-filter: per file, invalidations in flight and the last close.
+/// LRU so that a host with millions of files never fills it.
+#[map]
+pub static WINDOWS: LruHashMap<FileKey, WindowState> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// What an entry probe learnt, for its exit probe (kretprobes see no
+/// arguments; fexit does, but one path for both keeps them identical).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stash {
+    pub ts: u64,
+    pub key: FileKey,
+    pub start: u64,
+    pub end: u64,
+    pub aux: u64,
+}
+
+/// Keyed by tid << 8 | record kind of the entry.
+#[map]
+pub static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(8192, 0);

@@ -1,0 +1,143 @@
+//! Classic tracepoints: the last rung, available everywhere. map_pages is seen
+//! as a point after the PTEs went in; windows are whole invalidating syscalls.
+//! Field offsets of the filemap events come from tracefs via `CONFIG`;
+//! syscall records have the fixed layout of all syscall tracepoints.
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
+use observer_abi::{
+    Config, FileKey, Kind, EOF_PAGE, FALLOC_INVALIDATING, FIDELITY_TRACEPOINT, OP_FALLOCATE,
+    OP_FTRUNCATE, OP_TRUNCATE,
+};
+
+use crate::{
+    emit::{is_self, now, send},
+    kernel::{config, file_of_fd},
+    maps::WINDOWS,
+    probe::{map_pages_point, syscall_enter, syscall_exit},
+};
+
+/// Syscall arguments start after the 8-byte common header and `__syscall_nr`.
+const SYSCALL_ARG0: usize = 16;
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
+    if off == Config::UNKNOWN {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr_at(off as usize)) }.ok()
+}
+
+trait At {
+    fn as_ptr_at<T>(&self, off: usize) -> *const T;
+}
+
+impl At for TracePointContext {
+    fn as_ptr_at<T>(&self, off: usize) -> *const T {
+        use aya_ebpf::EbpfContext;
+        unsafe { (self.as_ptr() as *const u8).add(off) as *const T }
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(SYSCALL_ARG0 + 8 * n) }.unwrap_or(0)
+}
+
+#[tracepoint(category = "filemap", name = "mm_filemap_map_pages")]
+pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let (Some(ino), Some(dev), Some(start), Some(end)) = (
+        field::<u64>(&ctx, cfg.tp_map_ino),
+        field::<u32>(&ctx, cfg.tp_map_dev),
+        field::<u64>(&ctx, cfg.tp_map_index),
+        field::<u64>(&ctx, cfg.tp_map_last),
+    ) else {
+        return 0;
+    };
+    map_pages_point(cfg, FileKey { dev, _pad: 0, ino }, start, end, FIDELITY_TRACEPOINT);
+    0
+}
+
+/// Folios leaving the page cache, only for files with a window open: the
+/// outcome side of a flagged fault-around.
+#[tracepoint(category = "filemap", name = "mm_filemap_delete_from_page_cache")]
+pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let (Some(ino), Some(dev), Some(index), Some(pfn)) = (
+        field::<u64>(&ctx, cfg.tp_del_ino),
+        field::<u32>(&ctx, cfg.tp_del_dev),
+        field::<u64>(&ctx, cfg.tp_del_index),
+        field::<u64>(&ctx, cfg.tp_del_pfn),
+    ) else {
+        return 0;
+    };
+    let key = FileKey { dev, _pad: 0, ino };
+    let open = match unsafe { WINDOWS.get(&key) } {
+        Some(w) => w.open > 0,
+        None => false,
+    };
+    if (open || cfg.full_stream != 0) && !is_self(cfg) {
+        send(Kind::FolioDelete, FIDELITY_TRACEPOINT, now(), 0, &key, index, index, pfn);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_fallocate")]
+pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let (fd, mode, offset, len) = (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), arg(&ctx, 3));
+    // Plain allocation keeps the page cache; only invalidating modes matter.
+    if mode & FALLOC_INVALIDATING == 0 || len == 0 {
+        return 0;
+    }
+    let key = file_of_fd(cfg, fd).unwrap_or_default();
+    let end = if mode & (0x08 | 0x20) != 0 {
+        // Collapse and insert shift everything after the offset.
+        EOF_PAGE
+    } else {
+        (offset + len - 1) >> 12
+    };
+    syscall_enter(cfg, key, offset >> 12, end, OP_FALLOCATE | (mode << 8), FIDELITY_TRACEPOINT);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_fallocate")]
+pub fn sys_exit_fallocate(_ctx: TracePointContext) -> u32 {
+    if let Some(cfg) = config() {
+        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ftruncate")]
+pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let key = file_of_fd(cfg, arg(&ctx, 0)).unwrap_or_default();
+    syscall_enter(cfg, key, arg(&ctx, 1) >> 12, EOF_PAGE, OP_FTRUNCATE, FIDELITY_TRACEPOINT);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_ftruncate")]
+pub fn sys_exit_ftruncate(_ctx: TracePointContext) -> u32 {
+    if let Some(cfg) = config() {
+        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+    }
+    0
+}
+
+/// truncate(2) names a path, which the kernel has not resolved yet at entry:
+/// the record labels the operation but its file is unknown (ino 0).
+#[tracepoint(category = "syscalls", name = "sys_enter_truncate")]
+pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    syscall_enter(cfg, FileKey::default(), arg(&ctx, 1) >> 12, EOF_PAGE, OP_TRUNCATE, FIDELITY_TRACEPOINT);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_truncate")]
+pub fn sys_exit_truncate(_ctx: TracePointContext) -> u32 {
+    if let Some(cfg) = config() {
+        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+    }
+    0
+}
