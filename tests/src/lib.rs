@@ -1,1 +1,986 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests and by the workload binaries.
+//!
+//! * [`racer_bin`], [`faultbench_bin`], [`observer_bin`]: locate the binaries
+//!   under test (environment overrides first, then the cargo target directory).
+//! * [`LoopMount`]: an RAII XFS/ext4 loop mount on a sparse image (needs root).
+//! * [`RacerReport`], [`FaultbenchReport`]: parse the one-line JSON reports the
+//!   workload binaries print. serde_json is only a dev-dependency of this
+//!   crate, so a minimal JSON reader ([`json`]) is built in.
+//! * [`workload`]: the file/mmap/fallocate plumbing used by `racer` and
+//!   `faultbench`.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+// ---------------------------------------------------------------------------
+// Locating binaries
+// ---------------------------------------------------------------------------
+
+/// Root of the cargo workspace (the parent of this crate's manifest dir).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Directories of the running executable that may hold sibling binaries:
+/// `target/<profile>/deps/<test>-<hash>` → `deps/` and `target/<profile>/`.
+fn exe_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
+        if dir.file_name() == Some(OsStr::new("deps"))
+            && let Some(profile) = dir.parent()
+        {
+            dirs.push(profile.to_path_buf());
+        }
+    }
+    dirs
+}
+
+/// `$CARGO_TARGET_DIR` (when set at run time) and `<workspace>/target`.
+fn target_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
+        let t = PathBuf::from(t);
+        dirs.push(if t.is_relative() {
+            workspace_root().join(t)
+        } else {
+            t
+        });
+    }
+    dirs.push(workspace_root().join("target"));
+    dirs
+}
+
+fn env_override(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn first_file(name: &str, candidates: &[PathBuf]) -> PathBuf {
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            panic!(
+                "cannot find the `{name}` binary; looked at: {} (build it, or set the \
+                 environment override)",
+                list.join(", ")
+            )
+        })
+}
+
+/// Candidate locations of a binary of this crate, in search order: next to the
+/// running (test) executable, then `<target>/{debug,release}/`.
+fn sibling_candidates(name: &str) -> Vec<PathBuf> {
+    let mut c: Vec<PathBuf> = exe_dirs().into_iter().map(|d| d.join(name)).collect();
+    for t in target_dirs() {
+        c.push(t.join("debug").join(name));
+        c.push(t.join("release").join(name));
+    }
+    c
+}
+
+/// Path of the `racer` workload binary: `$RACER_BIN`, else next to the running
+/// test executable (`target/<profile>/racer`), else `<target>/{debug,release}`.
+///
+/// Panics with the list of searched paths when none exists.
+pub fn racer_bin() -> PathBuf {
+    env_override("RACER_BIN").unwrap_or_else(|| first_file("racer", &sibling_candidates("racer")))
+}
+
+/// Path of the `faultbench` binary: `$FAULTBENCH_BIN`, else like [`racer_bin`].
+pub fn faultbench_bin() -> PathBuf {
+    env_override("FAULTBENCH_BIN")
+        .unwrap_or_else(|| first_file("faultbench", &sibling_candidates("faultbench")))
+}
+
+/// Path of the `observer` agent: `$OBSERVER_BIN`, else
+/// `<workspace>/target/release/observer`, else `<workspace>/target/debug/observer`,
+/// else the same under `$CARGO_TARGET_DIR` / next to the running executable.
+///
+/// Panics with the list of searched paths when none exists.
+pub fn observer_bin() -> PathBuf {
+    if let Some(p) = env_override("OBSERVER_BIN") {
+        return p;
+    }
+    let ws_target = workspace_root().join("target");
+    let mut c = vec![
+        ws_target.join("release").join("observer"),
+        ws_target.join("debug").join("observer"),
+    ];
+    for t in target_dirs() {
+        c.push(t.join("release").join("observer"));
+        c.push(t.join("debug").join("observer"));
+    }
+    c.extend(exe_dirs().into_iter().map(|d| d.join("observer")));
+    c.dedup();
+    first_file("observer", &c)
+}
+
+/// Whether the effective user is root (loop mounts, BPF).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+// ---------------------------------------------------------------------------
+// Loop mounts
+// ---------------------------------------------------------------------------
+
+/// File system for a [`LoopMount`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Xfs,
+    Ext4,
+}
+
+impl FsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Xfs => "xfs",
+            FsType::Ext4 => "ext4",
+        }
+    }
+
+    /// Smallest image mkfs accepts (mkfs.xfs ≥ 5.19 refuses < 300 MB).
+    pub fn min_size_mib(self) -> u64 {
+        match self {
+            FsType::Xfs => 300,
+            FsType::Ext4 => 8,
+        }
+    }
+
+    fn mkfs(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            FsType::Xfs => ("mkfs.xfs", &["-q", "-f"]),
+            FsType::Ext4 => ("mkfs.ext4", &["-q", "-F"]),
+        }
+    }
+}
+
+impl fmt::Display for FsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A freshly made file system on a sparse image, loop-mounted in a private
+/// temporary directory. Dropping it unmounts (which also detaches the
+/// auto-cleared loop device) and removes the directory with the image.
+#[derive(Debug)]
+pub struct LoopMount {
+    dir: PathBuf,
+    image: PathBuf,
+    mountpoint: PathBuf,
+    fs: FsType,
+    mounted: bool,
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let base = std::env::temp_dir();
+    loop {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("{prefix}-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+}
+
+impl LoopMount {
+    /// Makes a `size_mib` MiB sparse image (raised to [`FsType::min_size_mib`]),
+    /// runs `mkfs.xfs -q -f` / `mkfs.ext4 -q -F` on it and `mount -o loop`s it.
+    /// Needs root and the mkfs tools.
+    pub fn new(fs: FsType, size_mib: u64) -> Result<LoopMount> {
+        let dir = unique_temp_dir(&format!("observer-loop-{fs}"))?;
+        let mut lm = LoopMount {
+            image: dir.join(format!("{fs}.img")),
+            mountpoint: dir.join("mnt"),
+            dir,
+            fs,
+            mounted: false,
+        };
+        // From here on Drop cleans up whatever got created.
+        let size = size_mib.max(fs.min_size_mib()) * 1024 * 1024;
+        let img = std::fs::File::create(&lm.image)
+            .with_context(|| format!("cannot create {}", lm.image.display()))?;
+        img.set_len(size)
+            .with_context(|| format!("cannot size {}", lm.image.display()))?;
+        drop(img);
+        std::fs::create_dir(&lm.mountpoint)
+            .with_context(|| format!("cannot create {}", lm.mountpoint.display()))?;
+        let (mkfs, args) = fs.mkfs();
+        run(Command::new(mkfs).args(args).arg(&lm.image))?;
+        run(Command::new("mount")
+            .args(["-t", fs.as_str(), "-o", "loop"])
+            .arg(&lm.image)
+            .arg(&lm.mountpoint))?;
+        lm.mounted = true;
+        Ok(lm)
+    }
+
+    /// The mount point (an empty file system root).
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The backing image file.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    pub fn fs(&self) -> FsType {
+        self.fs
+    }
+
+    /// Unmounts now, reporting failure (Drop only retries and then detaches lazily).
+    pub fn unmount(mut self) -> Result<()> {
+        let r = self.try_unmount();
+        if r.is_ok() {
+            self.mounted = false;
+        }
+        r
+    }
+
+    fn try_unmount(&self) -> Result<()> {
+        let mut last = None;
+        for _ in 0..20 {
+            match run(Command::new("umount").arg(&self.mountpoint)) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| anyhow!("umount failed")))
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = self.try_unmount() {
+                eprintln!("LoopMount: {e:#}; detaching lazily");
+                let _ = run(Command::new("umount").arg("-l").arg(&self.mountpoint));
+            }
+            self.mounted = false;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reports
+// ---------------------------------------------------------------------------
+
+/// The JSON line printed by `racer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RacerReport {
+    /// Absolute path of the raced file.
+    pub file: PathBuf,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub ino: u64,
+    pub pages: u64,
+    pub punch_pages: u64,
+    /// "punch", "zero" or "truncate".
+    pub op: String,
+    pub punches: u64,
+    pub faults: u64,
+    /// Inclusive page index range covering every invalidated range.
+    pub punched_start: u64,
+    pub punched_end: u64,
+    pub duration_s: f64,
+    pub seed: u64,
+}
+
+impl RacerReport {
+    /// Parses one `racer` output line.
+    pub fn parse(json_line: &str) -> Result<RacerReport> {
+        let v = json::parse(json_line.trim()).context("racer report is not valid JSON")?;
+        let dev = v.get_str("dev")?;
+        let (maj, min) = dev
+            .split_once(':')
+            .ok_or_else(|| anyhow!("racer report: dev {dev:?} is not MAJ:MIN"))?;
+        let punched = v.get("punched")?;
+        Ok(RacerReport {
+            file: PathBuf::from(v.get_str("file")?),
+            dev_major: maj
+                .parse()
+                .with_context(|| format!("racer report: bad dev {dev:?}"))?,
+            dev_minor: min
+                .parse()
+                .with_context(|| format!("racer report: bad dev {dev:?}"))?,
+            ino: v.get_u64("ino")?,
+            pages: v.get_u64("pages")?,
+            punch_pages: v.get_u64("punch_pages")?,
+            op: v.get_str("op")?.to_string(),
+            punches: v.get_u64("punches")?,
+            faults: v.get_u64("faults")?,
+            punched_start: punched.get_u64("start")?,
+            punched_end: punched.get_u64("end")?,
+            duration_s: v.get_f64("duration_s")?,
+            // Optional: absent in hand-written reports.
+            seed: v.get_u64("seed").unwrap_or(0),
+        })
+    }
+
+    /// `st_dev` as the kernel encodes it (`makedev(major, minor)`).
+    pub fn dev(&self) -> u64 {
+        libc::makedev(self.dev_major, self.dev_minor)
+    }
+}
+
+/// The JSON line printed by `faultbench`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultbenchReport {
+    pub rounds: u64,
+    pub pages: u64,
+    pub faults: u64,
+    pub elapsed_s: f64,
+    pub faults_per_s: f64,
+}
+
+impl FaultbenchReport {
+    pub fn parse(json_line: &str) -> Result<FaultbenchReport> {
+        let v = json::parse(json_line.trim()).context("faultbench report is not valid JSON")?;
+        Ok(FaultbenchReport {
+            rounds: v.get_u64("rounds")?,
+            pages: v.get_u64("pages")?,
+            faults: v.get_u64("faults")?,
+            elapsed_s: v.get_f64("elapsed_s")?,
+            faults_per_s: v.get_f64("faults_per_s")?,
+        })
+    }
+}
+
+/// A small, strict JSON reader (RFC 8259 values; numbers are kept as text so
+/// 64-bit integers such as inode numbers stay exact).
+pub mod json {
+    use anyhow::{Result, anyhow, bail};
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Value {
+        Null,
+        Bool(bool),
+        /// The number's literal text.
+        Number(String),
+        String(String),
+        Array(Vec<Value>),
+        /// Members in input order.
+        Object(Vec<(String, Value)>),
+    }
+
+    impl Value {
+        /// Member `key` of an object.
+        pub fn get(&self, key: &str) -> Result<&Value> {
+            match self {
+                Value::Object(m) => m
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| anyhow!("missing field {key:?}")),
+                _ => bail!("not an object (looking for {key:?})"),
+            }
+        }
+
+        pub fn get_str(&self, key: &str) -> Result<&str> {
+            match self.get(key)? {
+                Value::String(s) => Ok(s),
+                other => bail!("field {key:?} is not a string: {other:?}"),
+            }
+        }
+
+        pub fn get_u64(&self, key: &str) -> Result<u64> {
+            match self.get(key)? {
+                Value::Number(n) => n
+                    .parse()
+                    .map_err(|_| anyhow!("field {key:?} is not an unsigned integer: {n}")),
+                other => bail!("field {key:?} is not a number: {other:?}"),
+            }
+        }
+
+        pub fn get_f64(&self, key: &str) -> Result<f64> {
+            match self.get(key)? {
+                Value::Number(n) => n
+                    .parse()
+                    .map_err(|_| anyhow!("field {key:?} is not a number: {n}")),
+                other => bail!("field {key:?} is not a number: {other:?}"),
+            }
+        }
+    }
+
+    /// Parses exactly one JSON value (surrounding white space allowed).
+    pub fn parse(text: &str) -> Result<Value> {
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value(0)?;
+        p.ws();
+        if p.i != p.s.len() {
+            bail!("trailing characters at offset {}", p.i);
+        }
+        Ok(v)
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
+                self.i += 1;
+            }
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.i).copied()
+        }
+
+        fn expect(&mut self, c: u8) -> Result<()> {
+            if self.peek() != Some(c) {
+                bail!("expected {:?} at offset {}", c as char, self.i);
+            }
+            self.i += 1;
+            Ok(())
+        }
+
+        fn lit(&mut self, word: &str, v: Value) -> Result<Value> {
+            if self.s[self.i..].starts_with(word.as_bytes()) {
+                self.i += word.len();
+                Ok(v)
+            } else {
+                bail!("invalid literal at offset {}", self.i)
+            }
+        }
+
+        fn value(&mut self, depth: usize) -> Result<Value> {
+            if depth > 64 {
+                bail!("nesting too deep");
+            }
+            self.ws();
+            match self.peek() {
+                None => bail!("unexpected end of input"),
+                Some(b'{') => {
+                    self.i += 1;
+                    let mut members = Vec::new();
+                    self.ws();
+                    if self.peek() == Some(b'}') {
+                        self.i += 1;
+                        return Ok(Value::Object(members));
+                    }
+                    loop {
+                        self.ws();
+                        let k = self.string()?;
+                        self.ws();
+                        self.expect(b':')?;
+                        let v = self.value(depth + 1)?;
+                        members.push((k, v));
+                        self.ws();
+                        match self.peek() {
+                            Some(b',') => self.i += 1,
+                            Some(b'}') => {
+                                self.i += 1;
+                                return Ok(Value::Object(members));
+                            }
+                            _ => bail!("expected ',' or '}}' at offset {}", self.i),
+                        }
+                    }
+                }
+                Some(b'[') => {
+                    self.i += 1;
+                    let mut items = Vec::new();
+                    self.ws();
+                    if self.peek() == Some(b']') {
+                        self.i += 1;
+                        return Ok(Value::Array(items));
+                    }
+                    loop {
+                        items.push(self.value(depth + 1)?);
+                        self.ws();
+                        match self.peek() {
+                            Some(b',') => self.i += 1,
+                            Some(b']') => {
+                                self.i += 1;
+                                return Ok(Value::Array(items));
+                            }
+                            _ => bail!("expected ',' or ']' at offset {}", self.i),
+                        }
+                    }
+                }
+                Some(b'"') => Ok(Value::String(self.string()?)),
+                Some(b't') => self.lit("true", Value::Bool(true)),
+                Some(b'f') => self.lit("false", Value::Bool(false)),
+                Some(b'n') => self.lit("null", Value::Null),
+                Some(b'-' | b'0'..=b'9') => self.number(),
+                Some(c) => bail!("unexpected {:?} at offset {}", c as char, self.i),
+            }
+        }
+
+        fn digits(&mut self) -> usize {
+            let start = self.i;
+            while let Some(b'0'..=b'9') = self.peek() {
+                self.i += 1;
+            }
+            self.i - start
+        }
+
+        fn number(&mut self) -> Result<Value> {
+            let start = self.i;
+            if self.peek() == Some(b'-') {
+                self.i += 1;
+            }
+            let int_start = self.i;
+            let n = self.digits();
+            if n == 0 || (n > 1 && self.s[int_start] == b'0') {
+                bail!("invalid number at offset {start}");
+            }
+            if self.peek() == Some(b'.') {
+                self.i += 1;
+                if self.digits() == 0 {
+                    bail!("invalid number at offset {start}");
+                }
+            }
+            if let Some(b'e' | b'E') = self.peek() {
+                self.i += 1;
+                if let Some(b'+' | b'-') = self.peek() {
+                    self.i += 1;
+                }
+                if self.digits() == 0 {
+                    bail!("invalid number at offset {start}");
+                }
+            }
+            // Only ASCII was consumed, so this slice is valid UTF-8.
+            let text = std::str::from_utf8(&self.s[start..self.i])?;
+            Ok(Value::Number(text.to_string()))
+        }
+
+        fn hex4(&mut self) -> Result<u32> {
+            let h = self
+                .s
+                .get(self.i..self.i + 4)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .ok_or_else(|| anyhow!("bad \\u escape at offset {}", self.i))?;
+            self.i += 4;
+            Ok(h)
+        }
+
+        fn string(&mut self) -> Result<String> {
+            self.expect(b'"')?;
+            let mut out = Vec::new();
+            loop {
+                let Some(c) = self.peek() else {
+                    bail!("unterminated string");
+                };
+                self.i += 1;
+                match c {
+                    b'"' => break,
+                    b'\\' => {
+                        let Some(e) = self.peek() else {
+                            bail!("unterminated string");
+                        };
+                        self.i += 1;
+                        let ch = match e {
+                            b'"' => '"',
+                            b'\\' => '\\',
+                            b'/' => '/',
+                            b'b' => '\u{8}',
+                            b'f' => '\u{c}',
+                            b'n' => '\n',
+                            b'r' => '\r',
+                            b't' => '\t',
+                            b'u' => {
+                                let hi = self.hex4()?;
+                                let cp = if (0xD800..0xDC00).contains(&hi) {
+                                    if !self.s[self.i..].starts_with(b"\\u") {
+                                        bail!("lone surrogate at offset {}", self.i);
+                                    }
+                                    self.i += 2;
+                                    let lo = self.hex4()?;
+                                    if !(0xDC00..0xE000).contains(&lo) {
+                                        bail!("bad surrogate pair at offset {}", self.i);
+                                    }
+                                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                                } else {
+                                    hi
+                                };
+                                char::from_u32(cp)
+                                    .ok_or_else(|| anyhow!("bad code point {cp:#x}"))?
+                            }
+                            _ => bail!("bad escape at offset {}", self.i - 1),
+                        };
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                    }
+                    0..0x20 => bail!("control character in string at offset {}", self.i - 1),
+                    _ => out.push(c),
+                }
+            }
+            Ok(String::from_utf8(out)?)
+        }
+    }
+
+    /// `s` as a JSON string literal, quotes included.
+    pub fn quote(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workload plumbing shared by racer and faultbench
+// ---------------------------------------------------------------------------
+
+/// File, mapping and hole-punching primitives for the workload binaries.
+pub mod workload {
+    use std::fs::{File, OpenOptions};
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    /// The byte every filled page holds (non-zero, so a read of 0 means a hole).
+    pub const FILL_BYTE: u8 = 0xA5;
+
+    /// The system page size (4096 on x86-64).
+    pub fn page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if n > 0 { n as usize } else { 4096 }
+    }
+
+    /// An io::Error as "Permission denied", without Rust's " (os error 13)".
+    pub fn os_error(e: &io::Error) -> String {
+        let s = e.to_string();
+        match s.rfind(" (os error ") {
+            Some(i) if s.ends_with(')') => s[..i].to_string(),
+            _ => s,
+        }
+    }
+
+    /// Deterministic 64-bit LCG (Knuth MMIX constants) with an output mix.
+    #[derive(Debug, Clone)]
+    pub struct Lcg(u64);
+
+    impl Lcg {
+        pub fn new(seed: u64) -> Lcg {
+            let mut l = Lcg(seed ^ 0x9E37_79B9_7F4A_7C15);
+            l.next_u64();
+            l
+        }
+
+        pub fn next_u64(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            // The low bits of an LCG are weak; fold the high half in.
+            let x = self.0;
+            (x ^ (x >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ (x >> 32)
+        }
+
+        /// Uniform-ish value in `0..n` (`n > 0`).
+        pub fn below(&mut self, n: u64) -> u64 {
+            ((self.next_u64() as u128 * n as u128) >> 64) as u64
+        }
+    }
+
+    /// Opens `path` read-write, creating or truncating it.
+    pub fn create(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    }
+
+    /// Pages per fill write: the default fault-around window (fault_around_bytes
+    /// = 64 KiB).
+    pub const FILL_CHUNK_PAGES: usize = 16;
+
+    /// pwrite()s [`FILL_BYTE`] over pages `first..first + count`, at most
+    /// [`FILL_CHUNK_PAGES`] pages per write.
+    ///
+    /// Bigger writes let XFS build bigger folios, and since 6.18
+    /// filemap_map_pages() maps a whole large folio per fault (e.g. 64 pages per
+    /// fault after 256 KiB writes, one PMD after 2 MiB writes), so fewer
+    /// fault-around calls happen. Window-sized writes keep one fault-around
+    /// call per 16 touched pages.
+    pub fn fill_pages(file: &File, page: usize, first: u64, count: u64) -> io::Result<()> {
+        static BUF: [u8; 64 * 1024] = [FILL_BYTE; 64 * 1024];
+        let chunk = (FILL_CHUNK_PAGES * page).min(BUF.len());
+        let mut off = first * page as u64;
+        let end = (first + count) * page as u64;
+        while off < end {
+            let n = ((end - off) as usize).min(chunk);
+            file.write_all_at(&BUF[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    fn fallocate(file: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
+        // SAFETY: plain syscall on a valid fd.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, off as i64, len as i64) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`.
+    pub fn punch_hole(file: &File, off: u64, len: u64) -> io::Result<()> {
+        fallocate(
+            file,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    }
+
+    /// `fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)`.
+    pub fn zero_range(file: &File, off: u64, len: u64) -> io::Result<()> {
+        fallocate(
+            file,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    }
+
+    /// `mmap(addr, len, PROT_READ, MAP_SHARED [| MAP_FIXED], fd, 0)`.
+    ///
+    /// With `fixed`, replaces whatever is mapped at `addr` (dropping its PTEs).
+    pub fn map_shared_read(file: &File, len: usize, fixed: Option<*mut u8>) -> io::Result<*mut u8> {
+        let (addr, flags) = match fixed {
+            Some(a) => (a.cast(), libc::MAP_SHARED | libc::MAP_FIXED),
+            None => (std::ptr::null_mut(), libc::MAP_SHARED),
+        };
+        // SAFETY: a MAP_FIXED target is memory this process reserved for it.
+        let p = unsafe { libc::mmap(addr, len, libc::PROT_READ, flags, file.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(p.cast())
+        }
+    }
+
+    /// `madvise(MADV_DONTNEED)`: drop the PTEs so the next reads fault again.
+    pub fn dontneed(addr: *mut u8, len: usize) -> io::Result<()> {
+        // SAFETY: the range is a mapping owned by the caller; DONTNEED on a
+        // shared file mapping only drops PTEs, the data stays in the file.
+        let r = unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Page faults (minor + major) taken by the calling thread so far.
+    pub fn thread_faults() -> u64 {
+        // SAFETY: getrusage writes into the zeroed struct we pass.
+        unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(libc::RUSAGE_THREAD, &mut ru) != 0 {
+                return 0;
+            }
+            (ru.ru_minflt as u64).wrapping_add(ru.ru_majflt as u64)
+        }
+    }
+
+    /// Sets the calling thread's kernel comm (truncated to 15 bytes).
+    pub fn set_thread_name(name: &str) {
+        let mut buf = [0u8; 16];
+        let n = name.len().min(15);
+        buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of ≤ 16 bytes.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"file":"/mnt/x \"q\"\\y","dev":"7:3","ino":18446744073709551615,"pages":256,"punch_pages":16,"op":"punch","punches":120,"faults":4567,"punched":{"start":0,"end":255},"duration_s":2.001,"seed":42}"#;
+
+    #[test]
+    fn parse_racer_report() {
+        let r = RacerReport::parse(SAMPLE).unwrap();
+        assert_eq!(r.file, PathBuf::from("/mnt/x \"q\"\\y"));
+        assert_eq!((r.dev_major, r.dev_minor), (7, 3));
+        assert_eq!(r.ino, u64::MAX);
+        assert_eq!((r.pages, r.punch_pages), (256, 16));
+        assert_eq!(r.op, "punch");
+        assert_eq!((r.punches, r.faults), (120, 4567));
+        assert_eq!((r.punched_start, r.punched_end), (0, 255));
+        assert!((r.duration_s - 2.001).abs() < 1e-9);
+        assert_eq!(r.seed, 42);
+        assert_eq!(r.dev(), libc::makedev(7, 3));
+        // With a trailing newline and no seed.
+        let no_seed = SAMPLE.replace(r#","seed":42"#, "") + "\n";
+        assert_eq!(RacerReport::parse(&no_seed).unwrap().seed, 0);
+    }
+
+    #[test]
+    fn reject_bad_reports() {
+        for bad in [
+            "",
+            "{}",
+            "not json",
+            &SAMPLE.replace(r#""dev":"7:3""#, r#""dev":"7""#),
+            &SAMPLE.replace(r#""ino":18446744073709551615"#, r#""ino":-1"#),
+            &SAMPLE.replace(r#""punches":120"#, r#""punches":"120""#),
+            &SAMPLE.replace(r#","punched":{"start":0,"end":255}"#, ""),
+            &format!("{SAMPLE} trailing"),
+            &SAMPLE[..SAMPLE.len() - 1],
+        ] {
+            assert!(RacerReport::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn parse_faultbench_report() {
+        let r = FaultbenchReport::parse(
+            r#"{"rounds":50,"pages":4096,"faults":12800,"elapsed_s":0.5,"faults_per_s":25600.0}"#,
+        )
+        .unwrap();
+        assert_eq!((r.rounds, r.pages, r.faults), (50, 4096, 12800));
+        assert_eq!(r.faults_per_s, 25600.0);
+    }
+
+    #[test]
+    fn json_agrees_with_serde_json() {
+        let docs = [
+            SAMPLE,
+            r#"[1, -2.5e3, 0.25, true, false, null, "\u00e9\ud83d\ude00\/\b\f\n\r\t", {"a":[]}, {}]"#,
+            " { \"k\" : [ [ ] , { } ] } ",
+        ];
+        fn conv(v: &serde_json::Value) -> json::Value {
+            match v {
+                serde_json::Value::Null => json::Value::Null,
+                serde_json::Value::Bool(b) => json::Value::Bool(*b),
+                serde_json::Value::Number(n) => json::Value::Number(n.to_string()),
+                serde_json::Value::String(s) => json::Value::String(s.clone()),
+                serde_json::Value::Array(a) => json::Value::Array(a.iter().map(conv).collect()),
+                serde_json::Value::Object(o) => {
+                    json::Value::Object(o.iter().map(|(k, v)| (k.clone(), conv(v))).collect())
+                }
+            }
+        }
+        fn norm(v: json::Value) -> json::Value {
+            // serde_json prints numbers canonically; compare numerically.
+            match v {
+                json::Value::Number(n) => {
+                    json::Value::Number(n.parse::<f64>().unwrap().to_bits().to_string())
+                }
+                json::Value::Array(a) => json::Value::Array(a.into_iter().map(norm).collect()),
+                json::Value::Object(mut o) => {
+                    o.sort_by(|a, b| a.0.cmp(&b.0));
+                    json::Value::Object(o.into_iter().map(|(k, v)| (k, norm(v))).collect())
+                }
+                v => v,
+            }
+        }
+        for d in docs {
+            let ours = json::parse(d).unwrap();
+            let theirs: serde_json::Value = serde_json::from_str(d).unwrap();
+            assert_eq!(norm(ours), norm(conv(&theirs)), "{d}");
+        }
+        for bad in [
+            "01",
+            "1.",
+            "-",
+            "[1,]",
+            "{\"a\" 1}",
+            "\"\\x\"",
+            "\"\u{1}\"",
+            "tru",
+        ] {
+            assert!(json::parse(bad).is_err(), "accepted {bad:?}");
+            assert!(serde_json::from_str::<serde_json::Value>(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn quote_round_trips() {
+        let s = "a\"b\\c\n\u{1}é/";
+        let q = json::quote(s);
+        assert_eq!(serde_json::from_str::<String>(&q).unwrap(), s);
+        assert_eq!(json::parse(&q).unwrap(), json::Value::String(s.into()));
+    }
+
+    #[test]
+    fn lcg_is_deterministic_and_in_range() {
+        let mut a = workload::Lcg::new(7);
+        let mut b = workload::Lcg::new(7);
+        let mut seen = [false; 10];
+        for _ in 0..1000 {
+            let x = a.below(10);
+            assert_eq!(x, b.below(10));
+            seen[x as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "{seen:?}");
+        assert_ne!(
+            workload::Lcg::new(1).next_u64(),
+            workload::Lcg::new(2).next_u64()
+        );
+    }
+
+    #[test]
+    fn os_error_strips_code() {
+        let e = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(workload::os_error(&e), "Permission denied");
+    }
+}

@@ -1,1 +1,510 @@
-fn main() {}
+//! racer: provoke fault-around (filemap_map_pages) on file ranges that are
+//! being invalidated by fallocate(PUNCH_HOLE / ZERO_RANGE) or truncate.
+//!
+//! Fault threads each own a MAP_SHARED, PROT_READ mapping of the whole file and
+//! loop { MADV_DONTNEED; read one byte per page }, so every read fault on a
+//! not-yet-mapped page runs do_fault_around() → filemap_map_pages(), which maps
+//! up to 16 cached pages around the fault without taking the invalidate lock.
+//! Punch threads loop { invalidate a random range; pwrite it back } so there is
+//! always fresh page cache in the ranges being invalidated.
+//!
+//! Prints one JSON line on stdout at the end:
+//! {"file":…,"dev":"MAJ:MIN","ino":N,"pages":N,"punch_pages":N,"op":"punch",
+//!  "punches":N,"faults":N,"punched":{"start":N,"end":N},"duration_s":F,"seed":N}
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use observer_tests::json::quote;
+use observer_tests::workload::{self, Lcg, os_error};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Op {
+    /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+    Punch,
+    /// fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
+    Zero,
+    /// ftruncate down to the range start, then back to full size
+    Truncate,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Punch => "punch",
+            Op::Zero => "zero",
+            Op::Truncate => "truncate",
+        }
+    }
+}
+
+/// Race page-cache invalidation (hole punch / zero range / truncate) against
+/// fault-around on a shared file mapping.
+#[derive(Debug, Parser)]
+#[command(name = "racer", version)]
+struct Args {
+    /// File to create (truncated if it exists) and race on.
+    #[arg(long)]
+    file: PathBuf,
+    /// Run time in seconds (fractions allowed).
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    duration: f64,
+    /// File size in pages.
+    #[arg(long, default_value_t = 256, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1 << 28))]
+    pages: u64,
+    /// Pages per invalidated range.
+    #[arg(long, default_value_t = 16, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    punch_pages: u64,
+    /// Threads faulting the mapping (0 = invalidate only).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    fault_threads: usize,
+    /// Threads invalidating ranges.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    punch_threads: u64,
+    /// How ranges are invalidated.
+    #[arg(long, value_enum, default_value_t = Op::Punch)]
+    op: Op,
+    /// Seed of the range chooser (default: time and pid based).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+}
+
+// --- SIGBUS recovery (truncate mode) ---------------------------------------
+//
+// With --op truncate a fault thread can touch a page beyond the current EOF
+// and get SIGBUS. Skipping pages near EOF cannot be made race-free without a
+// lock that would serialise exactly the race we want, and siglongjmp out of a
+// Rust frame is undefined behaviour. Instead the handler maps an anonymous
+// zero page (MAP_FIXED) over the faulting page and returns: the faulting load
+// is restarted, reads 0 and the thread carries on. mmap is a bare syscall
+// (async-signal-safe in practice); the handler touches only atomics and
+// preserves errno. It flags the owning slot, the thread abandons the current
+// pass and re-mmaps its whole file mapping MAP_FIXED (which also drops every
+// PTE, like MADV_DONTNEED). A SIGBUS outside the fault mappings restores the
+// default action and returns, so the fault repeats and kills the process as
+// it would have without the handler.
+
+/// Fault mappings live in one reservation: slot i at BASE + i * SLOT_LEN.
+static REGION_BASE: AtomicUsize = AtomicUsize::new(0);
+static REGION_SLOT_LEN: AtomicUsize = AtomicUsize::new(0);
+static REGION_SLOTS: AtomicUsize = AtomicUsize::new(0);
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
+/// Leaked `[AtomicBool; REGION_SLOTS]`: slot needs re-mmapping.
+static PATCHED: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; all
+    // other state is atomics and the leaked PATCHED array.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let addr = (*info).si_addr() as usize;
+        let base = REGION_BASE.load(Ordering::Acquire);
+        let slot_len = REGION_SLOT_LEN.load(Ordering::Acquire);
+        let slots = REGION_SLOTS.load(Ordering::Acquire);
+        let patched = PATCHED.load(Ordering::Acquire);
+        let page = PAGE_SIZE.load(Ordering::Relaxed);
+        if base != 0 && !patched.is_null() && addr >= base && addr - base < slot_len * slots {
+            let p = libc::mmap(
+                (addr & !(page - 1)) as *mut libc::c_void,
+                page,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+            if p != libc::MAP_FAILED {
+                (*patched.add((addr - base) / slot_len)).store(true, Ordering::Release);
+                *libc::__errno_location() = errno;
+                return;
+            }
+        }
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        *libc::__errno_location() = errno;
+    }
+}
+
+fn install_sigbus_handler() -> Result<(), String> {
+    // SAFETY: sigaction with a zeroed, filled-in struct.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigbus as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "cannot install SIGBUS handler: {}",
+                os_error(&std::io::Error::last_os_error())
+            ));
+        }
+    }
+    Ok(())
+}
+
+// --- threads ----------------------------------------------------------------
+
+struct Shared {
+    file: File,
+    path: String,
+    op: Op,
+    page: usize,
+    pages: u64,
+    punch_pages: u64,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct PunchStats {
+    punches: u64,
+    lo: u64,
+    hi: u64,
+}
+
+/// Invalidates random ranges and refills them until told to stop (at least once).
+fn punch_loop(sh: &Shared, seed: u64) -> Result<PunchStats, String> {
+    let page = sh.page as u64;
+    let mut rng = Lcg::new(seed);
+    let mut st = PunchStats {
+        lo: u64::MAX,
+        ..Default::default()
+    };
+    loop {
+        let start = rng.below(sh.pages - sh.punch_pages + 1);
+        let (off, len) = (start * page, sh.punch_pages * page);
+        // Last page index invalidated by this operation (inclusive).
+        let end = match sh.op {
+            Op::Punch => {
+                workload::punch_hole(&sh.file, off, len).map_err(|e| {
+                    format!(
+                        "fallocate(FALLOC_FL_PUNCH_HOLE) on {}: {}",
+                        sh.path,
+                        os_error(&e)
+                    )
+                })?;
+                start + sh.punch_pages - 1
+            }
+            Op::Zero => {
+                workload::zero_range(&sh.file, off, len).map_err(|e| {
+                    let hint = if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                        " (the file system cannot zero ranges; try --op punch)"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "fallocate(FALLOC_FL_ZERO_RANGE) on {}: {}{hint}",
+                        sh.path,
+                        os_error(&e)
+                    )
+                })?;
+                start + sh.punch_pages - 1
+            }
+            Op::Truncate => {
+                // Shrinking drops the page cache (and PTEs) of the whole tail.
+                sh.file
+                    .set_len(off)
+                    .and_then(|()| sh.file.set_len(sh.pages * page))
+                    .map_err(|e| format!("ftruncate {}: {}", sh.path, os_error(&e)))?;
+                sh.pages - 1
+            }
+        };
+        // Refill so the next fault-around finds cached pages in the range.
+        workload::fill_pages(&sh.file, sh.page, start, end - start + 1)
+            .map_err(|e| format!("cannot write {}: {}", sh.path, os_error(&e)))?;
+        st.punches += 1;
+        st.lo = st.lo.min(start);
+        st.hi = st.hi.max(end);
+        if sh.stop.load(Ordering::Relaxed) {
+            return Ok(st);
+        }
+    }
+}
+
+/// Reads one byte per page until told to stop; returns the page faults taken.
+///
+/// Even threads walk the pages in order, odd threads in 16-page strides
+/// (0, 16, 32, …, then 1, 17, …) so their faults sweep the whole file quickly.
+fn fault_loop(sh: &Shared, slot: usize, base: *mut u8) -> Result<u64, String> {
+    const STRIDE: u64 = 16;
+    let len = sh.pages as usize * sh.page;
+    let patched = PATCHED.load(Ordering::Acquire);
+    let my_flag = (!patched.is_null()).then(|| {
+        // SAFETY: PATCHED has REGION_SLOTS entries and slot < REGION_SLOTS.
+        unsafe { &*patched.add(slot) }
+    });
+    let faults0 = workload::thread_faults();
+    let mut sum = 0u8;
+    loop {
+        if my_flag.is_some_and(|f| f.swap(false, Ordering::Acquire)) {
+            workload::map_shared_read(&sh.file, len, Some(base))
+                .map_err(|e| format!("cannot re-mmap {}: {}", sh.path, os_error(&e)))?;
+        } else {
+            workload::dontneed(base, len)
+                .map_err(|e| format!("madvise(MADV_DONTNEED): {}", os_error(&e)))?;
+        }
+        let touch = |p: u64| {
+            // SAFETY: p < pages, inside this thread's live mapping; a SIGBUS
+            // (truncate mode) is absorbed by on_sigbus.
+            unsafe { std::ptr::read_volatile(base.add(p as usize * sh.page)) }
+        };
+        let abandoned = || my_flag.is_some_and(|f| f.load(Ordering::Relaxed));
+        'pass: {
+            if slot.is_multiple_of(2) {
+                for p in 0..sh.pages {
+                    sum = sum.wrapping_add(touch(p));
+                    if abandoned() {
+                        break 'pass;
+                    }
+                }
+            } else {
+                for phase in 0..STRIDE.min(sh.pages) {
+                    for p in (phase..sh.pages).step_by(STRIDE as usize) {
+                        sum = sum.wrapping_add(touch(p));
+                        if abandoned() {
+                            break 'pass;
+                        }
+                    }
+                }
+            }
+        }
+        if sh.stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    std::hint::black_box(sum);
+    Ok(workload::thread_faults().saturating_sub(faults0))
+}
+
+/// Reserves `slots * len` bytes (64 KiB aligned, so fault-around windows line
+/// up with 16-page file windows) and maps the file into every slot.
+fn map_slots(sh: &Shared, slots: usize) -> Result<*mut u8, String> {
+    const ALIGN: usize = 64 * 1024;
+    let len = sh.pages as usize * sh.page;
+    let total = len
+        .checked_mul(slots)
+        .and_then(|t| t.checked_add(ALIGN))
+        .ok_or("mapping too large")?;
+    // SAFETY: fresh anonymous PROT_NONE reservation; never unmapped (the
+    // process exits after the run).
+    let res = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if res == libc::MAP_FAILED {
+        return Err(format!(
+            "cannot reserve {total} bytes of address space: {}",
+            os_error(&std::io::Error::last_os_error())
+        ));
+    }
+    let base = (res as usize).next_multiple_of(ALIGN) as *mut u8;
+    for i in 0..slots {
+        // SAFETY: inside the reservation.
+        let at = unsafe { base.add(i * len) };
+        workload::map_shared_read(&sh.file, len, Some(at))
+            .map_err(|e| format!("cannot mmap {}: {}", sh.path, os_error(&e)))?;
+    }
+    Ok(base)
+}
+
+fn default_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    })
+}
+
+fn run(args: Args) -> Result<String, String> {
+    if !(args.duration.is_finite() && args.duration >= 0.0) {
+        return Err(format!(
+            "--duration must be a non-negative number of seconds, not {}",
+            args.duration
+        ));
+    }
+    if args.punch_pages > args.pages {
+        return Err(format!(
+            "--punch-pages ({}) must not exceed --pages ({})",
+            args.punch_pages, args.pages
+        ));
+    }
+    let page = workload::page_size();
+    PAGE_SIZE.store(page, Ordering::Relaxed);
+    let shown = args.file.display().to_string();
+    let file = workload::create(&args.file)
+        .map_err(|e| format!("cannot create {shown}: {}", os_error(&e)))?;
+    file.set_len(args.pages * page as u64)
+        .map_err(|e| format!("cannot resize {shown}: {}", os_error(&e)))?;
+    workload::fill_pages(&file, page, 0, args.pages)
+        .map_err(|e| format!("cannot write {shown}: {}", os_error(&e)))?;
+    file.sync_all()
+        .map_err(|e| format!("cannot fsync {shown}: {}", os_error(&e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {shown}: {}", os_error(&e)))?;
+    let abs = absolute(&args.file);
+    let seed = args.seed.unwrap_or_else(default_seed);
+
+    let sh = Arc::new(Shared {
+        file,
+        path: abs.display().to_string(),
+        op: args.op,
+        page,
+        pages: args.pages,
+        punch_pages: args.punch_pages,
+        stop: AtomicBool::new(false),
+    });
+
+    let slots = args.fault_threads;
+    let base = if slots > 0 {
+        map_slots(&sh, slots)?
+    } else {
+        std::ptr::null_mut()
+    };
+    if args.op == Op::Truncate && slots > 0 {
+        let flags: &'static [AtomicBool] =
+            Box::leak((0..slots).map(|_| AtomicBool::new(false)).collect());
+        PATCHED.store(flags.as_ptr().cast_mut(), Ordering::Release);
+        REGION_SLOT_LEN.store(args.pages as usize * page, Ordering::Release);
+        REGION_SLOTS.store(slots, Ordering::Release);
+        REGION_BASE.store(base as usize, Ordering::Release);
+        install_sigbus_handler()?;
+    }
+
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(args.duration);
+    let spawn_err = |e: std::io::Error| format!("cannot spawn thread: {}", os_error(&e));
+
+    let mut faulters = Vec::new();
+    for slot in 0..slots {
+        let sh = Arc::clone(&sh);
+        // Raw pointers are not Send; pass the slot address as an integer.
+        let at = base as usize + slot * args.pages as usize * page;
+        let h = thread::Builder::new()
+            .name("racer-fault".into())
+            .spawn(move || {
+                let r = fault_loop(&sh, slot, at as *mut u8);
+                if r.is_err() {
+                    sh.stop.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .map_err(spawn_err)?;
+        faulters.push(h);
+    }
+    let mut punchers = Vec::new();
+    for i in 0..args.punch_threads {
+        let sh = Arc::clone(&sh);
+        let s = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let h = thread::Builder::new()
+            .name("racer-punch".into())
+            .spawn(move || {
+                let r = punch_loop(&sh, s);
+                if r.is_err() {
+                    sh.stop.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .map_err(spawn_err)?;
+        punchers.push(h);
+    }
+
+    while !sh.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        thread::sleep((deadline - now).min(Duration::from_millis(10)));
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+
+    let mut first_err = None;
+    let mut faults = 0u64;
+    for h in faulters {
+        match h.join() {
+            Ok(Ok(n)) => faults += n,
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert("a fault thread panicked".to_string());
+            }
+        }
+    }
+    let (mut punches, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
+    for h in punchers {
+        match h.join() {
+            Ok(Ok(st)) => {
+                punches += st.punches;
+                lo = lo.min(st.lo);
+                hi = hi.max(st.hi);
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert("a punch thread panicked".to_string());
+            }
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    Ok(format!(
+        concat!(
+            r#"{{"file":{},"dev":"{}:{}","ino":{},"pages":{},"punch_pages":{},"op":"{}","#,
+            r#""punches":{},"faults":{},"punched":{{"start":{},"end":{}}},"duration_s":{:.3},"#,
+            r#""seed":{}}}"#
+        ),
+        quote(&abs.to_string_lossy()),
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino(),
+        args.pages,
+        args.punch_pages,
+        args.op.as_str(),
+        punches,
+        faults,
+        lo,
+        hi,
+        elapsed,
+        seed,
+    ))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("racer: {}", e.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
