@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use observer_abi::{
-    Config, Event, FileKey, Kind, WindowState, COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST,
+    COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, Config, Event, FileKey, Kind, WindowState,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WINDOWS};

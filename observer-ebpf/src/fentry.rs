@@ -5,17 +5,22 @@ use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use observer_abi::{Kind, FIDELITY_FENTRY};
+use observer_abi::{FIDELITY_FENTRY, Kind};
 
 use crate::probe::{
-    invalidate_enter, invalidate_exit, map_pages_enter, map_pages_exit, truncate_pages,
-    unmap_pages,
+    invalidate_enter, invalidate_exit, map_pages_enter, map_pages_exit, truncate_pages, unmap_pages,
 };
 
 #[fentry(function = "unmap_mapping_range")]
 pub fn unmap_mapping_range_fentry(ctx: FEntryContext) -> u32 {
     let (start, end) = unmap_pages(ctx.arg::<i64>(1), ctx.arg::<i64>(2));
-    invalidate_enter(Kind::UnmapEnter, FIDELITY_FENTRY, ctx.arg::<u64>(0), start, end);
+    invalidate_enter(
+        Kind::UnmapEnter,
+        FIDELITY_FENTRY,
+        ctx.arg::<u64>(0),
+        start,
+        end,
+    );
     0
 }
 
@@ -28,7 +33,13 @@ pub fn unmap_mapping_range_fexit(_ctx: FExitContext) -> u32 {
 #[fentry(function = "truncate_inode_pages_range")]
 pub fn truncate_inode_pages_range_fentry(ctx: FEntryContext) -> u32 {
     let (start, end) = truncate_pages(ctx.arg::<i64>(1), ctx.arg::<i64>(2));
-    invalidate_enter(Kind::TruncateEnter, FIDELITY_FENTRY, ctx.arg::<u64>(0), start, end);
+    invalidate_enter(
+        Kind::TruncateEnter,
+        FIDELITY_FENTRY,
+        ctx.arg::<u64>(0),
+        start,
+        end,
+    );
     0
 }
 

@@ -5,11 +5,10 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use observer_abi::{Kind, FIDELITY_KPROBE};
+use observer_abi::{FIDELITY_KPROBE, Kind};
 
 use crate::probe::{
-    invalidate_enter, invalidate_exit, map_pages_enter, map_pages_exit, truncate_pages,
-    unmap_pages,
+    invalidate_enter, invalidate_exit, map_pages_enter, map_pages_exit, truncate_pages, unmap_pages,
 };
 
 #[kprobe]

@@ -2,7 +2,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use observer_abi::{Config, FileKey, WindowState, COUNTERS as COUNTER_SLOTS};
+use observer_abi::{COUNTERS as COUNTER_SLOTS, Config, FileKey, WindowState};
 
 /// Records for the agent. Resized by the agent at load time.
 #[map]

@@ -1,11 +1,11 @@
 //! What each probe point does, whatever mechanism fired it.
 
-use observer_abi::{Config, FileKey, Kind, COUNTER_UNRESOLVED, EOF_PAGE};
+use observer_abi::{COUNTER_UNRESOLVED, Config, EOF_PAGE, FileKey, Kind};
 
 use crate::{
     emit::{count, is_self, now, send, tid, window_close, window_open, worth_sending},
     kernel::{config, file_of_fault, file_of_mapping},
-    maps::{Stash, STASH},
+    maps::{STASH, Stash},
 };
 
 const PAGE_SHIFT: u64 = 12;
@@ -73,7 +73,16 @@ pub fn invalidate_exit(enter: Kind, exit: Kind, fidelity: u8) {
     let _ = STASH.remove(&skey);
     let ts = now();
     window_close(&stash.key, ts);
-    send(exit, fidelity, ts, stash.ts, &stash.key, stash.start, stash.end, 0);
+    send(
+        exit,
+        fidelity,
+        ts,
+        stash.ts,
+        &stash.key,
+        stash.start,
+        stash.end,
+        0,
+    );
 }
 
 #[inline(always)]

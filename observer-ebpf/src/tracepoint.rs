@@ -5,7 +5,7 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
 use observer_abi::{
-    Config, FileKey, Kind, EOF_PAGE, FALLOC_INVALIDATING, FIDELITY_TRACEPOINT, OP_FALLOCATE,
+    Config, EOF_PAGE, FALLOC_INVALIDATING, FIDELITY_TRACEPOINT, FileKey, Kind, OP_FALLOCATE,
     OP_FTRUNCATE, OP_TRUNCATE,
 };
 
@@ -54,7 +54,13 @@ pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
     ) else {
         return 0;
     };
-    map_pages_point(cfg, FileKey { dev, _pad: 0, ino }, start, end, FIDELITY_TRACEPOINT);
+    map_pages_point(
+        cfg,
+        FileKey { dev, _pad: 0, ino },
+        start,
+        end,
+        FIDELITY_TRACEPOINT,
+    );
     0
 }
 
@@ -77,7 +83,16 @@ pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
         None => false,
     };
     if (open || cfg.full_stream != 0) && !is_self(cfg) {
-        send(Kind::FolioDelete, FIDELITY_TRACEPOINT, now(), 0, &key, index, index, pfn);
+        send(
+            Kind::FolioDelete,
+            FIDELITY_TRACEPOINT,
+            now(),
+            0,
+            &key,
+            index,
+            index,
+            pfn,
+        );
     }
     0
 }
@@ -97,7 +112,14 @@ pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
     } else {
         (offset + len - 1) >> 12
     };
-    syscall_enter(cfg, key, offset >> 12, end, OP_FALLOCATE | (mode << 8), FIDELITY_TRACEPOINT);
+    syscall_enter(
+        cfg,
+        key,
+        offset >> 12,
+        end,
+        OP_FALLOCATE | (mode << 8),
+        FIDELITY_TRACEPOINT,
+    );
     0
 }
 
@@ -113,7 +135,14 @@ pub fn sys_exit_fallocate(_ctx: TracePointContext) -> u32 {
 pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let key = file_of_fd(cfg, arg(&ctx, 0)).unwrap_or_default();
-    syscall_enter(cfg, key, arg(&ctx, 1) >> 12, EOF_PAGE, OP_FTRUNCATE, FIDELITY_TRACEPOINT);
+    syscall_enter(
+        cfg,
+        key,
+        arg(&ctx, 1) >> 12,
+        EOF_PAGE,
+        OP_FTRUNCATE,
+        FIDELITY_TRACEPOINT,
+    );
     0
 }
 
@@ -130,7 +159,14 @@ pub fn sys_exit_ftruncate(_ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_truncate")]
 pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
-    syscall_enter(cfg, FileKey::default(), arg(&ctx, 1) >> 12, EOF_PAGE, OP_TRUNCATE, FIDELITY_TRACEPOINT);
+    syscall_enter(
+        cfg,
+        FileKey::default(),
+        arg(&ctx, 1) >> 12,
+        EOF_PAGE,
+        OP_TRUNCATE,
+        FIDELITY_TRACEPOINT,
+    );
     0
 }
 
