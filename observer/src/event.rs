@@ -110,7 +110,9 @@ pub enum Op {
     CollapseRange,
     InsertRange,
     /// fallocate with a mode that does not invalidate (e.g. plain allocation).
-    Fallocate { mode: u32 },
+    Fallocate {
+        mode: u32,
+    },
     Ftruncate,
     Truncate,
     Unknown,
@@ -138,18 +140,35 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     /// Entry of an invalidating function for `range` of the file.
-    InvalidateEnter { which: Invalidator, range: PageRange },
+    InvalidateEnter {
+        which: Invalidator,
+        range: PageRange,
+    },
     /// Exit of the same call (range repeated for convenience).
-    InvalidateExit { which: Invalidator, range: PageRange },
+    InvalidateExit {
+        which: Invalidator,
+        range: PageRange,
+    },
     /// A `filemap_map_pages` call that ran from `entry_ts` to the event's `ts`
     /// and was asked to map `range`. Tracepoint mode: `entry_ts == ts`.
-    MapPages { entry_ts: u64, range: PageRange },
+    MapPages {
+        entry_ts: u64,
+        range: PageRange,
+    },
     /// An invalidating-capable syscall began. `range` is what it targets.
     /// The file is unknown (`ino == 0`) for truncate(2) by path.
-    SyscallEnter { op: Op, range: PageRange },
-    SyscallExit { op: Op },
+    SyscallEnter {
+        op: Op,
+        range: PageRange,
+    },
+    SyscallExit {
+        op: Op,
+    },
     /// A folio left the page cache (filemap:mm_filemap_delete_from_page_cache).
-    FolioDelete { index: u64, pfn: u64 },
+    FolioDelete {
+        index: u64,
+        pfn: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

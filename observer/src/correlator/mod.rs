@@ -1,1 +1,577 @@
-//! placeholder
+//! Correlates invalidation windows with fault-around calls, per file.
+//!
+//! Pure: the only clock is event time (plus whatever the caller vouches for
+//! through [`Correlator::advance`]), so a recorded stream always replays to the
+//! same alerts.
+//!
+//! An invalidation *window* is one operation of one task on one file: the
+//! unmap → truncate (→ unmap) calls of a hole punch or truncate, glued together
+//! when the same task re-enters within `op_gap_ns`, and cut at the end of the
+//! task's syscall when syscall records are available. A fault-around
+//! (`filemap_map_pages`) whose run overlaps a window in time and pages is
+//! reported once the window final-closes, so that the alert can say how many
+//! of the mapped folios were then deleted.
+
+mod alert;
+mod reorder;
+mod window;
+
+#[cfg(test)]
+mod tests;
+
+pub use alert::{Alert, AlertKind, WindowInfo};
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use crate::event::{Body, Event, Fidelity, FileId, Op, PageRange, Task};
+use reorder::ReorderBuffer;
+use window::{FileWindows, PendingAlert, Window};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// How far behind the newest event a CPU's records may still arrive.
+    pub reorder_horizon_ns: u64,
+    /// Longest pause between the calls of one operation (unmap → truncate).
+    pub op_gap_ns: u64,
+    /// How long a final-closed window still matches fault-arounds that
+    /// entered before its close. Never shorter than `op_gap_ns`.
+    pub retain_ns: u64,
+    /// No function probes: invalidating syscalls themselves are the windows.
+    pub syscall_windows: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            reorder_horizon_ns: 50_000_000,
+            op_gap_ns: 2_000_000,
+            retain_ns: 500_000_000,
+            syscall_windows: false,
+        }
+    }
+}
+
+/// Events received, per [`Body`] variant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    pub invalidate_enter: u64,
+    pub invalidate_exit: u64,
+    pub map_pages: u64,
+    pub syscall_enter: u64,
+    pub syscall_exit: u64,
+    pub folio_delete: u64,
+}
+
+impl EventCounts {
+    fn count(&mut self, body: &Body) {
+        let slot = match body {
+            Body::InvalidateEnter { .. } => &mut self.invalidate_enter,
+            Body::InvalidateExit { .. } => &mut self.invalidate_exit,
+            Body::MapPages { .. } => &mut self.map_pages,
+            Body::SyscallEnter { .. } => &mut self.syscall_enter,
+            Body::SyscallExit { .. } => &mut self.syscall_exit,
+            Body::FolioDelete { .. } => &mut self.folio_delete,
+        };
+        *slot += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_kind().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Named counts, in a fixed order, for summaries.
+    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+        [
+            ("invalidate_enter", self.invalidate_enter),
+            ("invalidate_exit", self.invalidate_exit),
+            ("map_pages", self.map_pages),
+            ("syscall_enter", self.syscall_enter),
+            ("syscall_exit", self.syscall_exit),
+            ("folio_delete", self.folio_delete),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: EventCounts,
+    pub windows_opened: u64,
+    /// Final-closed windows.
+    pub windows_closed: u64,
+    /// Alerts emitted so far (pending ones are not counted until emitted).
+    pub alerts: u64,
+    /// Events older than what had already been processed: their correlation
+    /// is best effort (e.g. a window may have final-closed without them).
+    pub late_events: u64,
+    /// Windows open or tentatively closed right now.
+    pub open_windows: u64,
+    pub max_open_windows: u64,
+}
+
+/// The syscall a task is inside, and the windows it opened or resumed there.
+struct Syscall {
+    op: Op,
+    windows: Vec<(FileId, u64)>,
+}
+
+pub struct Correlator {
+    cfg: Config,
+    reorder: ReorderBuffer,
+    /// Event time processed so far; never moves backwards.
+    clock: u64,
+    files: HashMap<FileId, FileWindows>,
+    /// Tentative closes, by the instant after which they become final:
+    /// (close + op gap, file, window id). Stale entries are skipped.
+    close_deadlines: BinaryHeap<Reverse<(u64, FileId, u64)>>,
+    /// Final closes in order, to drop retained windows without scanning.
+    expiries: VecDeque<(u64, FileId)>,
+    syscalls: HashMap<u32, Syscall>,
+    next_window_id: u64,
+    /// Whether any folio deletion was seen, i.e. whether outcomes mean anything.
+    folio_source: bool,
+    stats: Stats,
+}
+
+impl Correlator {
+    pub fn new(cfg: Config) -> Self {
+        Correlator {
+            reorder: ReorderBuffer::new(cfg.reorder_horizon_ns),
+            cfg,
+            clock: 0,
+            files: HashMap::new(),
+            close_deadlines: BinaryHeap::new(),
+            expiries: VecDeque::new(),
+            syscalls: HashMap::new(),
+            next_window_id: 1,
+            folio_source: false,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The folio-deletion source is attached: outcomes are counts from the
+    /// start, instead of unknown until the first deletion shows up.
+    pub fn expect_folio_deletes(&mut self) {
+        self.folio_source = true;
+    }
+
+    /// Events held back for reordering.
+    pub fn buffered(&self) -> usize {
+        self.reorder.len()
+    }
+
+    /// Takes one event in any order; appends alerts whose windows final-closed.
+    pub fn push(&mut self, ev: Event, out: &mut Vec<Alert>) {
+        self.stats.events.count(&ev.body);
+        self.reorder.push(ev);
+        self.drain_settled(out);
+    }
+
+    /// The caller vouches that CLOCK_MONOTONIC reached `now_ts`: without it a
+    /// quiet stream would hold the last windows, and their alerts, forever.
+    /// Events that later arrive older than `now_ts - reorder_horizon_ns` are late.
+    pub fn advance(&mut self, now_ts: u64, out: &mut Vec<Alert>) {
+        self.reorder.observe(now_ts);
+        self.drain_settled(out);
+        let settled = self.reorder.settled_until();
+        self.tick(settled, out);
+    }
+
+    /// End of stream: processes everything held and final-closes every window,
+    /// still-open ones with `closed_ts: None`.
+    pub fn flush(&mut self, out: &mut Vec<Alert>) {
+        while let Some(ev) = self.reorder.pop_any() {
+            self.process(ev, out);
+        }
+        let mut active: Vec<(u64, FileId)> = self
+            .files
+            .iter()
+            .flat_map(|(file, fw)| fw.active.iter().map(move |w| (w.id, *file)))
+            .collect();
+        active.sort_unstable();
+        for (id, file) in active {
+            self.final_close(file, id, out);
+        }
+        self.files.clear();
+        self.close_deadlines.clear();
+        self.expiries.clear();
+        self.syscalls.clear();
+    }
+
+    fn drain_settled(&mut self, out: &mut Vec<Alert>) {
+        while let Some(ev) = self.reorder.pop_settled() {
+            self.process(ev, out);
+        }
+    }
+
+    fn retain_ns(&self) -> u64 {
+        self.cfg.retain_ns.max(self.cfg.op_gap_ns)
+    }
+
+    /// Moves event time forward: final-closes windows whose op gap elapsed
+    /// and forgets retained windows nothing can match any more.
+    fn tick(&mut self, now: u64, out: &mut Vec<Alert>) {
+        self.clock = self.clock.max(now);
+        let gap = self.cfg.op_gap_ns;
+        while let Some(&Reverse((deadline, file, id))) = self.close_deadlines.peek() {
+            // Strictly after: a re-entry exactly op_gap after the close resumes.
+            if deadline >= self.clock {
+                break;
+            }
+            self.close_deadlines.pop();
+            let still_due = self
+                .window(file, id)
+                .and_then(|w| w.closed_ts)
+                .is_some_and(|closed| closed.saturating_add(gap) == deadline);
+            if still_due {
+                self.final_close(file, id, out);
+            }
+        }
+        let retain = self.retain_ns();
+        while let Some(&(final_ts, file)) = self.expiries.front() {
+            if final_ts.saturating_add(retain) >= self.clock {
+                break;
+            }
+            self.expiries.pop_front();
+            let Some(fw) = self.files.get_mut(&file) else {
+                continue;
+            };
+            let clock = self.clock;
+            while fw
+                .retained
+                .front()
+                .is_some_and(|w| w.final_ts.unwrap_or(0).saturating_add(retain) < clock)
+            {
+                fw.retained.pop_front();
+            }
+            if fw.is_empty() {
+                self.files.remove(&file);
+            }
+        }
+    }
+
+    fn process(&mut self, ev: Event, out: &mut Vec<Alert>) {
+        if ev.ts < self.clock {
+            self.stats.late_events += 1;
+        }
+        self.tick(ev.ts, out);
+        let Event {
+            ts,
+            file,
+            task,
+            fidelity,
+            body,
+        } = ev;
+        match body {
+            Body::InvalidateEnter { range, .. } => {
+                self.invalidate_enter(ts, file, task, fidelity, range, out)
+            }
+            Body::InvalidateExit { range, .. } => {
+                self.invalidate_exit(ts, file, task.tid, fidelity, range)
+            }
+            Body::MapPages { entry_ts, range } => {
+                let fault = PendingAlert {
+                    ts,
+                    map_entry_ts: entry_ts.min(ts),
+                    task,
+                    pages: range,
+                    map_fidelity: fidelity,
+                    folios_removed: 0,
+                };
+                self.fault_around(file, fault, out)
+            }
+            Body::SyscallEnter { op, range } => {
+                self.syscall_enter(ts, file, task, fidelity, op, range)
+            }
+            Body::SyscallExit { .. } => self.syscall_exit(ts, task.tid, out),
+            Body::FolioDelete { index, .. } => self.folio_delete(ts, file, index),
+        }
+    }
+
+    fn window(&self, file: FileId, id: u64) -> Option<&Window> {
+        self.files.get(&file)?.active.iter().find(|w| w.id == id)
+    }
+
+    fn window_mut(&mut self, file: FileId, id: u64) -> Option<&mut Window> {
+        self.files
+            .get_mut(&file)?
+            .active
+            .iter_mut()
+            .find(|w| w.id == id)
+    }
+
+    /// The op of the invalidating syscall `tid` is inside, if any.
+    fn syscall_op(&self, tid: u32) -> Op {
+        self.syscalls
+            .get(&tid)
+            .map(|s| s.op)
+            .filter(|op| op.invalidates())
+            .unwrap_or(Op::Unknown)
+    }
+
+    fn note_in_syscall(&mut self, tid: u32, file: FileId, id: u64) {
+        if let Some(sc) = self.syscalls.get_mut(&tid)
+            && !sc.windows.contains(&(file, id))
+        {
+            sc.windows.push((file, id));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_window(
+        &mut self,
+        ts: u64,
+        file: FileId,
+        task: Task,
+        fidelity: Fidelity,
+        range: PageRange,
+        op: Op,
+        by_syscall: bool,
+    ) -> u64 {
+        let id = self.next_window_id;
+        self.next_window_id += 1;
+        let tid = task.tid;
+        self.files.entry(file).or_default().active.push(Window {
+            id,
+            file,
+            task,
+            op,
+            pages: range,
+            opened_ts: ts,
+            closed_ts: None,
+            final_ts: None,
+            depth: u32::from(!by_syscall),
+            fidelity,
+            by_syscall,
+            pending: Vec::new(),
+            gap_candidates: Vec::new(),
+        });
+        self.stats.windows_opened += 1;
+        self.stats.open_windows += 1;
+        self.stats.max_open_windows = self.stats.max_open_windows.max(self.stats.open_windows);
+        self.note_in_syscall(tid, file, id);
+        id
+    }
+
+    /// Retires a window: its pending alerts go out, and it stays matchable
+    /// for `retain_ns` by fault-arounds that entered before its close.
+    fn final_close(&mut self, file: FileId, id: u64, out: &mut Vec<Alert>) {
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        let Some(pos) = fw.active.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let mut w = fw.active.remove(pos);
+        w.final_ts = Some(self.clock);
+        // Entered after the last call returned, and no call followed.
+        w.gap_candidates.clear();
+        let pending = std::mem::take(&mut w.pending);
+        self.stats.alerts += pending.len() as u64;
+        out.extend(pending.into_iter().map(|p| w.alert(p, self.folio_source)));
+        fw.retained.push_back(w);
+        self.expiries.push_back((self.clock, file));
+        self.stats.windows_closed += 1;
+        self.stats.open_windows -= 1;
+    }
+
+    fn invalidate_enter(
+        &mut self,
+        ts: u64,
+        file: FileId,
+        task: Task,
+        fidelity: Fidelity,
+        range: PageRange,
+        out: &mut Vec<Alert>,
+    ) {
+        let tid = task.tid;
+        let gap = self.cfg.op_gap_ns;
+        let current = self
+            .files
+            .get(&file)
+            .and_then(|fw| fw.active.iter().find(|w| w.tid() == tid))
+            .map(|w| (w.id, w.closed_ts));
+        let resumed = match current {
+            None => None,
+            Some((id, None)) => Some(id),
+            // Late events can come before the close: saturating keeps them in.
+            Some((id, Some(closed))) if ts.saturating_sub(closed) <= gap => Some(id),
+            Some((id, Some(_))) => {
+                self.final_close(file, id, out);
+                None
+            }
+        };
+        let op = self.syscall_op(tid);
+        match resumed {
+            Some(id) => {
+                if let Some(w) = self.window_mut(file, id) {
+                    if w.closed_ts.is_some() {
+                        w.resume();
+                    }
+                    w.depth += 1;
+                    w.absorb(range, fidelity);
+                    if w.op == Op::Unknown {
+                        w.op = op;
+                    }
+                }
+                self.note_in_syscall(tid, file, id);
+            }
+            None => {
+                self.open_window(ts, file, task, fidelity, range, op, false);
+            }
+        }
+    }
+
+    fn invalidate_exit(
+        &mut self,
+        ts: u64,
+        file: FileId,
+        tid: u32,
+        fidelity: Fidelity,
+        range: PageRange,
+    ) {
+        let gap = self.cfg.op_gap_ns;
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        // An exit whose entry we never saw (probe attached mid-call) has no
+        // window, or finds it already closed: nothing to end.
+        let Some(w) = fw
+            .active
+            .iter_mut()
+            .find(|w| w.tid() == tid && w.closed_ts.is_none())
+        else {
+            return;
+        };
+        w.absorb(range, fidelity);
+        w.depth = w.depth.saturating_sub(1);
+        if w.depth == 0 && !w.by_syscall {
+            w.closed_ts = Some(ts);
+            self.close_deadlines
+                .push(Reverse((ts.saturating_add(gap), file, w.id)));
+        }
+    }
+
+    fn fault_around(&mut self, file: FileId, fault: PendingAlert, out: &mut Vec<Alert>) {
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        let (entry, exit) = (fault.map_entry_ts, fault.ts);
+        for w in &mut fw.active {
+            match w.meets(entry, exit, &fault.pages) {
+                Some(true) => w.pending.push(fault.clone()),
+                Some(false) => w.gap_candidates.push(fault.clone()),
+                None => {}
+            }
+        }
+        // A fault-around that began before a close but returned after the
+        // window final-closed (long call, or a late event): its outcome window
+        // has passed, so it goes out at once.
+        let mut settled = Vec::new();
+        for w in fw.retained.iter().rev() {
+            // Newest first; a window final-closed before the call entered
+            // closed before it too, and so did every older one.
+            if w.final_ts.is_some_and(|f| f < entry) {
+                break;
+            }
+            if w.meets(entry, exit, &fault.pages) == Some(true) {
+                settled.push(w.alert(fault.clone(), self.folio_source));
+            }
+        }
+        settled.reverse();
+        self.stats.alerts += settled.len() as u64;
+        out.extend(settled);
+    }
+
+    fn syscall_enter(
+        &mut self,
+        ts: u64,
+        file: FileId,
+        task: Task,
+        fidelity: Fidelity,
+        op: Op,
+        range: PageRange,
+    ) {
+        let tid = task.tid;
+        // A previous syscall whose exit was lost is simply superseded.
+        self.syscalls.insert(
+            tid,
+            Syscall {
+                op,
+                windows: Vec::new(),
+            },
+        );
+        if !(self.cfg.syscall_windows && op.invalidates() && !file.is_unknown()) {
+            return;
+        }
+        let fidelity = fidelity.min(Fidelity::Tracepoint);
+        let current = self
+            .files
+            .get(&file)
+            .and_then(|fw| fw.active.iter().find(|w| w.tid() == tid))
+            .map(|w| w.id);
+        match current {
+            Some(id) => {
+                if let Some(w) = self.window_mut(file, id) {
+                    if w.closed_ts.is_some() {
+                        w.resume();
+                    }
+                    w.by_syscall = true;
+                    w.absorb(range, fidelity);
+                    if w.op == Op::Unknown {
+                        w.op = op;
+                    }
+                }
+                self.note_in_syscall(tid, file, id);
+            }
+            None => {
+                self.open_window(ts, file, task, fidelity, range, op, true);
+            }
+        }
+    }
+
+    /// The syscall's return ends every operation it performed: the task
+    /// cannot resume them, so waiting out the op gap would only glue
+    /// back-to-back punches into one window.
+    fn syscall_exit(&mut self, ts: u64, tid: u32, out: &mut Vec<Alert>) {
+        let Some(sc) = self.syscalls.remove(&tid) else {
+            return;
+        };
+        for (file, id) in sc.windows {
+            let Some(w) = self.window_mut(file, id) else {
+                continue;
+            };
+            // Depth above zero here means an exit record was lost: the calls
+            // are over all the same.
+            if w.closed_ts.is_none() {
+                w.closed_ts = Some(ts);
+            }
+            self.final_close(file, id, out);
+        }
+    }
+
+    fn folio_delete(&mut self, ts: u64, file: FileId, index: u64) {
+        self.folio_source = true;
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        // Only windows that have not final-closed: deletions after close +
+        // op gap, or after the operation's syscall returned, are some later
+        // operation's.
+        for w in &mut fw.active {
+            for p in w.pending.iter_mut().chain(w.gap_candidates.iter_mut()) {
+                if p.counts_deletion(index, ts) {
+                    p.folios_removed += 1;
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,342 @@
-//! placeholder
+//! Where verdicts go: one line per alert, as text for people or JSON lines
+//! for programs, framed by a startup record and a closing summary.
+
+pub mod json;
+pub mod summary;
+pub mod text;
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::correlator::Alert;
+pub use summary::{Lost, Summary, Verdict};
+
+/// How one kernel function ended up observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartupProbe {
+    pub function: String,
+    /// The attach method that worked ("fentry", "kprobe", "tracepoint");
+    /// `None` when every rung of the ladder refused.
+    pub method: Option<String>,
+    /// Methods tried before, and why the kernel turned them down.
+    pub refused: Vec<StartupRefusal>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartupRefusal {
+    pub method: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Startup {
+    /// Kernel release, as `uname -r` prints it.
+    pub kernel: String,
+    pub probes: Vec<StartupProbe>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// One output stream. Every record is flushed as it is written: alerts are
+/// rare and someone may be watching live. Write errors are returned as they
+/// are, for the caller to report once with the destination's name.
+pub struct Sink {
+    format: Format,
+    out: Box<dyn Write + Send>,
+    /// Added to CLOCK_MONOTONIC event times to get Unix time.
+    boot_to_realtime_ns: i64,
+}
+
+impl Sink {
+    pub fn new(format: Format, out: Box<dyn Write + Send>, boot_to_realtime_ns: i64) -> Self {
+        Sink {
+            format,
+            out,
+            boot_to_realtime_ns,
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn startup(&mut self, startup: &Startup) -> Result<()> {
+        let record = match self.format {
+            Format::Text => text::startup(startup),
+            Format::Json => json::startup(startup),
+        };
+        self.emit(&record)
+    }
+
+    /// `path` is the file's name when the agent could resolve it.
+    pub fn alert(&mut self, alert: &Alert, path: Option<&str>) -> Result<()> {
+        let record = match self.format {
+            Format::Text => text::alert(alert, path, self.boot_to_realtime_ns),
+            Format::Json => json::alert(alert, path, self.boot_to_realtime_ns),
+        };
+        self.emit(&record)
+    }
+
+    pub fn summary(&mut self, summary: &Summary) -> Result<()> {
+        let record = match self.format {
+            Format::Text => summary.to_text(),
+            Format::Json => summary.to_json(),
+        };
+        self.emit(&record)
+    }
+
+    /// `record` is complete lines without the final newline.
+    fn emit(&mut self, record: &str) -> Result<()> {
+        self.out.write_all(record.as_bytes())?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+/// An event's CLOCK_MONOTONIC time as Unix nanoseconds. Wide, so that no
+/// offset or timestamp can overflow it.
+pub fn unix_ns(ts: u64, boot_to_realtime_ns: i64) -> i128 {
+    i128::from(ts) + i128::from(boot_to_realtime_ns)
+}
+
+/// A Unix time broken down in UTC (proleptic Gregorian).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtcTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    pub nanos: u32,
+}
+
+const NS_PER_SEC: i128 = 1_000_000_000;
+const SECS_PER_DAY: i128 = 86_400;
+
+impl UtcTime {
+    pub fn from_unix_ns(unix_ns: i128) -> Self {
+        let secs = unix_ns.div_euclid(NS_PER_SEC);
+        let nanos = unix_ns.rem_euclid(NS_PER_SEC) as u32;
+        let days = secs.div_euclid(SECS_PER_DAY);
+        let of_day = secs.rem_euclid(SECS_PER_DAY) as u32;
+        // Far beyond any clock, but must not wrap: clamp to what i64 days hold.
+        let days = days.clamp(i128::from(i64::MIN / 2), i128::from(i64::MAX / 2)) as i64;
+        let (year, month, day) = civil_from_days(days);
+        UtcTime {
+            year,
+            month,
+            day,
+            hour: of_day / 3600,
+            minute: of_day / 60 % 60,
+            second: of_day % 60,
+            nanos,
+        }
+    }
+
+    /// `2025-11-25T12:00:01.123456789Z`
+    pub fn rfc3339(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.nanos
+        )
+    }
+
+    /// `12:00:01.123456`: enough for a live terminal, where the date is known.
+    pub fn time_of_day_us(&self) -> String {
+        format!(
+            "{:02}:{:02}:{:02}.{:06}",
+            self.hour,
+            self.minute,
+            self.second,
+            self.nanos / 1_000
+        )
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's
+/// `civil_from_days`: years are counted from March so that the leap day
+/// falls at the end, in 400-year eras of 146097 days.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1
+    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlator::{AlertKind, WindowInfo};
+    use crate::event::{Fidelity, FileId, Op, PageRange, Task};
+    use std::sync::{Arc, Mutex};
+
+    fn utc(ns: i128) -> String {
+        UtcTime::from_unix_ns(ns).rfc3339()
+    }
+
+    #[test]
+    fn epoch_and_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            utc(1_764_072_001_123_456_789),
+            "2025-11-25T12:00:01.123456789Z"
+        );
+        assert_eq!(
+            UtcTime::from_unix_ns(1_764_072_001_123_456_789).time_of_day_us(),
+            "12:00:01.123456"
+        );
+        // Leap days, century rules, the end of a year.
+        assert_eq!(
+            utc(951_782_400 * NS_PER_SEC),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            utc(1_709_164_800 * NS_PER_SEC),
+            "2024-02-29T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            utc(4_107_542_400 * NS_PER_SEC),
+            "2100-03-01T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            utc(1_735_689_599_999_999_999),
+            "2024-12-31T23:59:59.999999999Z"
+        );
+        assert_eq!(utc(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn civil_from_days_walks_every_day_of_four_centuries() {
+        // Cross-check against a naive day-by-day calendar.
+        let (mut y, mut m, mut d) = (1970i64, 1u32, 1u32);
+        for days in 0..146_097 {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            let len = match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            d += 1;
+            if d > len {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn monotonic_to_unix() {
+        assert_eq!(unix_ns(5, -10), -5);
+        assert_eq!(
+            unix_ns(u64::MAX, i64::MAX),
+            i128::from(u64::MAX) + i128::from(i64::MAX)
+        );
+    }
+
+    /// A writer the test can read back after the sink took ownership.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn sample_alert() -> Alert {
+        Alert {
+            kind: AlertKind::PteInPunchWindow,
+            ts: 5_000_038_000,
+            map_entry_ts: 5_000_030_000,
+            file: FileId {
+                dev: 7 << 20,
+                ino: 131,
+            },
+            task: Task {
+                pid: 1234,
+                tid: 1240,
+                comm: "racer".into(),
+            },
+            pages: PageRange::new(16, 31),
+            window: WindowInfo {
+                id: 7,
+                op: Op::PunchHole,
+                pages: PageRange::new(20, 35),
+                task: Task {
+                    pid: 1234,
+                    tid: 1236,
+                    comm: "racer".into(),
+                },
+                opened_ts: 5_000_000_000,
+                closed_ts: Some(5_000_050_000),
+                open_for_ns: 38_000,
+            },
+            fidelity: Fidelity::Fentry,
+            map_fidelity: Fidelity::Fentry,
+            window_fidelity: Fidelity::Fentry,
+            folios_removed: Some(3),
+        }
+    }
+
+    #[test]
+    fn sink_writes_one_line_per_record_in_its_format() {
+        let buf = Shared::default();
+        // Monotonic 5 s maps to 2025-11-25T12:00:01.
+        let offset = 1_764_072_001_000_000_000 - 5_000_000_000;
+        let mut sink = Sink::new(Format::Text, Box::new(buf.clone()), offset);
+        sink.alert(&sample_alert(), Some("/mnt/x/racer.dat"))
+            .unwrap();
+        let mut sink = Sink::new(Format::Json, Box::new(buf.clone()), offset);
+        sink.alert(&sample_alert(), None).unwrap();
+        sink.summary(&Summary::default()).unwrap();
+        let written = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("12:00:01.000038 PTE-IN-PUNCH-WINDOW "));
+        assert!(lines[1].starts_with("{\"type\":\"alert\""));
+        assert!(lines[1].contains("\"time\":\"2025-11-25T12:00:01.000038000Z\""));
+        assert!(lines[2].starts_with("{\"type\":\"summary\""));
+    }
+
+    #[test]
+    fn write_errors_propagate() {
+        let mut sink = Sink::new(Format::Json, Box::new(Broken), 0);
+        let err = sink.alert(&sample_alert(), None).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::BrokenPipe)
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! JSON lines, written by hand: the agent has no serde, and the records are
+//! flat enough that a correct string escaper is all it takes.
+
+use std::fmt::Write as _;
+
+use super::{Startup, UtcTime, unix_ns};
+use crate::correlator::Alert;
+use crate::event::{PageRange, Task};
+
+/// Appends `s` as a JSON string literal. Control characters become `\u00XX`
+/// so that a hostile comm or path can neither break the line nor the quoting.
+pub fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `s` as a JSON string literal.
+pub fn string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_str(&mut out, s);
+    out
+}
+
+fn push_opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+fn push_opt_u64(out: &mut String, n: Option<u64>) {
+    match n {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// `{"start":N,"end":N}`, the end being `"EOF"` for "to the end of file".
+pub fn push_pages(out: &mut String, pages: &PageRange) {
+    let _ = write!(out, "{{\"start\":{},\"end\":", pages.start);
+    if pages.end == PageRange::EOF {
+        out.push_str("\"EOF\"");
+    } else {
+        let _ = write!(out, "{}", pages.end);
+    }
+    out.push('}');
+}
+
+pub fn push_task(out: &mut String, task: &Task) {
+    let _ = write!(out, "{{\"pid\":{},\"tid\":{},\"comm\":", task.pid, task.tid);
+    push_str(out, &task.comm);
+    out.push('}');
+}
+
+/// One alert as a JSON object, without the newline.
+pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64) -> String {
+    let mut s = String::with_capacity(640);
+    s.push_str("{\"type\":\"alert\",\"kind\":");
+    push_str(&mut s, a.kind.as_str());
+    s.push_str(",\"time\":");
+    push_str(
+        &mut s,
+        &UtcTime::from_unix_ns(unix_ns(a.ts, boot_to_realtime_ns)).rfc3339(),
+    );
+    let _ = write!(
+        s,
+        ",\"ts_ns\":{},\"dev\":\"{}:{}\",\"ino\":{},\"path\":",
+        a.ts,
+        a.file.major(),
+        a.file.minor(),
+        a.file.ino
+    );
+    push_opt_str(&mut s, path);
+    s.push_str(",\"task\":");
+    push_task(&mut s, &a.task);
+    s.push_str(",\"pages\":");
+    push_pages(&mut s, &a.pages);
+    let _ = write!(
+        s,
+        ",\"map_pages\":{{\"entry_ns\":{},\"exit_ns\":{}}}",
+        a.map_entry_ts, a.ts
+    );
+    let w = &a.window;
+    let _ = write!(s, ",\"window\":{{\"id\":{},\"op\":", w.id);
+    push_str(&mut s, w.op.as_str());
+    s.push_str(",\"pages\":");
+    push_pages(&mut s, &w.pages);
+    s.push_str(",\"task\":");
+    push_task(&mut s, &w.task);
+    let _ = write!(s, ",\"opened_ns\":{},\"closed_ns\":", w.opened_ts);
+    push_opt_u64(&mut s, w.closed_ts);
+    let _ = write!(s, ",\"open_for_ns\":{}}}", w.open_for_ns);
+    let _ = write!(
+        s,
+        ",\"fidelity\":\"{}\",\"map_pages_fidelity\":\"{}\",\"window_fidelity\":\"{}\"",
+        a.fidelity.as_str(),
+        a.map_fidelity.as_str(),
+        a.window_fidelity.as_str()
+    );
+    s.push_str(",\"outcome\":{\"folios_removed\":");
+    push_opt_u64(&mut s, a.folios_removed);
+    s.push_str("}}");
+    s
+}
+
+/// `{"type":"startup","kernel":..,"probes":[{"function":..,"method":..,"refused":[..]}]}`
+pub fn startup(st: &Startup) -> String {
+    let mut s = String::with_capacity(256);
+    s.push_str("{\"type\":\"startup\",\"kernel\":");
+    push_str(&mut s, &st.kernel);
+    s.push_str(",\"probes\":[");
+    for (i, p) in st.probes.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"function\":");
+        push_str(&mut s, &p.function);
+        s.push_str(",\"method\":");
+        push_opt_str(&mut s, p.method.as_deref());
+        s.push_str(",\"refused\":[");
+        for (j, r) in p.refused.iter().enumerate() {
+            if j > 0 {
+                s.push(',');
+            }
+            s.push_str("{\"method\":");
+            push_str(&mut s, &r.method);
+            s.push_str(",\"reason\":");
+            push_str(&mut s, &r.reason);
+            s.push('}');
+        }
+        s.push_str("]}");
+    }
+    s.push_str("]}");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::tests::sample_alert;
+    use crate::sink::{StartupProbe, StartupRefusal};
+
+    #[test]
+    fn escapes_quotes_backslashes_and_control_characters() {
+        assert_eq!(string("plain"), r#""plain""#);
+        assert_eq!(string(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(string("l1\nl2\r\t"), r#""l1\u000al2\u000d\u0009""#);
+        assert_eq!(string("\u{0}\u{1f}\u{7f}"), r#""\u0000\u001f\u007f""#);
+        // Non-ASCII passes through as UTF-8.
+        assert_eq!(string("fiché/ü"), "\"fiché/ü\"");
+        assert_eq!(string(""), r#""""#);
+    }
+
+    #[test]
+    fn alert_renders_every_field() {
+        let offset = 1_764_072_001_000_000_000 - 5_000_000_000;
+        let line = alert(&sample_alert(), Some("/mnt/x/racer.dat"), offset);
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"type":"alert","kind":"pte_in_punch_window","time":"2025-11-25T12:00:01.000038000Z","#,
+                r#""ts_ns":5000038000,"dev":"7:0","ino":131,"path":"/mnt/x/racer.dat","#,
+                r#""task":{"pid":1234,"tid":1240,"comm":"racer"},"pages":{"start":16,"end":31},"#,
+                r#""map_pages":{"entry_ns":5000030000,"exit_ns":5000038000},"#,
+                r#""window":{"id":7,"op":"punch_hole","pages":{"start":20,"end":35},"#,
+                r#""task":{"pid":1234,"tid":1236,"comm":"racer"},"opened_ns":5000000000,"#,
+                r#""closed_ns":5000050000,"open_for_ns":38000},"#,
+                r#""fidelity":"fentry","map_pages_fidelity":"fentry","window_fidelity":"fentry","#,
+                r#""outcome":{"folios_removed":3}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn alert_nulls_eof_and_hostile_strings() {
+        let mut a = sample_alert();
+        a.window.pages = PageRange::new(20, PageRange::EOF);
+        a.window.closed_ts = None;
+        a.folios_removed = None;
+        a.task.comm = "a\"b\n".into();
+        let line = alert(&a, None, 0);
+        assert!(line.contains(r#""path":null"#));
+        assert!(line.contains(r#""pages":{"start":20,"end":"EOF"}"#));
+        assert!(line.contains(r#""closed_ns":null"#));
+        assert!(line.contains(r#""outcome":{"folios_removed":null}"#));
+        assert!(line.contains(r#""comm":"a\"b\u000a""#));
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#""time":"1970-01-01T00:00:05.000038000Z""#));
+    }
+
+    #[test]
+    fn startup_lists_probes_and_refusals() {
+        let st = Startup {
+            kernel: "6.12.9".into(),
+            probes: vec![
+                StartupProbe {
+                    function: "filemap_map_pages".into(),
+                    method: Some("kprobe".into()),
+                    refused: vec![StartupRefusal {
+                        method: "fentry".into(),
+                        reason: "no BTF for \"vmlinux\"".into(),
+                    }],
+                },
+                StartupProbe {
+                    function: "unmap_mapping_range".into(),
+                    method: None,
+                    refused: vec![],
+                },
+            ],
+        };
+        assert_eq!(
+            startup(&st),
+            concat!(
+                r#"{"type":"startup","kernel":"6.12.9","probes":["#,
+                r#"{"function":"filemap_map_pages","method":"kprobe","refused":[{"method":"fentry","reason":"no BTF for \"vmlinux\""}]},"#,
+                r#"{"function":"unmap_mapping_range","method":null,"refused":[]}]}"#
+            )
+        );
+        assert_eq!(
+            startup(&Startup::default()),
+            r#"{"type":"startup","kernel":"","probes":[]}"#
+        );
+    }
+}
