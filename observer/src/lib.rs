@@ -4,7 +4,12 @@
 //! [`loader`] (attach ladder) → [`source`] (ring buffer → [`event::Event`]) →
 //! [`correlator`] (pure) → [`sink`] (text, JSON, summary).
 
+pub mod agent;
+pub mod cli;
 pub mod correlator;
 pub mod event;
 pub mod filter;
+pub mod loader;
+pub mod paths;
 pub mod sink;
+pub mod source;

@@ -1,0 +1,265 @@
+//! The live agent: load and attach, then pump ring-buffer records through the
+//! correlator into the sink until Ctrl-C, SIGTERM or --duration.
+
+use std::{
+    fs::File,
+    io::{self, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::Cli,
+    correlator::{self, Correlator},
+    filter::Filter,
+    loader::{self, Loaded},
+    paths::PathCache,
+    sink::{self, Format, Sink, Summary},
+    source::{self, Source},
+};
+
+pub fn run(cli: Cli) -> Result<()> {
+    // Everything the user typed is checked before anything is loaded.
+    let filter = Filter::new(
+        cli.pid.clone(),
+        cli.comm.clone(),
+        cli.dev.clone(),
+        cli.ino.clone(),
+    )?;
+    if !cli.ringbuf_kib.is_power_of_two() || cli.ringbuf_kib < 4 {
+        anyhow::bail!(
+            "bad --ringbuf-kib {}: must be a power of two ≥ 4",
+            cli.ringbuf_kib
+        );
+    }
+    if let Some(d) = cli.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        anyhow::bail!("bad --duration {d}: must be a positive number of seconds");
+    }
+    let out: Box<dyn Write + Send> = match &cli.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot write to {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout()),
+    };
+    let format = if cli.json { Format::Json } else { Format::Text };
+    let mut sink = Sink::new(format, out, boot_to_realtime_ns());
+
+    let loaded = loader::load(&loader::Options {
+        btf: cli.btf.clone(),
+        ringbuf_bytes: cli.ringbuf_kib * 1024,
+        full_stream: cli.full_stream,
+        best_method: cli.method,
+    })?;
+    let kernel = kernel_release();
+    eprintln!("observer: kernel {kernel}, BTF {}", cli.btf.display());
+    for p in &loaded.probes {
+        eprintln!("observer: {p}");
+        if cli.verbose {
+            for r in &p.refused {
+                if let Some(log) = &r.verifier_log {
+                    eprintln!(
+                        "--- verifier log ({} on {}) ---\n{log}",
+                        r.method.as_str(),
+                        p.function
+                    );
+                }
+            }
+        }
+    }
+    if !loaded.folio_deletes {
+        eprintln!(
+            "observer: folio removals not observed (no filemap:mm_filemap_delete_from_page_cache): outcomes unknown"
+        );
+    }
+    if cli.json {
+        sink.startup(&startup(&loaded, kernel))?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(pump(cli, loaded, sink, filter))
+}
+
+async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> Result<()> {
+    let mut source = Source::new(&mut loaded.ebpf)?;
+    let mut correlator = Correlator::new(correlator::Config {
+        reorder_horizon_ns: cli.reorder_ms * 1_000_000,
+        syscall_windows: loaded.syscall_windows,
+        ..correlator::Config::default()
+    });
+    if loaded.folio_deletes {
+        correlator.expect_folio_deletes();
+    }
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = cli.duration.map(Duration::from_secs_f64);
+    let stop = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(stop);
+    // Releases held events when the stream goes quiet.
+    let mut tick = tokio::time::interval(Duration::from_millis(cli.reorder_ms.max(10)));
+    let started = Instant::now();
+    let mut paths = PathCache::default();
+    let mut shown = 0u64;
+    let mut events = Vec::new();
+    let mut alerts = Vec::new();
+
+    eprintln!(
+        "observer: ready: watching{} (Ctrl-C to stop)",
+        deadline
+            .map(|d| format!(" for {:.1}s", d.as_secs_f64()))
+            .unwrap_or_default()
+    );
+    loop {
+        tokio::select! {
+            r = source.next_batch(&mut events) => {
+                r?;
+                for ev in events.drain(..) {
+                    correlator.push(ev, &mut alerts);
+                }
+            }
+            _ = tick.tick() => {
+                // Only what was already read may be declared settled by the
+                // clock: drain first, or a busy host makes records look late.
+                source.drain(&mut events);
+                for ev in events.drain(..) {
+                    correlator.push(ev, &mut alerts);
+                }
+                correlator.advance(monotonic_ns(), &mut alerts);
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut stop => break,
+        }
+        shown += emit(&mut sink, &filter, &mut paths, &mut alerts, &cli)?;
+    }
+
+    source.drain(&mut events);
+    for ev in events.drain(..) {
+        correlator.push(ev, &mut alerts);
+    }
+    correlator.flush(&mut alerts);
+    shown += emit(&mut sink, &filter, &mut paths, &mut alerts, &cli)?;
+    let counters = source::read_counters(&loaded.ebpf)?;
+    let summary = summarize(&correlator, &counters, &source, started.elapsed(), shown);
+    sink.summary(&summary).with_context(|| output_name(&cli))?;
+    if cli.output.is_some() || cli.json {
+        let text = summary.to_text();
+        eprint!("{text}{}", if text.ends_with('\n') { "" } else { "\n" });
+    }
+    // Dropping the object detaches and unloads every program.
+    drop(source);
+    drop(loaded);
+    Ok(())
+}
+
+fn emit(
+    sink: &mut Sink,
+    filter: &Filter,
+    paths: &mut PathCache,
+    alerts: &mut Vec<correlator::Alert>,
+    cli: &Cli,
+) -> Result<u64> {
+    let mut shown = 0;
+    for alert in alerts.drain(..) {
+        if !filter.matches(&alert) {
+            continue;
+        }
+        let path = paths.resolve(alert.file, alert.task.pid).map(str::to_owned);
+        sink.alert(&alert, path.as_deref())
+            .with_context(|| output_name(cli))?;
+        shown += 1;
+    }
+    Ok(shown)
+}
+
+fn output_name(cli: &Cli) -> String {
+    match &cli.output {
+        Some(p) => format!("cannot write to {}", p.display()),
+        None => "cannot write to stdout".into(),
+    }
+}
+
+fn summarize(
+    correlator: &Correlator,
+    counters: &source::KernelCounters,
+    source: &Source,
+    elapsed: Duration,
+    shown: u64,
+) -> Summary {
+    let stats = correlator.stats();
+    let named = |v: &[u64]| -> Vec<(String, u64)> {
+        (1..v.len())
+            .map(|k| (source::kind_name(k).to_owned(), v[k]))
+            .collect()
+    };
+    Summary {
+        duration_s: elapsed.as_secs_f64(),
+        events: stats
+            .events
+            .by_kind()
+            .iter()
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect(),
+        kernel_emitted: named(&counters.emitted),
+        lost: sink::Lost {
+            ringbuf_full: counters.lost.iter().sum(),
+            unresolved: counters.unresolved,
+            late: stats.late_events + source.undecodable,
+        },
+        filtered: counters.filtered,
+        windows: stats.windows_opened,
+        alerts: stats.alerts,
+        alerts_shown: shown,
+    }
+}
+
+fn startup(loaded: &Loaded, kernel: String) -> sink::Startup {
+    sink::Startup {
+        kernel,
+        probes: loaded
+            .probes
+            .iter()
+            .map(|p| sink::StartupProbe {
+                function: p.function.to_owned(),
+                method: p.method.map(|m| m.as_str().to_owned()),
+                refused: p
+                    .refused
+                    .iter()
+                    .map(|r| sink::StartupRefusal {
+                        method: r.method.as_str().to_owned(),
+                        reason: r.reason.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// bpf_ktime_get_ns is CLOCK_MONOTONIC.
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+fn boot_to_realtime_ns() -> i64 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

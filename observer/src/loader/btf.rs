@@ -1,0 +1,319 @@
+//! Just enough of a BTF reader to find struct member offsets in the running
+//! kernel. Rust eBPF emits no CO-RE relocations, so the programs read kernel
+//! memory at offsets this module resolves at load time.
+
+use std::{collections::HashMap, path::Path};
+
+use anyhow::{Context, Result, bail};
+
+const MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Clone, Debug)]
+struct Member {
+    name: u32,
+    ty: u32,
+    bit_offset: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Type {
+    name: u32,
+    kind: u32,
+    /// Referenced type for modifiers and typedefs.
+    ty: u32,
+    members: Vec<Member>,
+}
+
+pub struct Btf {
+    /// Index 0 is `void`.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+/// Where a member lives: byte offset from the start of the outer struct.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offset(pub u32);
+
+impl Btf {
+    pub fn from_file(path: &Path) -> Result<Btf> {
+        let data = std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read BTF at {}: the kernel needs CONFIG_DEBUG_INFO_BTF=y (or pass --btf FILE)",
+                path.display()
+            )
+        })?;
+        Btf::parse(&data).with_context(|| format!("{} is not valid BTF", path.display()))
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Btf> {
+        let u16_at = |o: usize| -> Result<u16> {
+            Ok(u16::from_le_bytes(
+                data.get(o..o + 2).context("truncated")?.try_into()?,
+            ))
+        };
+        let u32_at = |o: usize| -> Result<u32> {
+            Ok(u32::from_le_bytes(
+                data.get(o..o + 4).context("truncated")?.try_into()?,
+            ))
+        };
+        if u16_at(0)? != MAGIC {
+            bail!("bad magic (only little-endian BTF is supported)");
+        }
+        let hdr_len = u32_at(4)? as usize;
+        let type_off = u32_at(8)? as usize;
+        let type_len = u32_at(12)? as usize;
+        let str_off = u32_at(16)? as usize;
+        let str_len = u32_at(20)? as usize;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .context("string section out of bounds")?
+            .to_vec();
+
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            ty: 0,
+            members: Vec::new(),
+        }];
+        let mut pos = hdr_len + type_off;
+        let end = pos + type_len;
+        while pos < end {
+            let name = u32_at(pos)?;
+            let info = u32_at(pos + 4)?;
+            let size_or_type = u32_at(pos + 8)?;
+            pos += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let mut members = Vec::new();
+            match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => pos += 4,
+                KIND_ARRAY => pos += 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for _ in 0..vlen {
+                        let raw = u32_at(pos + 8)?;
+                        // With kind_flag, the top 8 bits are a bitfield size.
+                        let bit_offset = if kind_flag { raw & 0xff_ffff } else { raw };
+                        members.push(Member {
+                            name: u32_at(pos)?,
+                            ty: u32_at(pos + 4)?,
+                            bit_offset,
+                        });
+                        pos += 12;
+                    }
+                }
+                KIND_ENUM | KIND_FUNC_PROTO => pos += 8 * vlen,
+                KIND_DATASEC | KIND_ENUM64 => pos += 12 * vlen,
+                _ => {}
+            }
+            types.push(Type {
+                name,
+                kind,
+                ty: size_or_type,
+                members,
+            });
+        }
+        let mut btf = Btf {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
+        for id in 1..btf.types.len() as u32 {
+            let name = btf.str(btf.types[id as usize].name);
+            if !name.is_empty() {
+                btf.by_name.entry(name.to_owned()).or_default().push(id);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn str(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let len = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..len]).unwrap_or_default()
+    }
+
+    /// Follows typedefs and qualifiers to the type they name.
+    fn strip(&self, mut id: u32) -> u32 {
+        while let Some(t) = self.types.get(id as usize) {
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.ty
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    pub fn has_function(&self, name: &str) -> bool {
+        self.ids(name)
+            .any(|id| self.types[id as usize].kind == KIND_FUNC)
+    }
+
+    fn ids<'a>(&'a self, name: &str) -> impl Iterator<Item = u32> + 'a {
+        self.by_name.get(name).into_iter().flatten().copied()
+    }
+
+    /// Byte offset of `member` in `struct outer`, looking through anonymous
+    /// structs and unions (e.g. `vm_fault.vma` sits in an anonymous struct
+    /// since 5.13).
+    pub fn member_offset(&self, outer: &str, member: &str) -> Result<Offset> {
+        let mut found_struct = false;
+        for id in self.ids(outer) {
+            let t = &self.types[id as usize];
+            if t.kind != KIND_STRUCT || t.members.is_empty() {
+                continue;
+            }
+            found_struct = true;
+            if let Some(bits) = self.find_member(id, member) {
+                if bits % 8 != 0 {
+                    bail!("{outer}.{member} is a bitfield");
+                }
+                return Ok(Offset(bits / 8));
+            }
+        }
+        if !found_struct {
+            bail!("the kernel's BTF has no struct {outer}");
+        }
+        bail!("the kernel's struct {outer} has no member {member}")
+    }
+
+    fn find_member(&self, id: u32, member: &str) -> Option<u32> {
+        let t = &self.types[self.strip(id) as usize];
+        for m in &t.members {
+            if m.name == 0 {
+                let inner = self.strip(m.ty);
+                if matches!(self.types[inner as usize].kind, KIND_STRUCT | KIND_UNION)
+                    && let Some(bits) = self.find_member(inner, member)
+                {
+                    return Some(m.bit_offset + bits);
+                }
+            } else if self.str(m.name) == member {
+                return Some(m.bit_offset);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tiny BTF blob: struct inner { u64 a; u64 b; };
+    /// struct outer { u64 x; struct { u64 pad; struct inner *p; }; u64 y; }.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0u64\0inner\0a\0b\0outer\0x\0pad\0p\0y\0f\0".to_vec();
+        let s = |name: &str| -> u32 {
+            let pat: Vec<u8> = [b"\0".as_slice(), name.as_bytes(), b"\0"].concat();
+            strings.windows(pat.len()).position(|w| w == pat).unwrap() as u32 + 1
+        };
+        let mut t = Vec::new();
+        let ty = |t: &mut Vec<u8>, name: u32, kind: u32, vlen: u32, size: u32| {
+            t.extend(name.to_le_bytes());
+            t.extend(((kind << 24) | vlen).to_le_bytes());
+            t.extend(size.to_le_bytes());
+        };
+        let mem = |t: &mut Vec<u8>, name: u32, typ: u32, bits: u32| {
+            t.extend(name.to_le_bytes());
+            t.extend(typ.to_le_bytes());
+            t.extend(bits.to_le_bytes());
+        };
+        // 1: int u64
+        ty(&mut t, s("u64"), KIND_INT, 0, 8);
+        t.extend(64u32.to_le_bytes());
+        // 2: struct inner
+        ty(&mut t, s("inner"), KIND_STRUCT, 2, 16);
+        mem(&mut t, s("a"), 1, 0);
+        mem(&mut t, s("b"), 1, 64);
+        // 3: ptr to inner
+        ty(&mut t, 0, 2, 0, 2);
+        // 4: anonymous struct
+        ty(&mut t, 0, KIND_STRUCT, 2, 16);
+        mem(&mut t, s("pad"), 1, 0);
+        mem(&mut t, s("p"), 3, 64);
+        // 5: const anon
+        ty(&mut t, 0, KIND_CONST, 0, 4);
+        // 6: struct outer
+        ty(&mut t, s("outer"), KIND_STRUCT, 3, 32);
+        mem(&mut t, s("x"), 1, 0);
+        mem(&mut t, 0, 5, 64);
+        mem(&mut t, s("y"), 1, 192);
+        // 7: func f
+        ty(&mut t, s("f"), KIND_FUNC, 0, 0);
+
+        let mut out = Vec::new();
+        out.extend(MAGIC.to_le_bytes());
+        out.extend([1u8, 0]);
+        out.extend(24u32.to_le_bytes());
+        out.extend(0u32.to_le_bytes());
+        out.extend((t.len() as u32).to_le_bytes());
+        out.extend((t.len() as u32).to_le_bytes());
+        out.extend((strings.len() as u32).to_le_bytes());
+        out.extend(t);
+        out.extend(strings);
+        out
+    }
+
+    #[test]
+    fn finds_plain_and_anonymous_members() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member_offset("inner", "b").unwrap(), Offset(8));
+        assert_eq!(btf.member_offset("outer", "x").unwrap(), Offset(0));
+        assert_eq!(btf.member_offset("outer", "p").unwrap(), Offset(16));
+        assert_eq!(btf.member_offset("outer", "y").unwrap(), Offset(24));
+        assert!(btf.has_function("f"));
+        assert!(!btf.has_function("inner"));
+    }
+
+    #[test]
+    fn says_what_is_missing() {
+        let btf = Btf::parse(&blob()).unwrap();
+        let e = btf.member_offset("outer", "nope").unwrap_err().to_string();
+        assert_eq!(e, "the kernel's struct outer has no member nope");
+        let e = btf.member_offset("nostruct", "a").unwrap_err().to_string();
+        assert_eq!(e, "the kernel's BTF has no struct nostruct");
+        assert!(Btf::parse(b"garbage!").is_err());
+    }
+
+    #[test]
+    fn running_kernel_has_the_offsets_we_need() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        for (s, m) in [
+            ("vm_fault", "vma"),
+            ("vm_area_struct", "vm_file"),
+            ("file", "f_mapping"),
+            ("address_space", "host"),
+            ("inode", "i_ino"),
+            ("super_block", "s_dev"),
+            ("task_struct", "files"),
+            ("fdtable", "max_fds"),
+        ] {
+            btf.member_offset(s, m).unwrap();
+        }
+        assert!(btf.has_function("filemap_map_pages"));
+    }
+}

@@ -1,0 +1,253 @@
+//! Event source: drains the ring buffer and decodes records into [`Event`]s;
+//! reads the kernel's per-CPU counters for the summary.
+
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use observer_abi as abi;
+use tokio::io::unix::AsyncFd;
+
+use crate::event::{Body, Event, Fidelity, FileId, Invalidator, Op, PageRange, Task};
+
+pub struct Source {
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// Records the agent could not decode (a kind it does not know).
+    pub undecodable: u64,
+}
+
+impl Source {
+    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Source> {
+        let map = ebpf
+            .take_map("EVENTS")
+            .context("eBPF object has no EVENTS map")?;
+        let ring = RingBuf::try_from(map)?;
+        Ok(Source {
+            // SAFETY: the AsyncFd owns the ring buffer, so its fd outlives
+            // the registration.
+            ring: unsafe { AsyncFd::register(ring) }
+                .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?,
+            undecodable: 0,
+        })
+    }
+
+    /// Waits until records are ready, then decodes all of them into `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Some(ev) => out.push(ev),
+                None => self.undecodable += 1,
+            }
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Whatever is left in the ring, without waiting (on shutdown).
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Some(ev) => out.push(ev),
+                None => self.undecodable += 1,
+            }
+        }
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<abi::Event>() {
+        return None;
+    }
+    let raw: abi::Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let range = PageRange::new(raw.start, raw.end);
+    let body = match abi::Kind::from_u8(raw.kind)? {
+        abi::Kind::UnmapEnter => Body::InvalidateEnter {
+            which: Invalidator::Unmap,
+            range,
+        },
+        abi::Kind::UnmapExit => Body::InvalidateExit {
+            which: Invalidator::Unmap,
+            range,
+        },
+        abi::Kind::TruncateEnter => Body::InvalidateEnter {
+            which: Invalidator::Truncate,
+            range,
+        },
+        abi::Kind::TruncateExit => Body::InvalidateExit {
+            which: Invalidator::Truncate,
+            range,
+        },
+        abi::Kind::MapPages => Body::MapPages {
+            entry_ts: raw.entry_ts,
+            range,
+        },
+        abi::Kind::SyscallEnter => Body::SyscallEnter {
+            op: op_of(raw.aux),
+            range,
+        },
+        abi::Kind::SyscallExit => Body::SyscallExit { op: op_of(raw.aux) },
+        abi::Kind::FolioDelete => Body::FolioDelete {
+            index: raw.start,
+            pfn: raw.aux,
+        },
+    };
+    let fidelity = match raw.fidelity {
+        abi::FIDELITY_FENTRY => Fidelity::Fentry,
+        abi::FIDELITY_KPROBE => Fidelity::Kprobe,
+        _ => Fidelity::Tracepoint,
+    };
+    let comm_len = raw
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.comm.len());
+    Some(Event {
+        ts: raw.ts,
+        file: FileId {
+            dev: raw.dev,
+            ino: raw.ino,
+        },
+        task: Task {
+            pid: raw.pid,
+            tid: raw.tid,
+            comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+        },
+        fidelity,
+        body,
+    })
+}
+
+fn op_of(aux: u64) -> Op {
+    match aux & 0xff {
+        abi::OP_FALLOCATE => {
+            let mode = aux >> 8;
+            if mode & abi::FALLOC_FL_PUNCH_HOLE != 0 {
+                Op::PunchHole
+            } else if mode & abi::FALLOC_FL_ZERO_RANGE != 0 {
+                Op::ZeroRange
+            } else if mode & abi::FALLOC_FL_COLLAPSE_RANGE != 0 {
+                Op::CollapseRange
+            } else if mode & abi::FALLOC_FL_INSERT_RANGE != 0 {
+                Op::InsertRange
+            } else {
+                Op::Fallocate { mode: mode as u32 }
+            }
+        }
+        abi::OP_FTRUNCATE => Op::Ftruncate,
+        abi::OP_TRUNCATE => Op::Truncate,
+        _ => Op::Unknown,
+    }
+}
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Default, Clone)]
+pub struct KernelCounters {
+    pub emitted: [u64; abi::KIND_MAX],
+    pub lost: [u64; abi::KIND_MAX],
+    pub filtered: u64,
+    pub unresolved: u64,
+}
+
+pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map("COUNTERS").context("no COUNTERS map")?)?;
+    let sum = |slot: u32| -> Result<u64> { Ok(map.get(&slot, 0)?.iter().sum()) };
+    let mut c = KernelCounters::default();
+    for k in 1..abi::KIND_MAX as u32 {
+        c.emitted[k as usize] = sum(abi::COUNTER_EMITTED + k)?;
+        c.lost[k as usize] = sum(abi::COUNTER_LOST + k)?;
+    }
+    c.filtered = sum(abi::COUNTER_FILTERED)?;
+    c.unresolved = sum(abi::COUNTER_UNRESOLVED)?;
+    Ok(c)
+}
+
+pub fn kind_name(kind: usize) -> &'static str {
+    match abi::Kind::from_u8(kind as u8) {
+        Some(abi::Kind::UnmapEnter) => "unmap_mapping_range:enter",
+        Some(abi::Kind::UnmapExit) => "unmap_mapping_range:exit",
+        Some(abi::Kind::TruncateEnter) => "truncate_inode_pages_range:enter",
+        Some(abi::Kind::TruncateExit) => "truncate_inode_pages_range:exit",
+        Some(abi::Kind::MapPages) => "filemap_map_pages",
+        Some(abi::Kind::SyscallEnter) => "syscall:enter",
+        Some(abi::Kind::SyscallExit) => "syscall:exit",
+        Some(abi::Kind::FolioDelete) => "folio_delete",
+        None => "?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: abi::Kind, aux: u64) -> Vec<u8> {
+        let mut ev = abi::Event {
+            ts: 10,
+            entry_ts: 5,
+            ino: 131,
+            start: 16,
+            end: 31,
+            aux,
+            dev: (7 << 20) | 3,
+            pid: 100,
+            tid: 101,
+            kind: kind as u8,
+            fidelity: abi::FIDELITY_KPROBE,
+            ..Default::default()
+        };
+        ev.comm[..5].copy_from_slice(b"racer");
+        let p = &ev as *const abi::Event as *const u8;
+        unsafe { std::slice::from_raw_parts(p, size_of::<abi::Event>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_map_pages() {
+        let ev = decode(&raw(abi::Kind::MapPages, 0)).unwrap();
+        assert_eq!(
+            ev.file,
+            FileId {
+                dev: (7 << 20) | 3,
+                ino: 131
+            }
+        );
+        assert_eq!(ev.task.comm, "racer");
+        assert_eq!(ev.fidelity, Fidelity::Kprobe);
+        assert_eq!(
+            ev.body,
+            Body::MapPages {
+                entry_ts: 5,
+                range: PageRange::new(16, 31)
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_syscall_ops() {
+        let punch = abi::OP_FALLOCATE | (0x03 << 8); // PUNCH_HOLE | KEEP_SIZE
+        let ev = decode(&raw(abi::Kind::SyscallEnter, punch)).unwrap();
+        assert!(matches!(
+            ev.body,
+            Body::SyscallEnter {
+                op: Op::PunchHole,
+                ..
+            }
+        ));
+        let ev = decode(&raw(abi::Kind::SyscallExit, abi::OP_FTRUNCATE)).unwrap();
+        assert_eq!(ev.body, Body::SyscallExit { op: Op::Ftruncate });
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(decode(&[0u8; 10]).is_none());
+        let mut r = raw(abi::Kind::MapPages, 0);
+        r[60] = 200; // kind byte
+        assert!(decode(&r).is_none());
+    }
+}
