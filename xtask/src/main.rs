@@ -1,1 +1,135 @@
-fn main() {}
+//! Developer tasks for the observer workspace: `cargo xtask <command>`.
+
+mod build_cmd;
+mod setup;
+mod util;
+mod vm;
+
+use std::{os::unix::process::CommandExt, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::util::{Workspace, display, run, say};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test the observer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (apt packages, nightly
+    /// rust-src, bpf-linker); skips what is present.
+    Setup,
+    /// Set up, then build observer, racer and faultbench.
+    Build {
+        /// Debug profile instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build, then run the observer (as root) with ARGS.
+    Run {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Build, then run every test including the root/VM ones.
+    Test {
+        /// Passed to the test binaries after --include-ignored (e.g. a filter).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "TEST_ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Run the observer and the racer in a Debian kernel under qemu.
+    Vm(Box<vm::VmArgs>),
+    /// Benchmarks (not written yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    util::fix_path();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("[xtask] error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let ws = Workspace::locate()?;
+    match cli.cmd {
+        Cmd::Setup => setup::run_setup(),
+        Cmd::Build { debug } => build_cmd::build(&ws, debug).map(drop),
+        Cmd::Run { args } => run_observer(&ws, args),
+        Cmd::Test { args } => test(&ws, args),
+        Cmd::Vm(args) => vm::run(&ws, *args),
+        Cmd::Bench => bail!("`cargo xtask bench` is not written yet"),
+    }
+}
+
+fn run_observer(ws: &Workspace, args: Vec<String>) -> Result<()> {
+    // Checked before building so a non-root user does not wait for nothing.
+    if !util::is_root() {
+        bail!(
+            "the observer loads eBPF programs and must run as root; try `sudo -E cargo xtask run -- ...`"
+        );
+    }
+    let bins = build_cmd::build(ws, false)?;
+    let mut cmd = std::process::Command::new(&bins.observer);
+    cmd.args(&args);
+    say(format!("$ {}", display(&cmd)));
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("cannot execute {}", bins.observer.display()))
+}
+
+fn test(ws: &Workspace, args: Vec<String>) -> Result<()> {
+    let bins = build_cmd::build(ws, false)?;
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    let mut cmd = ws.cargo();
+    // observer-ebpf only builds for the bpfel target (observer/build.rs does
+    // that); compiled for the host it is an empty stub with nothing to test.
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "observer-ebpf",
+        "--release",
+        "--",
+    ])
+    .arg("--include-ignored")
+    .args(&args)
+    .env("OBSERVER_BIN", &bins.observer)
+    .env("RACER_BIN", &bins.racer)
+    .env("FAULTBENCH_BIN", &bins.faultbench)
+    .env("XTASK_VM", "1")
+    .env("XTASK_BIN", &xtask);
+    for (var, path) in [
+        ("OBSERVER_BIN", &bins.observer),
+        ("RACER_BIN", &bins.racer),
+        ("FAULTBENCH_BIN", &bins.faultbench),
+        ("XTASK_BIN", &xtask),
+    ] {
+        say(format!("  {var}={}", path.display()));
+    }
+    say("  XTASK_VM=1");
+    if !util::is_root() {
+        say("not root: the tests that load eBPF programs will fail");
+    }
+    run(&mut cmd).context("tests failed")
+}

@@ -1,0 +1,145 @@
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Where the workspace lives and where cargo puts its artefacts.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target: PathBuf,
+}
+
+impl Workspace {
+    pub fn locate() -> Result<Self> {
+        // Fixed at compile time so that xtask works from any cwd, including
+        // when an integration test runs `$XTASK_BIN vm ...` from its crate dir.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask manifest dir has no parent")?
+            .to_path_buf();
+        // Child cargo invocations inherit CARGO_TARGET_DIR, so the binaries
+        // land wherever it points; follow it rather than assume ./target.
+        let target = match env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) if !dir.is_empty() => {
+                let dir = PathBuf::from(dir);
+                if dir.is_absolute() {
+                    dir
+                } else {
+                    env::current_dir()?.join(dir)
+                }
+            }
+            _ => root.join("target"),
+        };
+        Ok(Self { root, target })
+    }
+
+    pub fn cargo(&self) -> Command {
+        // `cargo run` exports CARGO, the cargo that built us; using it keeps
+        // the same toolchain for the nested builds.
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&self.root);
+        cmd
+    }
+}
+
+pub fn say(msg: impl AsRef<str>) {
+    eprintln!("[xtask] {}", msg.as_ref());
+}
+
+pub fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        let arg = arg.to_string_lossy();
+        if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+            s.push_str(&format!(" '{}'", arg.replace('\'', r"'\''")));
+        } else {
+            s.push(' ');
+            s.push_str(&arg);
+        }
+    }
+    s
+}
+
+fn program(cmd: &Command) -> String {
+    cmd.get_program().to_string_lossy().into_owned()
+}
+
+/// Runs a command with inherited stdio, echoing it first.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    say(format!("$ {}", display(cmd)));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{}`", program(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
+/// Runs a command quietly and returns its stdout; on failure the error
+/// carries the command's stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = raw_output(cmd)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            display(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
+}
+
+pub fn raw_output(cmd: &mut Command) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{}`", program(cmd)))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes sure tools installed by cargo (bpf-linker) and the sbin tools
+/// (mkfs.*, dpkg-deb helpers) are found by every child process, whatever
+/// PATH the caller had.
+pub fn fix_path() {
+    let current = env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::split_paths(&current).collect();
+    let cargo_bin = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"));
+    if let Some(bin) = cargo_bin
+        && !dirs.contains(&bin)
+    {
+        dirs.insert(0, bin);
+    }
+    for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        let extra = PathBuf::from(extra);
+        if !dirs.contains(&extra) {
+            dirs.push(extra);
+        }
+    }
+    if let Ok(joined) = env::join_paths(dirs) {
+        if joined == current {
+            return;
+        }
+        // SAFETY: called first thing in main, before any thread exists.
+        unsafe { env::set_var("PATH", joined) };
+    }
+}
+
+/// PATH with `dir` in front, for a single child.
+pub fn path_with(dir: &str) -> OsString {
+    let mut dirs = vec![PathBuf::from(dir)];
+    dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+    env::join_paths(dirs).unwrap_or_default()
+}

@@ -1,0 +1,287 @@
+//! The guest's initramfs: busybox, /init, the binaries under test with their
+//! shared libraries, and the kernel modules, as an uncompressed newc cpio.
+//!
+//! The archive is written directly rather than through cpio(1) so that
+//! /dev/console can be a device node and every file is owned by root,
+//! without staging a directory as root.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufWriter, Write},
+    path::Path,
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::kernel::Module;
+use crate::util::{raw_output, say};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+pub struct Contents<'a> {
+    pub release: &'a str,
+    pub modules: &'a [Module],
+    pub observer: &'a Path,
+    pub racer: Option<&'a Path>,
+    pub extra_bins: &'a [std::path::PathBuf],
+    pub filesystems: &'a [String],
+    pub duration: u64,
+    pub observer_args: &'a str,
+    pub racer_args: &'a str,
+}
+
+pub fn build(c: &Contents, out: &Path) -> Result<()> {
+    let mut cpio = Cpio::default();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "results",
+        "mnt",
+        "etc/xtask",
+        "root",
+    ] {
+        cpio.dir(dir);
+    }
+    // The kernel opens /dev/console for init's stdio before anything can
+    // mount devtmpfs; without the node init runs with no output at all.
+    cpio.char_dev("dev/console", 0o600, 5, 1);
+
+    add_binary(&mut cpio, Path::new(BUSYBOX), BUSYBOX)
+        .context("adding busybox (apt-get install busybox-static)")?;
+    add_binary(&mut cpio, c.observer, "/bin/observer").context("adding the observer")?;
+    if let Some(racer) = c.racer {
+        add_binary(&mut cpio, racer, "/bin/racer").context("adding the racer")?;
+    }
+    for bin in c.extra_bins {
+        let name = bin
+            .file_name()
+            .with_context(|| format!("{} has no file name", bin.display()))?
+            .to_string_lossy();
+        add_binary(&mut cpio, bin, &format!("/bin/{name}"))?;
+    }
+
+    let mut names = Vec::new();
+    for m in c.modules {
+        cpio.file(
+            &format!("lib/modules/{}/{}.ko", c.release, m.name),
+            0o644,
+            m.data.clone(),
+        );
+        names.push(m.name.as_str());
+    }
+
+    let init = include_str!("init.sh")
+        .replace("@FILESYSTEMS@", &c.filesystems.join(" "))
+        .replace("@DURATION@", &c.duration.to_string())
+        .replace("@MODULES@", &names.join(" "))
+        .replace("@RACER_ARGS@", c.racer_args);
+    cpio.file("init", 0o755, init.into_bytes());
+    // The observer's command line lives in its own script so that it can be
+    // exec'd in the foreground with a known pid (see init.sh).
+    let observer_sh = format!(
+        "#!/bin/sh\necho $$ >/tmp/observer.pid\n\
+         exec /bin/observer --json --output \"$1.alerts.json\" {} 2>\"$1.observer.log\" </dev/null\n",
+        c.observer_args
+    );
+    cpio.file("etc/xtask/observer.sh", 0o755, observer_sh.into_bytes());
+
+    let file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = BufWriter::new(file);
+    let size = cpio.write(&mut w)?;
+    w.flush()?;
+    say(format!(
+        "initramfs: {} ({} MiB, {} modules)",
+        out.display(),
+        size >> 20,
+        c.modules.len()
+    ));
+    Ok(())
+}
+
+/// Copies a host executable and, as ldd lists them, its shared libraries and
+/// dynamic loader to the same absolute paths in the guest.
+fn add_binary(cpio: &mut Cpio, host: &Path, guest: &str) -> Result<()> {
+    let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+    cpio.file(guest.trim_start_matches('/'), 0o755, data);
+    for lib in shared_libraries(host)? {
+        let data = fs::read(&lib).with_context(|| format!("reading {lib}"))?;
+        cpio.file(lib.trim_start_matches('/'), 0o755, data);
+    }
+    Ok(())
+}
+
+fn shared_libraries(bin: &Path) -> Result<Vec<String>> {
+    let out = raw_output(Command::new("ldd").arg(bin))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Static binaries and scripts make ldd fail; they need nothing.
+    if !out.status.success() || text.contains("statically linked") {
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        if line.contains("not found") {
+            bail!("{}: {}", bin.display(), line.trim());
+        }
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x…)"; the vdso has no path.
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            libs.push(path.to_string());
+        }
+    }
+    Ok(libs)
+}
+
+enum Entry {
+    Dir,
+    File { mode: u32, data: Vec<u8> },
+    CharDev { mode: u32, major: u32, minor: u32 },
+}
+
+#[derive(Default)]
+struct Cpio {
+    /// Sorted by path, so every directory precedes its contents as the
+    /// kernel's unpacker requires.
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Cpio {
+    fn parents(&mut self, path: &str) {
+        let mut end = 0;
+        while let Some(i) = path[end..].find('/') {
+            end += i;
+            self.entries
+                .entry(path[..end].to_string())
+                .or_insert(Entry::Dir);
+            end += 1;
+        }
+    }
+
+    fn dir(&mut self, path: &str) {
+        self.parents(path);
+        self.entries.insert(path.to_string(), Entry::Dir);
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) {
+        self.parents(path);
+        self.entries
+            .insert(path.to_string(), Entry::File { mode, data });
+    }
+
+    fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
+        self.parents(path);
+        self.entries
+            .insert(path.to_string(), Entry::CharDev { mode, major, minor });
+    }
+
+    fn write(&self, w: &mut impl Write) -> Result<u64> {
+        let mut offset = 0u64;
+        for (ino, (path, entry)) in (1..).zip(&self.entries) {
+            let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match entry {
+                Entry::Dir => (libc::S_IFDIR | 0o755, &[], (0, 0)),
+                Entry::File { mode, data } => (libc::S_IFREG | mode, data, (0, 0)),
+                Entry::CharDev { mode, major, minor } => {
+                    (libc::S_IFCHR | mode, &[], (*major, *minor))
+                }
+            };
+            let nlink = if matches!(entry, Entry::Dir) { 2 } else { 1 };
+            offset += header(w, path, ino, mode, nlink, data.len(), rdev)?;
+            w.write_all(data)?;
+            offset += data.len() as u64;
+            offset += pad(w, offset)?;
+        }
+        offset += header(w, "TRAILER!!!", 0, 0, 1, 0, (0, 0))?;
+        Ok(offset)
+    }
+}
+
+/// Writes a newc header plus name, padded to 4 bytes; returns bytes written.
+fn header(
+    w: &mut impl Write,
+    name: &str,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    size: usize,
+    (rmajor, rminor): (u32, u32),
+) -> Result<u64> {
+    let size = u32::try_from(size).context("file too large for newc cpio")?;
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        size,
+        0,
+        0,
+        rmajor,
+        rminor,
+        name.len() as u32 + 1,
+        0,
+    ];
+    let mut h = String::from("070701");
+    for f in fields {
+        h.push_str(&format!("{f:08x}"));
+    }
+    w.write_all(h.as_bytes())?;
+    w.write_all(name.as_bytes())?;
+    w.write_all(&[0])?;
+    let written = (h.len() + name.len() + 1) as u64;
+    Ok(written + pad(w, written)?)
+}
+
+fn pad(w: &mut impl Write, offset: u64) -> Result<u64> {
+    let n = (4 - offset % 4) % 4;
+    w.write_all(&[0; 3][..n as usize])?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_lists_parents_first_and_cpio_reads_it() {
+        let mut c = Cpio::default();
+        c.file("lib/modules/x/a.ko", 0o644, b"abc".to_vec());
+        c.char_dev("dev/console", 0o600, 5, 1);
+        c.file("init", 0o755, b"#!/bin/sh\n".to_vec());
+        let mut buf = Vec::new();
+        let n = c.write(&mut buf).unwrap();
+        assert_eq!(n as usize, buf.len());
+        let names: Vec<&String> = c.entries.keys().collect();
+        assert_eq!(
+            names,
+            [
+                "dev",
+                "dev/console",
+                "init",
+                "lib",
+                "lib/modules",
+                "lib/modules/x",
+                "lib/modules/x/a.ko"
+            ]
+        );
+        let Ok(mut child) = Command::new("cpio")
+            .args(["-t", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            return; // cpio(1) not installed; the layout check above still ran
+        };
+        child.stdin.take().unwrap().write_all(&buf).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 7);
+    }
+}

@@ -1,0 +1,280 @@
+//! `cargo xtask vm`: runs the observer and the racer in a Debian cloud
+//! kernel under qemu, on XFS and ext4, and brings the results back.
+
+mod initramfs;
+mod kernel;
+mod qemu;
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{self, Command},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::{
+    build_cmd::{self, Binaries},
+    util::{Workspace, output, say},
+};
+
+const FILESYSTEMS: &[&str] = &["xfs", "ext4"];
+/// Marks an output directory as ours, so that it may be emptied next time.
+const OUT_MARKER: &str = ".xtask-vm";
+
+#[derive(Args)]
+pub struct VmArgs {
+    /// Kernel series (6.12 or 6.1: newest Debian cloud package) or an exact
+    /// release such as 6.1.0-50-cloud-amd64.
+    #[arg(long)]
+    kernel: String,
+    /// Filesystems to run the racer on, in order.
+    #[arg(long, value_delimiter = ',', default_value = "xfs,ext4")]
+    fs: Vec<String>,
+    /// Seconds the racer runs on each filesystem.
+    #[arg(long, default_value_t = 4)]
+    duration: u64,
+    /// Where results go [default: <target>/vm/<kernel>]; emptied first.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Extra observer arguments, split by the guest shell.
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
+    observer_args: String,
+    /// Extra racer arguments, split by the guest shell.
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
+    racer_args: String,
+    /// Use the binaries as they are instead of running `cargo xtask build`
+    /// (implied when XTASK_VM=1, i.e. under `cargo xtask test`).
+    #[arg(long)]
+    no_build: bool,
+    /// Observer binary [default: $OBSERVER_BIN, else target/release/observer].
+    #[arg(long)]
+    observer_bin: Option<PathBuf>,
+    /// Racer binary [default: $RACER_BIN, else target/release/racer]; the
+    /// guest idles for --duration when there is none.
+    #[arg(long)]
+    racer_bin: Option<PathBuf>,
+    /// More host binaries to put in the guest's /bin (with their libraries).
+    #[arg(long = "extra-bin")]
+    extra_bins: Vec<PathBuf>,
+    /// More kernel modules to load (their dependencies come along).
+    #[arg(long = "module", value_delimiter = ',')]
+    modules: Vec<String>,
+    /// Seconds before qemu is killed [default: 300 + duration per filesystem].
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Keep the disk images and initramfs (in <out>/work) for inspection.
+    #[arg(long)]
+    keep_work: bool,
+}
+
+pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
+    for fs in &args.fs {
+        if !FILESYSTEMS.contains(&fs.as_str()) {
+            bail!("--fs {fs}: only {} are supported", FILESYSTEMS.join(","));
+        }
+    }
+    // Under `cargo xtask test` the binaries are fresh, and a nested cargo
+    // build would wait forever on the lock the outer `cargo test` holds.
+    let nested = env::var_os("XTASK_VM").is_some_and(|v| v == "1");
+    if nested && !args.no_build {
+        say("XTASK_VM=1: using the binaries `cargo xtask test` built");
+    }
+    let built = if args.no_build || nested {
+        Binaries::in_profile(ws, false)
+    } else {
+        build_cmd::build(ws, false)?
+    };
+    let observer = pick(args.observer_bin.clone(), "OBSERVER_BIN", built.observer);
+    if !observer.is_file() {
+        bail!(
+            "no observer binary at {} (build it, or pass --observer-bin)",
+            observer.display()
+        );
+    }
+    let racer = pick(args.racer_bin.clone(), "RACER_BIN", built.racer);
+    let racer = if racer.is_file() {
+        Some(racer)
+    } else if args.racer_bin.is_some() || env::var_os("RACER_BIN").is_some() {
+        bail!("no racer binary at {}", racer.display());
+    } else {
+        say(format!(
+            "no racer at {}; the guest will only idle",
+            racer.display()
+        ));
+        None
+    };
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| ws.target.join("vm").join(&args.kernel));
+    prepare_out(&out)?;
+    let out = fs::canonicalize(&out)?;
+
+    let kernel = kernel::prepare(ws, &args.kernel)?;
+    let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk", "xfs", "ext4"]
+        .map(String::from)
+        .to_vec();
+    wanted.extend(args.modules.iter().cloned());
+    let modules = kernel::modules(&kernel, &wanted)?;
+
+    let work = out.join("work");
+    fs::create_dir_all(&work)?;
+    let initramfs = work.join("initramfs.cpio");
+    initramfs::build(
+        &initramfs::Contents {
+            release: &kernel.release,
+            modules: &modules,
+            observer: &observer,
+            racer: racer.as_deref(),
+            extra_bins: &args.extra_bins,
+            filesystems: &args.fs,
+            duration: args.duration,
+            observer_args: &args.observer_args,
+            racer_args: &args.racer_args,
+        },
+        &initramfs,
+    )?;
+    let disks = qemu::make_disks(&work)?;
+
+    let timeout = args
+        .timeout
+        .unwrap_or(300 + args.duration * args.fs.len() as u64);
+    let outcome = qemu::boot(&qemu::Boot {
+        vmlinuz: &kernel.vmlinuz,
+        initramfs: &initramfs,
+        disks: &disks,
+        console_log: &out.join("console.log"),
+        timeout: Duration::from_secs(timeout),
+    })?;
+
+    let extracted = extract_results(&disks.results, &out);
+    if !args.keep_work {
+        let _ = fs::remove_dir_all(&work);
+    }
+    if let qemu::Outcome::TimedOut = outcome {
+        tail_console(&out);
+        bail!(
+            "the guest did not power off within {timeout}s; see {}",
+            out.join("console.log").display()
+        );
+    }
+    if let Err(e) = extracted {
+        tail_console(&out);
+        return Err(e);
+    }
+    summarize(&out, &args.fs)
+}
+
+fn pick(flag: Option<PathBuf>, var: &str, default: PathBuf) -> PathBuf {
+    flag.or_else(|| {
+        env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or(default)
+}
+
+/// Empties `out` if it is ours (or empty); refuses to touch anything else.
+fn prepare_out(out: &Path) -> Result<()> {
+    if out.exists() {
+        let mut entries =
+            fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?;
+        let ours = out.join(OUT_MARKER).exists();
+        if !ours && entries.next().is_some() {
+            bail!(
+                "--out {} is not empty and was not made by `cargo xtask vm`; pick another directory",
+                out.display()
+            );
+        }
+        fs::remove_dir_all(out).with_context(|| format!("emptying {}", out.display()))?;
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    fs::write(out.join(OUT_MARKER), format!("{}\n", process::id()))?;
+    Ok(())
+}
+
+fn extract_results(image: &Path, out: &Path) -> Result<()> {
+    // The guest wrote a bare tar to the raw disk; tar stops at its end
+    // marker and ignores the zeroes after it.
+    output(
+        Command::new("tar")
+            .args(["-xf"])
+            .arg(image)
+            .args(["--no-same-owner", "--no-overwrite-dir", "-C"])
+            .arg(out),
+    )
+    .context("the results disk holds no tar: the guest never got to the end of /init")?;
+    if !out.join("done").exists() {
+        bail!(
+            "the results disk holds no results: the guest never got to the end of /init (see {})",
+            out.join("console.log").display()
+        );
+    }
+    Ok(())
+}
+
+fn tail_console(out: &Path) {
+    if let Ok(text) = fs::read_to_string(out.join("console.log")) {
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(25)..];
+        say(format!("last console lines:\n{}", tail.join("\n")));
+    }
+}
+
+fn summarize(out: &Path, filesystems: &[String]) -> Result<()> {
+    let read = |name: &str| {
+        fs::read_to_string(out.join(name))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    say(format!("results in {}", out.display()));
+    say(format!(
+        "  kernel   {}",
+        read("uname").unwrap_or_else(|| "?".into())
+    ));
+    for fs in filesystems {
+        let alerts = read(&format!("{fs}.alerts.json"))
+            .map(|s| {
+                // JSON lines: a startup record, the alerts, a closing summary.
+                let count = |t: &str| {
+                    s.lines()
+                        .filter(|l| l.contains(&format!("\"type\":\"{t}\"")))
+                        .count()
+                };
+                let summary = if count("summary") > 0 {
+                    ""
+                } else {
+                    ", no summary"
+                };
+                format!("{} alerts{summary}", count("alert"))
+            })
+            .unwrap_or_else(|| "no alerts file".into());
+        let rc = read(&format!("{fs}.observer.rc")).unwrap_or_else(|| "-".into());
+        let ready = read(&format!("{fs}.ready")).unwrap_or_else(|| "-".into());
+        let racer = read(&format!("{fs}.racer.rc")).unwrap_or_else(|| "-".into());
+        let stop = read(&format!("{fs}.stop"))
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        say(format!(
+            "  {fs:<5}    observer {ready}, exit status {rc}{stop}; {alerts}; racer exit status {racer}"
+        ));
+    }
+    if let Some(errors) = read("errors").filter(|e| !e.is_empty()) {
+        bail!("the guest reported: {}", errors.replace('\n', "; "));
+    }
+    Ok(())
+}
