@@ -151,7 +151,7 @@ pub struct WindowState {
 pub const COUNTER_EMITTED: u32 = 0; // + kind
 pub const COUNTER_LOST: u32 = 16; // + kind: ring buffer full
 pub const COUNTER_FILTERED: u32 = 32; // map_pages dropped by the pre-filter
-pub const COUNTER_UNRESOLVED: u32 = 33; // a kernel pointer chain could not be read
+pub const COUNTER_UNRESOLVED: u32 = 36; // + kind: a kernel pointer chain could not be read
 pub const COUNTERS: u32 = 48;
 
 #[cfg(feature = "user")]

@@ -47,7 +47,7 @@ pub fn invalidate_enter(enter: Kind, fidelity: u8, mapping: u64, start: u64, end
         return;
     }
     let Some(key) = file_of_mapping(cfg, mapping) else {
-        count(COUNTER_UNRESOLVED);
+        count(COUNTER_UNRESOLVED + enter as u32);
         return;
     };
     let ts = now();
@@ -92,7 +92,7 @@ pub fn map_pages_enter(vmf: u64, start: u64, end: u64) {
         return;
     }
     let Some(key) = file_of_fault(cfg, vmf) else {
-        count(COUNTER_UNRESOLVED);
+        count(COUNTER_UNRESOLVED + Kind::MapPages as u32);
         return;
     };
     let stash = Stash {

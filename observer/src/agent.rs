@@ -145,6 +145,15 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
     correlator.flush(&mut alerts);
     shown += emit(&mut sink, &filter, &mut paths, &mut alerts, &cli)?;
     let counters = source::read_counters(&loaded.ebpf)?;
+    for k in 1..counters.unresolved.len() {
+        if counters.unresolved[k] > 0 && k != observer_abi::Kind::MapPages as usize {
+            eprintln!(
+                "observer: {} {} calls had no readable file (mapping without host inode): not windows",
+                counters.unresolved[k],
+                source::kind_name(k)
+            );
+        }
+    }
     let summary = summarize(&correlator, &counters, &source, started.elapsed(), shown);
     sink.summary(&summary).with_context(|| output_name(&cli))?;
     if cli.output.is_some() || cli.json {
@@ -208,7 +217,10 @@ fn summarize(
         kernel_emitted: named(&counters.emitted),
         lost: sink::Lost {
             ringbuf_full: counters.lost.iter().sum(),
-            unresolved: counters.unresolved,
+            // An invalidation whose mapping has no readable host inode cannot be
+            // a window on a mapped file; only an unreadable fault-around can
+            // hide a race.
+            unresolved: counters.unresolved[observer_abi::Kind::MapPages as usize],
             late: stats.late_events + source.undecodable,
         },
         filtered: counters.filtered,

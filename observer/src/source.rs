@@ -152,7 +152,8 @@ pub struct KernelCounters {
     pub emitted: [u64; abi::KIND_MAX],
     pub lost: [u64; abi::KIND_MAX],
     pub filtered: u64,
-    pub unresolved: u64,
+    /// Records not sent because a kernel pointer chain could not be read.
+    pub unresolved: [u64; abi::KIND_MAX],
 }
 
 pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
@@ -163,9 +164,9 @@ pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
     for k in 1..abi::KIND_MAX as u32 {
         c.emitted[k as usize] = sum(abi::COUNTER_EMITTED + k)?;
         c.lost[k as usize] = sum(abi::COUNTER_LOST + k)?;
+        c.unresolved[k as usize] = sum(abi::COUNTER_UNRESOLVED + k)?;
     }
     c.filtered = sum(abi::COUNTER_FILTERED)?;
-    c.unresolved = sum(abi::COUNTER_UNRESOLVED)?;
     Ok(c)
 }
 
