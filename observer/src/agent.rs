@@ -39,6 +39,14 @@ pub fn run(cli: Cli) -> Result<()> {
     {
         anyhow::bail!("bad --duration {d}: must be a positive number of seconds");
     }
+    let loaded = loader::load(&loader::Options {
+        btf: cli.btf.clone(),
+        ringbuf_bytes: cli.ringbuf_kib * 1024,
+        full_stream: cli.full_stream,
+        best_method: cli.method,
+    })?;
+    // Opened only now: a run that could not start must not have emptied the
+    // user's file.
     let out: Box<dyn Write + Send> = match &cli.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot write to {}", path.display()))?,
@@ -47,13 +55,6 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let format = if cli.json { Format::Json } else { Format::Text };
     let mut sink = Sink::new(format, out, boot_to_realtime_ns());
-
-    let loaded = loader::load(&loader::Options {
-        btf: cli.btf.clone(),
-        ringbuf_bytes: cli.ringbuf_kib * 1024,
-        full_stream: cli.full_stream,
-        best_method: cli.method,
-    })?;
     let kernel = kernel_release();
     eprintln!("observer: kernel {kernel}, BTF {}", cli.btf.display());
     for p in &loaded.probes {
@@ -76,7 +77,8 @@ pub fn run(cli: Cli) -> Result<()> {
         );
     }
     if cli.json {
-        sink.startup(&startup(&loaded, kernel))?;
+        sink.startup(&startup(&loaded, kernel))
+            .with_context(|| output_name(&cli))?;
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()

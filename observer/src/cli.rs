@@ -10,7 +10,7 @@ use crate::loader::Method;
 /// installs inside a hole-punch/truncate invalidation window
 /// (unmap_mapping_range → truncate_inode_pages_range). Run as root.
 #[derive(Parser, Debug)]
-#[command(name = "observer", version)]
+#[command(name = "observer", version, allow_negative_numbers = true)]
 pub struct Cli {
     /// JSON lines instead of text (schema in the README).
     #[arg(long)]

@@ -31,10 +31,20 @@ pub fn parse_maps(text: &str, file: FileId) -> Option<String> {
     let want_dev = format!("{:02x}:{:02x}", file.major(), file.minor());
     let want_ino = file.ino.to_string();
     text.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_, _, _, dev, ino) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-        let path: Vec<&str> = f.collect();
-        (dev == want_dev && ino == want_ino && !path.is_empty()).then(|| path.join(" "))
+        // Five space-separated fields, then padding, then the path verbatim
+        // (it may itself contain spaces).
+        let mut rest = line;
+        let mut fields = [""; 5];
+        for f in &mut fields {
+            rest = rest.trim_start();
+            let end = rest.find(' ')?;
+            *f = &rest[..end];
+            rest = &rest[end..];
+        }
+        let path = rest.trim_start();
+        let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+        (fields[3] == want_dev && fields[4] == want_ino && !path.is_empty())
+            .then(|| path.to_owned())
     })
 }
 
@@ -54,6 +64,8 @@ mod tests {
             parse_maps(maps, file).as_deref(),
             Some("/mnt/xfs/racer.dat")
         );
+        let spaced = "7f00-7f10 r--s 00000000 07:01 131        /mnt/a  b.dat (deleted)\n";
+        assert_eq!(parse_maps(spaced, file).as_deref(), Some("/mnt/a  b.dat"));
         let other = FileId {
             dev: (7 << 20) | 2,
             ino: 131,

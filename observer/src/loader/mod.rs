@@ -321,6 +321,11 @@ fn attach_kprobe(
     function: &'static str,
 ) -> std::result::Result<Vec<String>, Refusal> {
     let fail = |e| refusal(Method::Kprobe, e);
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err(fail(anyhow::anyhow!(
+            "the kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe missing: CONFIG_KPROBES off?)"
+        )));
+    }
     if !tracefs::in_kallsyms(function) {
         return Err(fail(anyhow::anyhow!(
             "not in /proc/kallsyms (inlined or missing)"
