@@ -849,6 +849,349 @@ pub mod workload {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Running the observer and inspecting loaded BPF programs (host tests)
+// ---------------------------------------------------------------------------
+
+/// A running `observer` with its stdout and stderr read by background threads
+/// (so neither pipe can fill up and stall it). Dropping it SIGKILLs and reaps
+/// the process if it was not waited for.
+pub struct ObserverProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How an [`ObserverProcess`] ended.
+#[derive(Debug)]
+pub struct ObserverExit {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ObserverExit {
+    /// The exit code (`None` when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl ObserverProcess {
+    /// Starts `bin` with `args`, stdin from /dev/null, stdout and stderr piped.
+    pub fn spawn<I, S>(bin: &Path, args: I) -> Result<ObserverProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        use std::io::{BufRead, BufReader, Read};
+        use std::process::Stdio;
+        use std::sync::{Arc, Mutex, mpsc};
+
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {shown}"))?;
+        let (tx, lines) = mpsc::channel();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        if let Some(pipe) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                    // The receiver may be gone; the text is kept regardless.
+                    let _ = tx.send(line);
+                }
+            }));
+        }
+        if let Some(mut pipe) = child.stdout.take() {
+            let sink = Arc::clone(&stdout);
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if let Ok(mut s) = sink.lock() {
+                                s.extend_from_slice(&buf[..n]);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(ObserverProcess {
+            child,
+            lines,
+            stderr,
+            stdout,
+            readers,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the `observer: ready:` line on stderr. Fails (with the
+    /// stderr so far) on timeout or when the observer exits first.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("observer: ready:") => return Ok(()),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "observer not ready after {timeout:?}; stderr so far:\n{}",
+                    self.stderr_so_far()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    bail!(
+                        "observer closed stderr before it was ready (exit status {status:?}); \
+                         stderr:\n{}",
+                        self.stderr_so_far()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Sends signal `sig` (e.g. `libc::SIGINT`) to the observer.
+    pub fn signal(&self, sig: libc::c_int) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
+        // SAFETY: kill has no memory-safety preconditions; the child is not
+        // reaped yet, so the pid still names it.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("kill({pid}, {sig})"));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the observer to exit by itself (SIGKILLing it
+    /// and failing after that), then collects its output.
+    pub fn wait(mut self, timeout: Duration) -> Result<ObserverExit> {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().context("waiting for the observer")? {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "observer still running {timeout:?} later; killed it. stderr:\n{}",
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let stdout = self
+            .stdout
+            .lock()
+            .map(|s| String::from_utf8_lossy(&s).into_owned())
+            .unwrap_or_default();
+        Ok(ObserverExit {
+            status,
+            stdout,
+            stderr: self.stderr_so_far(),
+        })
+    }
+}
+
+impl Drop for ObserverProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Names of the observer's BPF programs (the kernel keeps the first 15 bytes;
+/// bpftool shows the full name when the object has BTF).
+pub const OBSERVER_PROG_NAMES: &[&str] = &[
+    "mm_filemap_map_pages",
+    "mm_filemap_delete_from_page_cache",
+    "sys_enter_fallocate",
+    "sys_exit_fallocate",
+    "sys_enter_ftruncate",
+    "sys_exit_ftruncate",
+    "sys_enter_truncate",
+    "sys_exit_truncate",
+    "unmap_mapping_range_fentry",
+    "unmap_mapping_range_fexit",
+    "unmap_mapping_range_kprobe",
+    "unmap_mapping_range_kretprobe",
+    "truncate_inode_pages_range_fentry",
+    "truncate_inode_pages_range_fexit",
+    "truncate_inode_pages_range_kprobe",
+    "truncate_inode_pages_range_kretprobe",
+    "filemap_map_pages_fentry",
+    "filemap_map_pages_fexit",
+    "filemap_map_pages_kprobe",
+    "filemap_map_pages_kretprobe",
+];
+
+/// Whether a program name (full, or cut to 15 bytes by the kernel) is one of
+/// [`OBSERVER_PROG_NAMES`].
+pub fn is_observer_prog_name(name: &str) -> bool {
+    const KERNEL_NAME_MAX: usize = 15;
+    let cut = |s: &str| s.as_bytes()[..s.len().min(KERNEL_NAME_MAX)].to_vec();
+    !name.is_empty()
+        && OBSERVER_PROG_NAMES
+            .iter()
+            .any(|n| *n == name || (name.len() == KERNEL_NAME_MAX && cut(n) == cut(name)))
+}
+
+/// One entry of `bpftool prog show --json` / `bpftool link show --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfObject {
+    pub id: u64,
+    /// Program name ("" for links, which have none).
+    pub name: String,
+    /// Program or link type, e.g. "tracepoint" / "perf_event".
+    pub kind: String,
+    /// For links: the program behind it.
+    pub prog_id: Option<u64>,
+}
+
+/// `bpftool` (`$BPFTOOL`, else /usr/sbin/bpftool, else from `$PATH`).
+pub fn bpftool_bin() -> PathBuf {
+    env_override("BPFTOOL").unwrap_or_else(|| {
+        let sbin = PathBuf::from("/usr/sbin/bpftool");
+        if sbin.is_file() {
+            sbin
+        } else {
+            PathBuf::from("bpftool")
+        }
+    })
+}
+
+fn bpftool_list(what: &str) -> Result<Vec<BpfObject>> {
+    let bin = bpftool_bin();
+    let out = Command::new(&bin)
+        .args([what, "show", "--json"])
+        .output()
+        .with_context(|| format!("cannot run {} (apt-get install bpftool)", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {what} show --json: {}: {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = json::parse(&text).with_context(|| format!("bpftool {what} show: bad JSON"))?;
+    let json::Value::Array(items) = v else {
+        bail!("bpftool {what} show: not a JSON array");
+    };
+    items
+        .iter()
+        .map(|p| {
+            Ok(BpfObject {
+                id: p.get_u64("id")?,
+                name: p.get_str("name").unwrap_or("").to_string(),
+                kind: p.get_str("type").unwrap_or("").to_string(),
+                prog_id: p.get_u64("prog_id").ok(),
+            })
+        })
+        .collect()
+}
+
+/// Every BPF program loaded in the kernel, as `bpftool prog show --json` lists them.
+pub fn bpf_programs() -> Result<Vec<BpfObject>> {
+    bpftool_list("prog")
+}
+
+/// Every BPF link in the kernel, as `bpftool link show --json` lists them.
+pub fn bpf_links() -> Result<Vec<BpfObject>> {
+    bpftool_list("link")
+}
+
+/// BPF program and link ids that process `pid` holds file descriptors to
+/// (from the `prog_id:` / `link_id:` lines of /proc/PID/fdinfo/*).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldBpf {
+    pub prog_ids: Vec<u64>,
+    pub link_ids: Vec<u64>,
+}
+
+pub fn bpf_held_by(pid: u32) -> Result<HeldBpf> {
+    let dir = PathBuf::from(format!("/proc/{pid}/fdinfo"));
+    let mut held = HeldBpf::default();
+    for entry in
+        std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+    {
+        // fds come and go while we look: skip what vanished.
+        let Ok(entry) = entry else { continue };
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let Ok(id) = value.trim().parse::<u64>() else {
+                continue;
+            };
+            match key {
+                "prog_id" => held.prog_ids.push(id),
+                "link_id" => held.link_ids.push(id),
+                _ => {}
+            }
+        }
+    }
+    held.prog_ids.sort_unstable();
+    held.prog_ids.dedup();
+    held.link_ids.sort_unstable();
+    held.link_ids.dedup();
+    Ok(held)
+}
+
+/// BPF program ids held by any live process (walks /proc/*/fdinfo).
+pub fn bpf_prog_ids_held_by_anyone() -> Vec<u64> {
+    let mut ids = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(h) = bpf_held_by(pid) {
+                ids.extend(h.prog_ids);
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

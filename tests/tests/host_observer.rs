@@ -1,0 +1,672 @@
+//! End-to-end tests of the observer on this host's kernel: it runs next to the
+//! `racer` workload on XFS/ext4 loop mounts and its output is checked record by
+//! record. The host has no kprobes and refuses fentry, so every probe must
+//! fall back to tracepoints by itself.
+//!
+//! They need root (loop mounts, BPF) and are ignored by default; run them with
+//! `cargo test -p observer-tests -- --include-ignored` (as `cargo xtask test`
+//! does). The tests take a process-wide lock so that only one observer and one
+//! racer run at a time: the assertions are about each test's own racer file
+//! (matched by dev and inode), but concurrent racers would compete for CPUs.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use observer_tests::{
+    FsType, LoopMount, ObserverExit, ObserverProcess, RacerReport, bpf_held_by, bpf_links,
+    bpf_prog_ids_held_by_anyone, bpf_programs, is_observer_prog_name, is_root, observer_bin,
+    racer_bin,
+};
+use serde_json::Value;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Seconds each racer runs.
+const RACE_SECS: &str = "3";
+const FUNCTIONS: [&str; 3] = [
+    "unmap_mapping_range",
+    "truncate_inode_pages_range",
+    "filemap_map_pages",
+];
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One observer test at a time (a failed test must not block the others).
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn need_root() {
+    assert!(
+        is_root(),
+        "needs root (loop mounts, BPF); run as root or leave the test ignored"
+    );
+}
+
+fn loop_mount(fs: FsType) -> LoopMount {
+    need_root();
+    LoopMount::new(fs, 512).unwrap_or_else(|e| panic!("{fs} loop mount: {e:#}"))
+}
+
+/// Where an observer run writes its JSON lines: next to the image, in the
+/// mount's private directory (removed with it).
+fn output_path(m: &LoopMount) -> PathBuf {
+    m.image().with_file_name("observer.jsonl")
+}
+
+/// Starts the observer and waits for its `observer: ready:` line.
+fn start_observer(args: &[&str]) -> ObserverProcess {
+    let bin = observer_bin();
+    let mut p = ObserverProcess::spawn(&bin, args)
+        .unwrap_or_else(|e| panic!("cannot start {}: {e:#}", bin.display()));
+    if let Err(e) = p.wait_ready(READY_TIMEOUT) {
+        panic!("{} {args:?}: {e:#}", bin.display());
+    }
+    p
+}
+
+/// Sends `sig` and waits for a clean exit (status 0).
+fn stop_observer(p: ObserverProcess, sig: libc::c_int) -> ObserverExit {
+    p.signal(sig).expect("signal the observer");
+    let exit = p
+        .wait(EXIT_TIMEOUT)
+        .expect("observer exits after the signal");
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "observer exit status {} after signal {sig}; stderr:\n{}",
+        exit.status,
+        exit.stderr
+    );
+    exit
+}
+
+/// Runs racer on `file` for [`RACE_SECS`] seconds and returns its report.
+fn run_racer(file: &Path, extra: &[&str]) -> RacerReport {
+    let bin = racer_bin();
+    let out = Command::new(&bin)
+        .arg("--file")
+        .arg(file)
+        .args(["--duration", RACE_SECS])
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "racer {extra:?} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r =
+        RacerReport::parse(&stdout).unwrap_or_else(|e| panic!("racer report {stdout:?}: {e:#}"));
+    assert!(r.punches > 0 && r.faults > 0, "racer did nothing: {r:?}");
+    r
+}
+
+/// Every line of the observer's JSON output, parsed.
+fn read_records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(
+        text.ends_with('\n'),
+        "output does not end with a newline: {:?}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line}", i + 1))
+        })
+        .collect()
+}
+
+/// The records of one run: the startup record, the alerts and the summary.
+struct Records {
+    startup: Value,
+    alerts: Vec<Value>,
+    summary: Value,
+}
+
+fn split_records(mut records: Vec<Value>) -> Records {
+    assert!(
+        records.len() >= 2,
+        "want at least startup and summary, got {records:?}"
+    );
+    let summary = records.pop().unwrap();
+    let startup = records.remove(0);
+    assert_eq!(startup["type"], "startup", "first record: {startup}");
+    assert_eq!(summary["type"], "summary", "last record: {summary}");
+    for r in &records {
+        assert_eq!(
+            r["type"], "alert",
+            "a record between startup and summary: {r}"
+        );
+        assert_eq!(r["kind"], "pte_in_punch_window", "{r}");
+    }
+    Records {
+        startup,
+        alerts: records,
+        summary,
+    }
+}
+
+fn u64_of(v: &Value, what: &str) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{what} is not an unsigned integer: {v}"))
+}
+
+/// A `{"start":N,"end":N|"EOF"}` page range as an inclusive pair.
+fn page_range(v: &Value) -> (u64, u64) {
+    let start = u64_of(&v["start"], "pages.start");
+    let end = match &v["end"] {
+        Value::String(s) if s == "EOF" => u64::MAX,
+        e => u64_of(e, "pages.end"),
+    };
+    assert!(start <= end, "empty page range {v}");
+    (start, end)
+}
+
+fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+fn dev_of(r: &RacerReport) -> String {
+    format!("{}:{}", r.dev_major, r.dev_minor)
+}
+
+fn is_on(alert: &Value, r: &RacerReport) -> bool {
+    alert["ino"].as_u64() == Some(r.ino) && alert["dev"].as_str() == Some(dev_of(r).as_str())
+}
+
+/// The attach ladder ended on tracepoints for every function, after real
+/// (not skipped) fentry refusals, in both the startup record and on stderr.
+fn check_tracepoint_startup(startup: &Value, stderr: &str) {
+    assert!(
+        startup["kernel"].as_str().is_some_and(|k| !k.is_empty()),
+        "{startup}"
+    );
+    let probes = startup["probes"].as_array().expect("startup.probes");
+    let functions: BTreeSet<&str> = probes
+        .iter()
+        .map(|p| p["function"].as_str().expect("probe.function"))
+        .collect();
+    assert_eq!(functions, BTreeSet::from(FUNCTIONS), "{startup}");
+    assert_eq!(probes.len(), FUNCTIONS.len(), "{startup}");
+    for p in probes {
+        assert_eq!(p["method"], "tracepoint", "probe {p}");
+        let refused = p["refused"].as_array().expect("probe.refused");
+        let fentry = refused
+            .iter()
+            .find(|r| r["method"] == "fentry")
+            .unwrap_or_else(|| panic!("fentry is not among the refusals: {p}"));
+        let reason = fentry["reason"].as_str().expect("refusal reason");
+        assert!(
+            !reason.is_empty() && !reason.contains("skipped"),
+            "fentry was not really tried: {p}"
+        );
+    }
+    assert!(
+        stderr.starts_with("observer: kernel "),
+        "stderr does not start with the kernel line:\n{stderr}"
+    );
+    for f in FUNCTIONS {
+        let prefix = format!("observer: {f}: ");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no startup line for {f} on stderr:\n{stderr}"));
+        assert!(line.contains("tracepoint"), "{line}");
+        assert!(line.contains("fentry refused: "), "{line}");
+    }
+    // The startup lines come before the ready line.
+    let lines: Vec<&str> = stderr.lines().collect();
+    let ready = lines
+        .iter()
+        .position(|l| l.starts_with("observer: ready:"))
+        .expect("ready line");
+    let last_probe = lines
+        .iter()
+        .rposition(|l| {
+            FUNCTIONS
+                .iter()
+                .any(|f| l.starts_with(&format!("observer: {f}: ")))
+        })
+        .unwrap();
+    assert!(
+        last_probe < ready,
+        "probe lines after the ready line:\n{stderr}"
+    );
+}
+
+/// The alerts about the racer's file are the race the racer provoked, seen
+/// through tracepoints; returns how many there are.
+fn check_racer_alerts(alerts: &[Value], r: &RacerReport, window_op: &str) -> usize {
+    let punched = (r.punched_start, r.punched_end);
+    let ours: Vec<&Value> = alerts.iter().filter(|a| is_on(a, r)).collect();
+    assert!(
+        !ours.is_empty(),
+        "no alert on {} (dev {}, ino {}) among {} alerts; racer: {r:?}",
+        r.file.display(),
+        dev_of(r),
+        r.ino,
+        alerts.len()
+    );
+    assert!(
+        ours.iter()
+            .any(|a| overlap(page_range(&a["pages"]), punched)
+                && overlap(page_range(&a["window"]["pages"]), punched)),
+        "no alert whose pages and window pages overlap the punched range {punched:?}; first: {}",
+        ours[0]
+    );
+    let file = r.file.to_str().expect("UTF-8 racer path");
+    for a in &ours {
+        assert_eq!(a["fidelity"], "tracepoint", "{a}");
+        assert_eq!(a["map_pages_fidelity"], "tracepoint", "{a}");
+        assert_eq!(a["window_fidelity"], "tracepoint", "{a}");
+        let w = &a["window"];
+        assert_eq!(w["op"], window_op, "{a}");
+        assert_eq!(w["task"]["comm"], "racer-punch", "{a}");
+        assert_eq!(a["task"]["comm"], "racer-fault", "{a}");
+        // Both sides are threads of the one racer process.
+        assert_eq!(a["task"]["pid"], w["task"]["pid"], "{a}");
+        assert_ne!(a["task"]["tid"], w["task"]["tid"], "{a}");
+        match &a["path"] {
+            Value::Null => {}
+            p => assert_eq!(p, file, "{a}"),
+        }
+        // An alert is a fault-around for pages of the window's range...
+        assert!(
+            overlap(page_range(&a["pages"]), page_range(&w["pages"])),
+            "alert pages outside its window: {a}"
+        );
+        // ...that ran while the window was open.
+        let ts = u64_of(&a["ts_ns"], "ts_ns");
+        let entry = u64_of(&a["map_pages"]["entry_ns"], "map_pages.entry_ns");
+        let exit = u64_of(&a["map_pages"]["exit_ns"], "map_pages.exit_ns");
+        let opened = u64_of(&w["opened_ns"], "window.opened_ns");
+        assert!(entry <= exit && exit == ts, "{a}");
+        assert!(
+            opened <= exit,
+            "fault-around returned before the window opened: {a}"
+        );
+        if !w["closed_ns"].is_null() {
+            let closed = u64_of(&w["closed_ns"], "window.closed_ns");
+            assert!(opened <= closed, "{a}");
+            assert!(
+                entry <= closed,
+                "fault-around began after the window closed: {a}"
+            );
+        }
+        assert_eq!(
+            u64_of(&w["open_for_ns"], "window.open_for_ns"),
+            ts - opened,
+            "{a}"
+        );
+        assert!(
+            a["outcome"]["folios_removed"].is_null() || a["outcome"]["folios_removed"].is_u64(),
+            "{a}"
+        );
+        assert!(a["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{a}");
+    }
+    ours.len()
+}
+
+fn check_summary(summary: &Value, alert_lines: usize) {
+    let n = |k: &str| u64_of(&summary[k], k);
+    assert_eq!(n("alerts_shown"), alert_lines as u64, "{summary}");
+    assert!(n("alerts") >= n("alerts_shown"), "{summary}");
+    assert!(n("windows") >= 1, "{summary}");
+    for k in ["ringbuf_full", "unresolved", "late"] {
+        assert!(summary["lost"][k].is_u64(), "lost.{k}: {summary}");
+    }
+    assert!(summary["events"].is_object(), "{summary}");
+    assert!(summary["kernel_emitted"].is_object(), "{summary}");
+    assert!(
+        summary["duration_s"].as_f64().is_some_and(|d| d > 0.0),
+        "{summary}"
+    );
+    if n("alerts") > 0 {
+        assert_eq!(summary["verdict"], "race_observed", "{summary}");
+    }
+}
+
+/// A finished observer run around one racer run.
+struct Observed {
+    racer: RacerReport,
+    exit: ObserverExit,
+    records: Records,
+}
+
+/// Starts `observer --json --output FILE extra...`, runs racer on `file`,
+/// SIGINTs the observer and parses what it wrote.
+fn observe_race(
+    m: &LoopMount,
+    file: &Path,
+    observer_args: &[&str],
+    racer_args: &[&str],
+) -> Observed {
+    let out = output_path(m);
+    let mut args = vec!["--json", "--output", out.to_str().unwrap()];
+    args.extend_from_slice(observer_args);
+    let p = start_observer(&args);
+    let racer = run_racer(file, racer_args);
+    let exit = stop_observer(p, libc::SIGINT);
+    // With --output the summary also goes to stderr, and nothing to stdout.
+    assert!(exit.stdout.is_empty(), "stdout: {}", exit.stdout);
+    assert!(exit.stderr.contains("summary after "), "{}", exit.stderr);
+    let records = split_records(read_records(&out));
+    Observed {
+        racer,
+        exit,
+        records,
+    }
+}
+
+fn race_and_check(fs: FsType, racer_args: &[&str], racer_op: &str, window_op: &str) {
+    let _serial = serial();
+    let m = loop_mount(fs);
+    let file = m.path().join("racer.dat");
+    let o = observe_race(&m, &file, &[], racer_args);
+    assert_eq!(o.racer.op, racer_op);
+    assert_eq!(o.racer.file, std::fs::canonicalize(&file).unwrap());
+    check_tracepoint_startup(&o.records.startup, &o.exit.stderr);
+    let ours = check_racer_alerts(&o.records.alerts, &o.racer, window_op);
+    check_summary(&o.records.summary, o.records.alerts.len());
+    eprintln!(
+        "{fs} {racer_op}: {ours} alerts on the racer's file, {} shown, summary {}",
+        o.records.alerts.len(),
+        o.records.summary
+    );
+}
+
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn tracepoint_fallback_alerts_on_xfs() {
+    race_and_check(FsType::Xfs, &[], "punch", "punch_hole");
+}
+
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn tracepoint_fallback_alerts_on_ext4_truncate() {
+    race_and_check(FsType::Ext4, &["--op", "truncate"], "truncate", "ftruncate");
+}
+
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn tracepoint_fallback_alerts_on_xfs_zero_range() {
+    race_and_check(FsType::Xfs, &["--op", "zero"], "zero", "zero_range");
+}
+
+/// Creates the racer's file before the observer starts, so that filters can
+/// name its inode (racer reopens it with O_CREAT|O_TRUNC: same inode).
+fn precreate(m: &LoopMount) -> (PathBuf, u64, String) {
+    let file = m.path().join("racer.dat");
+    std::fs::write(&file, b"x").unwrap();
+    let st = std::fs::metadata(&file).unwrap();
+    let dev = format!("{}:{}", libc::major(st.dev()), libc::minor(st.dev()));
+    (file, st.ino(), dev)
+}
+
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn filter_by_another_inode_hides_every_alert() {
+    let _serial = serial();
+    let m = loop_mount(FsType::Xfs);
+    let (file, ino, dev) = precreate(&m);
+    let other = (ino + 1000).to_string();
+    let o = observe_race(&m, &file, &["--dev", &dev, "--ino", &other], &[]);
+    assert_eq!(o.racer.ino, ino, "racer replaced the file's inode");
+    assert_eq!(dev_of(&o.racer), dev);
+    check_tracepoint_startup(&o.records.startup, &o.exit.stderr);
+    let s = &o.records.summary;
+    assert!(
+        o.records.alerts.is_empty(),
+        "{} alerts shown despite --ino {other}; first: {}",
+        o.records.alerts.len(),
+        o.records.alerts[0]
+    );
+    assert!(
+        u64_of(&s["alerts"], "alerts") > 0,
+        "the race went unseen, so the filter was not tested: {s}"
+    );
+    assert_eq!(u64_of(&s["alerts_shown"], "alerts_shown"), 0, "{s}");
+    check_summary(s, 0);
+}
+
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn filter_by_inode_and_comm_shows_only_the_racers_alerts() {
+    let _serial = serial();
+    let m = loop_mount(FsType::Xfs);
+    let (file, ino, dev) = precreate(&m);
+    let ino_s = ino.to_string();
+    let o = observe_race(
+        &m,
+        &file,
+        &["--comm", "racer-fault", "--ino", &ino_s, "--dev", &dev],
+        &[],
+    );
+    assert_eq!(o.racer.ino, ino, "racer replaced the file's inode");
+    let shown = check_racer_alerts(&o.records.alerts, &o.racer, "punch_hole");
+    assert_eq!(
+        shown,
+        o.records.alerts.len(),
+        "alerts on other files got through --ino/--dev"
+    );
+    check_summary(&o.records.summary, shown);
+
+    // A comm that is neither side of the race hides everything.
+    let o = observe_race(&m, &file, &["--comm", "racer-nobody"], &[]);
+    assert!(
+        o.records.alerts.is_empty(),
+        "--comm racer-nobody let through: {}",
+        o.records.alerts[0]
+    );
+    assert!(
+        u64_of(&o.records.summary["alerts"], "alerts") > 0,
+        "{}",
+        o.records.summary
+    );
+    // The punching side's comm matches too.
+    let o = observe_race(&m, &file, &["--comm", "racer-punch", "--ino", &ino_s], &[]);
+    let shown = check_racer_alerts(&o.records.alerts, &o.racer, "punch_hole");
+    assert_eq!(shown, o.records.alerts.len());
+}
+
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn text_output_names_the_race() {
+    let _serial = serial();
+    let m = loop_mount(FsType::Xfs);
+    let file = m.path().join("racer.dat");
+    let p = start_observer(&[]);
+    let r = run_racer(&file, &[]);
+    let exit = stop_observer(p, libc::SIGINT);
+    let needle = format!(" dev {} ino {} ", dev_of(&r), r.ino);
+    let ours: Vec<&str> = exit
+        .stdout
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "no text alert containing {needle:?}; stdout starts with:\n{}",
+        &exit.stdout[..exit.stdout.len().min(2000)]
+    );
+    let path = r.file.to_str().unwrap();
+    for l in &ours {
+        assert!(l.contains(" PTE-IN-PUNCH-WINDOW dev "), "{l}");
+        assert!(l.contains(" punch_hole pages "), "{l}");
+        assert!(l.contains(" by racer-fault["), "{l}");
+        assert!(l.contains(" by racer-punch["), "{l}");
+        assert!(l.contains(" | tracepoint | "), "{l}");
+        // After the inode: the path (when resolved), then the pages.
+        let rest = l.split_once(&needle).unwrap().1;
+        if rest.starts_with('/') {
+            assert!(
+                rest.starts_with(&format!("{path} pages ")),
+                "wrong path: {l}"
+            );
+        } else {
+            assert!(rest.starts_with("pages "), "{l}");
+        }
+    }
+    // The summary closes stdout in text mode (not stderr: no --json/--output).
+    assert!(
+        exit.stdout.contains("\nsummary after "),
+        "no summary on stdout"
+    );
+    assert!(
+        exit.stdout.contains("race_observed"),
+        "no verdict on stdout"
+    );
+    assert!(!exit.stderr.contains("summary after "), "{}", exit.stderr);
+    assert!(!exit.stdout.contains("{\"type\""), "JSON in text mode");
+}
+
+// ---------------------------------------------------------------------------
+// Detaching
+// ---------------------------------------------------------------------------
+
+/// The observer's programs (by name) among those process `pid` holds, with
+/// their link ids.
+fn held_programs(pid: u32) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let held = bpf_held_by(pid).expect("read the observer's fdinfo");
+    let progs = bpf_programs().expect("bpftool prog show");
+    let ours: BTreeSet<u64> = progs
+        .iter()
+        .filter(|p| held.prog_ids.contains(&p.id) && is_observer_prog_name(&p.name))
+        .map(|p| p.id)
+        .collect();
+    let names: Vec<&str> = progs
+        .iter()
+        .filter(|p| ours.contains(&p.id))
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(
+        ours.len() >= 3,
+        "bpftool lists only {} of our programs held by the observer ({names:?}); it holds \
+         {:?}",
+        ours.len(),
+        held
+    );
+    // The syscall tracepoints are attached whatever the ladder chose.
+    for want in ["sys_enter_fallocate", "sys_exit_fallocate"] {
+        assert!(
+            names
+                .iter()
+                .any(|n| *n == want || (n.len() == 15 && want.starts_with(n))),
+            "{want} not loaded: {names:?}"
+        );
+    }
+    let links: BTreeSet<u64> = held.link_ids.into_iter().collect();
+    (ours, links)
+}
+
+/// After the observer exited, none of its programs or links is left, and no
+/// program with our names is orphaned (loaded but held by no process).
+fn assert_all_unloaded(progs: &BTreeSet<u64>, links: &BTreeSet<u64>) {
+    // The kernel frees programs asynchronously (RCU): allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = bpf_programs()
+            .expect("bpftool prog show")
+            .into_iter()
+            .filter(|p| is_observer_prog_name(&p.name))
+            .collect();
+        let remaining: Vec<_> = left.iter().filter(|p| progs.contains(&p.id)).collect();
+        let min_id = progs.iter().min().copied().unwrap_or(0);
+        let held = bpf_prog_ids_held_by_anyone();
+        let orphans: Vec<_> = left
+            .iter()
+            .filter(|p| p.id >= min_id && !held.contains(&p.id))
+            .collect();
+        let links_left: Vec<_> = bpf_links()
+            .expect("bpftool link show")
+            .into_iter()
+            .filter(|l| links.contains(&l.id) || l.prog_id.is_some_and(|p| progs.contains(&p)))
+            .collect();
+        if remaining.is_empty() && orphans.is_empty() && links_left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "after exit: programs still loaded {remaining:?}, orphaned {orphans:?}, \
+                 links {links_left:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs root: BPF; run by cargo xtask test"]
+fn detach_leaves_no_programs_after_sigint() {
+    let _serial = serial();
+    need_root();
+    let p = start_observer(&["--json"]);
+    let (progs, links) = held_programs(p.pid());
+    let exit = stop_observer(p, libc::SIGINT);
+    assert!(
+        exit.stdout.contains("\"type\":\"summary\""),
+        "{}",
+        exit.stdout
+    );
+    assert_all_unloaded(&progs, &links);
+}
+
+#[test]
+#[ignore = "needs root: BPF; run by cargo xtask test"]
+fn detach_leaves_no_programs_after_sigterm() {
+    let _serial = serial();
+    need_root();
+    let p = start_observer(&[]);
+    let (progs, links) = held_programs(p.pid());
+    let exit = stop_observer(p, libc::SIGTERM);
+    assert!(exit.stdout.contains("summary after "), "{}", exit.stdout);
+    assert_all_unloaded(&progs, &links);
+}
+
+#[test]
+#[ignore = "needs root: BPF; run by cargo xtask test"]
+fn detach_leaves_no_programs_after_duration() {
+    let _serial = serial();
+    need_root();
+    let p = start_observer(&["--json", "--duration", "3"]);
+    let ready = Instant::now();
+    let (progs, links) = held_programs(p.pid());
+    let exit = p.wait(EXIT_TIMEOUT).expect("observer stops by itself");
+    let ran = ready.elapsed();
+    assert_eq!(exit.code(), Some(0), "{}: {}", exit.status, exit.stderr);
+    assert!(
+        ran >= Duration::from_millis(2500),
+        "--duration 3 stopped after {ran:?}"
+    );
+    let summary: Value = serde_json::from_str(exit.stdout.lines().last().expect("output"))
+        .expect("last line is JSON");
+    assert_eq!(summary["type"], "summary", "{summary}");
+    let d = summary["duration_s"].as_f64().expect("duration_s");
+    assert!((2.9..10.0).contains(&d), "duration_s {d} for --duration 3");
+    assert_all_unloaded(&progs, &links);
+}
+
+#[test]
+fn observer_prog_names_match_kernel_truncation() {
+    assert!(is_observer_prog_name("mm_filemap_map_pages"));
+    assert!(
+        is_observer_prog_name("mm_filemap_map_"),
+        "kernel's 15-byte cut"
+    );
+    assert!(is_observer_prog_name("sys_exit_fallocate"));
+    assert!(is_observer_prog_name("sys_exit_falloc"));
+    assert!(is_observer_prog_name("filemap_map_pages_fentry"));
+    assert!(!is_observer_prog_name("mm_filemap"));
+    assert!(!is_observer_prog_name("sys_enter_open"));
+    assert!(!is_observer_prog_name(""));
+}
