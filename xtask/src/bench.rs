@@ -1,0 +1,1336 @@
+//! `cargo xtask bench`: what the observer costs a fault-around-heavy workload.
+//!
+//! Every configuration (bare, observer, observer --full-stream; each without
+//! and with concurrent hole punching) runs once per round, in a fixed
+//! interleaved order, on one freshly made XFS loop mount. Interleaving keeps
+//! slow drifts of the machine (page cache, thermal, noisy neighbours) from
+//! landing on one configuration only; the median over the rounds then takes
+//! out the odd outlier.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Runs of each configuration; configurations alternate within a round.
+    #[arg(long, default_value_t = 3, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Size of the faultbench file, in pages.
+    #[arg(long, default_value_t = 4096, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(16..=1 << 28))]
+    pub pages: u64,
+    /// faultbench rounds (MADV_DONTNEED, then touch every page) per run.
+    #[arg(long, default_value_t = 2000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub fault_rounds: u64,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+    /// Directory holding the observer and faultbench binaries
+    /// [default: <workspace>/target/release].
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// The observer can take a while to load and verify its programs on a slow
+/// or loaded machine; a minute means something is wrong.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Draining the ring buffer and writing the summary takes well under a second.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_PREFIX: &str = "observer: ready:";
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let bins = Binaries::locate(args.bin_dir.as_deref())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask bench` must run as root: it loop-mounts an XFS image and the \
+             observer loads eBPF programs; try `sudo -E cargo xtask bench`"
+        );
+    }
+    let signals = SignalGuard::install();
+    let scratch = Scratch::create(args.pages)?;
+    let outcome = measure(&args, &bins, &scratch).map_err(|e| {
+        // A Ctrl-C also kills faultbench, whose failure would otherwise hide
+        // the real reason.
+        if interrupted() {
+            e.context("interrupted")
+        } else {
+            e
+        }
+    });
+    let cleaned = scratch.remove();
+    drop(signals);
+    let (runs, probes) = outcome?;
+    cleaned?;
+
+    let report = Report::new(&args, runs, probes, started.elapsed().as_secs_f64());
+    print!("{}", report.table());
+    if let Some(path) = &args.out {
+        fs::write(path, report.json())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        say(format!("wrote {}", path.display()));
+    }
+    Ok(())
+}
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("[xtask] {}", msg.as_ref());
+}
+
+// ---------------------------------------------------------------------------
+// Configurations and one run of each
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    Bare,
+    Observer,
+    FullStream,
+}
+
+/// Also the order of the runs inside a round and of the table rows.
+const CONFIGS: [Config; 3] = [Config::Bare, Config::Observer, Config::FullStream];
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::Observer => "observer",
+            Config::FullStream => "full-stream",
+        }
+    }
+
+    /// Extra observer flags, or None when no observer runs.
+    fn observer_flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Config::Bare => None,
+            Config::Observer => Some(&[]),
+            Config::FullStream => Some(&["--full-stream"]),
+        }
+    }
+}
+
+fn workload_name(punch: bool) -> &'static str {
+    if punch { "punch" } else { "no punch" }
+}
+
+struct Binaries {
+    observer: PathBuf,
+    faultbench: PathBuf,
+}
+
+impl Binaries {
+    fn locate(bin_dir: Option<&Path>) -> Result<Self> {
+        let dir = match bin_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => default_target_dir()?.join("release"),
+        };
+        let bins = Self {
+            observer: dir.join("observer"),
+            faultbench: dir.join("faultbench"),
+        };
+        for path in [&bins.observer, &bins.faultbench] {
+            if !path.is_file() {
+                let hint = if bin_dir.is_some() {
+                    "check --bin-dir"
+                } else {
+                    "run `cargo xtask build` first"
+                };
+                bail!("{} not found: {hint}", path.display());
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// Where `cargo xtask build` puts its output: like cargo, it follows
+/// CARGO_TARGET_DIR when set, else `<workspace>/target`.
+fn default_target_dir() -> Result<PathBuf> {
+    // Fixed at compile time so the bench works from any cwd.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask manifest dir has no parent")?;
+    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
+        // Relative to the cwd, as cargo reads it.
+        Some(dir) if !dir.is_empty() => std::env::current_dir()?.join(dir),
+        _ => root.join("target"),
+    })
+}
+
+/// One faultbench report line.
+#[derive(Debug, Clone, PartialEq)]
+struct Faultbench {
+    faults: u64,
+    elapsed_s: f64,
+    faults_per_s: f64,
+}
+
+impl Faultbench {
+    fn parse(line: &str) -> Result<Self> {
+        let v = json::parse(line).map_err(|e| anyhow!("{e}"))?;
+        Ok(Self {
+            faults: get_u64(&v, &["faults"])?,
+            elapsed_s: get_f64(&v, &["elapsed_s"])?,
+            faults_per_s: get_f64(&v, &["faults_per_s"])?,
+        })
+    }
+}
+
+fn faultbench(bins: &Binaries, file: &Path, args: &BenchArgs, punch: bool) -> Result<Faultbench> {
+    let mut cmd = Command::new(&bins.faultbench);
+    cmd.arg("--file")
+        .arg(file)
+        .args(["--pages", &args.pages.to_string()])
+        .args(["--rounds", &args.fault_rounds.to_string()])
+        .stdin(Stdio::null());
+    if punch {
+        cmd.arg("--punch");
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", bins.faultbench.display()))?;
+    if !out.status.success() {
+        bail!(
+            "faultbench failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = last_line(&stdout).context("faultbench printed nothing")?;
+    Faultbench::parse(line).with_context(|| format!("bad faultbench report {line:?}"))
+}
+
+/// What one observer run reported in its summary.
+#[derive(Debug, Clone, PartialEq)]
+struct ObserverStats {
+    /// Records the correlator saw, all kinds together.
+    events: u64,
+    ringbuf_full: u64,
+    unresolved: u64,
+    late: u64,
+    filtered: u64,
+    windows: u64,
+    alerts: u64,
+}
+
+impl ObserverStats {
+    fn parse(summary: &json::Value) -> Result<Self> {
+        if summary.get("type").and_then(json::Value::as_str) != Some("summary") {
+            bail!("not a summary record");
+        }
+        let mut events = 0;
+        for (kind, n) in summary
+            .get("events")
+            .and_then(json::Value::as_object)
+            .context("no \"events\" object")?
+        {
+            events += n
+                .as_u64()
+                .with_context(|| format!("events.{kind} is not a count"))?;
+        }
+        Ok(Self {
+            events,
+            ringbuf_full: get_u64(summary, &["lost", "ringbuf_full"])?,
+            unresolved: get_u64(summary, &["lost", "unresolved"])?,
+            late: get_u64(summary, &["lost", "late"])?,
+            filtered: get_u64(summary, &["filtered"])?,
+            windows: get_u64(summary, &["windows"])?,
+            alerts: get_u64(summary, &["alerts"])?,
+        })
+    }
+}
+
+/// Probe function → attach method (None: not attached), from the startup record.
+type Probes = Vec<(String, Option<String>)>;
+
+fn parse_probes(startup: &json::Value) -> Option<Probes> {
+    if startup.get("type")?.as_str()? != "startup" {
+        return None;
+    }
+    startup
+        .get("probes")?
+        .as_array()?
+        .iter()
+        .map(|p| {
+            let function = p.get("function")?.as_str()?.to_owned();
+            let method = p.get("method")?.as_str().map(str::to_owned);
+            Some((function, method))
+        })
+        .collect()
+}
+
+struct Run {
+    round: u32,
+    punch: bool,
+    config: Config,
+    fb: Faultbench,
+    observer: Option<ObserverStats>,
+}
+
+impl Run {
+    fn events_per_s(&self) -> Option<f64> {
+        let obs = self.observer.as_ref()?;
+        (self.fb.elapsed_s > 0.0).then(|| obs.events as f64 / self.fb.elapsed_s)
+    }
+}
+
+fn measure(args: &BenchArgs, bins: &Binaries, scratch: &Scratch) -> Result<(Vec<Run>, Probes)> {
+    let file = scratch.mnt.join("faultbench.dat");
+    let observer_out = scratch.dir.join("observer.json");
+    // The very first run on a fresh file system pays for allocating its
+    // blocks and warming caches; keep that out of round 1's bare numbers.
+    say("warm-up run");
+    faultbench(bins, &file, args, false).context("warm-up run")?;
+
+    let total = args.rounds as usize * 2 * CONFIGS.len();
+    let mut runs = Vec::with_capacity(total);
+    let mut probes = Probes::new();
+    for round in 1..=args.rounds {
+        for punch in [false, true] {
+            for config in CONFIGS {
+                check_interrupted()?;
+                let what = format!(
+                    "round {round}/{}, {}, {}",
+                    args.rounds,
+                    workload_name(punch),
+                    config.name()
+                );
+                let (fb, observer) = match config.observer_flags() {
+                    None => (faultbench(bins, &file, args, punch), None),
+                    Some(flags) => {
+                        // Started first so its probes see the whole workload;
+                        // on any error below its Drop stops it.
+                        let obs = Observer::start(&bins.observer, flags, &observer_out)
+                            .with_context(|| what.clone())?;
+                        let fb =
+                            faultbench(bins, &file, args, punch).with_context(|| what.clone())?;
+                        let (stats, startup) = obs.stop().with_context(|| what.clone())?;
+                        if probes.is_empty() {
+                            probes = startup;
+                        }
+                        (Ok(fb), Some(stats))
+                    }
+                };
+                let run = Run {
+                    round,
+                    punch,
+                    config,
+                    fb: fb.with_context(|| what.clone())?,
+                    observer,
+                };
+                let mut line = format!(
+                    "[{:>2}/{total}] {what}: {} faults/s",
+                    runs.len() + 1,
+                    group(run.fb.faults_per_s)
+                );
+                if let (Some(eps), Some(obs)) = (run.events_per_s(), &run.observer) {
+                    let _ = write!(
+                        line,
+                        ", {} events/s, ringbuf_full {}, filtered {}",
+                        group(eps),
+                        obs.ringbuf_full,
+                        obs.filtered
+                    );
+                }
+                say(line);
+                runs.push(run);
+            }
+        }
+    }
+    Ok((runs, probes))
+}
+
+// ---------------------------------------------------------------------------
+// The observer process
+// ---------------------------------------------------------------------------
+
+struct Observer {
+    /// None once reaped, so Drop knows there is nothing left to stop.
+    child: Option<Child>,
+    stderr: Receiver<String>,
+    reader: Option<JoinHandle<()>>,
+    /// What it printed so far, for error messages.
+    log: Vec<String>,
+    out: PathBuf,
+}
+
+impl Observer {
+    fn start(bin: &Path, flags: &[&str], out: &Path) -> Result<Self> {
+        // A stale file would let a crashed run pass for a good one.
+        let _ = fs::remove_file(out);
+        let mut child = Command::new(bin)
+            .args(["--json", "--output"])
+            .arg(out)
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let pipe = child.stderr.take().context("observer stderr not piped")?;
+        let (tx, rx) = mpsc::channel();
+        // Read on a thread: it gives the ready wait a timeout, and keeps the
+        // pipe drained so the observer never blocks writing to it.
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut obs = Self {
+            child: Some(child),
+            stderr: rx,
+            reader: Some(reader),
+            log: Vec::new(),
+            out: out.to_path_buf(),
+        };
+        obs.wait_ready()?;
+        Ok(obs)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.starts_with(READY_PREFIX);
+                    self.log.push(line);
+                    if ready {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "observer not ready after {} s{}",
+                    READY_TIMEOUT.as_secs(),
+                    self.log_tail()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.reap(STOP_TIMEOUT)?;
+                    bail!("observer exited ({status}) before ready{}", self.log_tail());
+                }
+            }
+        }
+    }
+
+    /// SIGINTs the observer (its normal way to stop), waits for it and reads
+    /// its startup and summary records.
+    fn stop(mut self) -> Result<(ObserverStats, Probes)> {
+        self.signal(libc::SIGINT);
+        let status = self.reap(STOP_TIMEOUT)?;
+        if !status.success() {
+            bail!("observer failed ({status}){}", self.log_tail());
+        }
+        let text = fs::read_to_string(&self.out)
+            .with_context(|| format!("cannot read {}", self.out.display()))?;
+        let first = text.lines().find(|l| !l.trim().is_empty());
+        let summary =
+            last_line(&text).with_context(|| format!("{} is empty", self.out.display()))?;
+        let stats = json::parse(summary)
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|v| ObserverStats::parse(&v))
+            .with_context(|| format!("no summary at the end of {}", self.out.display()))?;
+        // The method is context, not a measurement: missing it is no failure.
+        let probes = first
+            .and_then(|l| json::parse(l).ok())
+            .and_then(|v| parse_probes(&v))
+            .unwrap_or_default();
+        // Alert records can pile up under --punch; nothing else needs them.
+        let _ = fs::remove_file(&self.out);
+        Ok((stats, probes))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(child) = &self.child
+            && let Ok(pid) = libc::pid_t::try_from(child.id())
+        {
+            // SAFETY: plain syscall; the child is not reaped yet, so the pid
+            // cannot have been reused.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Waits up to `timeout` for the observer to exit, then kills it. Also
+    /// collects the rest of its stderr.
+    fn reap(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("observer already reaped")?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "observer did not exit within {} s; killed{}",
+                    timeout.as_secs(),
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.log.extend(self.stderr.try_iter());
+        Ok(status)
+    }
+
+    fn log_tail(&self) -> String {
+        let tail = &self.log[self.log.len().saturating_sub(15)..];
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; its stderr:\n  {}", tail.join("\n  "))
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGINT);
+            let _ = self.reap(Duration::from_secs(5));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scratch directory with the XFS loop mount
+// ---------------------------------------------------------------------------
+
+/// A temporary directory holding an XFS image mounted on `mnt`, plus the
+/// observer's output file. Dropping it unmounts and removes everything;
+/// `remove` does the same but reports failure.
+struct Scratch {
+    dir: PathBuf,
+    mnt: PathBuf,
+    mounted: bool,
+}
+
+impl Scratch {
+    fn create(pages: u64) -> Result<Self> {
+        let dir = unique_temp_dir()?;
+        let mut scratch = Self {
+            mnt: dir.join("mnt"),
+            dir,
+            mounted: false,
+        };
+        // From here on Drop undoes whatever got done.
+        let image = scratch.dir.join("xfs.img");
+        // SAFETY: sysconf has no preconditions.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        // Sparse, so 1 GiB costs nothing; grown for big --pages so the
+        // workload never hits ENOSPC.
+        let size = (1u64 << 30).max(pages * page + (256 << 20));
+        fs::File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .with_context(|| format!("cannot create {}", image.display()))?;
+        fs::create_dir(&scratch.mnt)
+            .with_context(|| format!("cannot create {}", scratch.mnt.display()))?;
+        quiet(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&image))
+            .context("mkfs.xfs failed (is xfsprogs installed? `cargo xtask setup`)")?;
+        quiet(
+            Command::new("mount")
+                .args(["-t", "xfs", "-o", "loop"])
+                .arg(&image)
+                .arg(&scratch.mnt),
+        )?;
+        scratch.mounted = true;
+        say(format!("XFS loop mount at {}", scratch.mnt.display()));
+        Ok(scratch)
+    }
+
+    fn remove(mut self) -> Result<()> {
+        if self.mounted {
+            self.unmount()?;
+        }
+        fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("cannot remove {}", self.dir.display()))
+    }
+
+    fn unmount(&mut self) -> Result<()> {
+        // Right after a child exits its mapping may still pin the mount for
+        // a moment; EBUSY then is transient.
+        let mut last = None;
+        for _ in 0..20 {
+            match quiet(Command::new("umount").arg(&self.mnt)) {
+                Ok(()) => {
+                    self.mounted = false;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| anyhow!("umount failed")))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.mounted
+            && let Err(e) = self.unmount()
+        {
+            say(format!("{e:#}; detaching lazily"));
+            let _ = quiet(Command::new("umount").arg("-l").arg(&self.mnt));
+            self.mounted = false;
+        }
+        // Never remove_dir_all under a mount that is still there.
+        if !self.mounted {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn unique_temp_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0.. {
+        let dir = base.join(format!("xtask-bench-{}-{n}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    unreachable!("ran out of temporary directory names")
+}
+
+/// Runs a command; on failure the error carries its stderr.
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Ctrl-C
+// ---------------------------------------------------------------------------
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Catches SIGINT/SIGTERM while installed, so that a Ctrl-C ends the bench
+/// through the normal error path and the loop mount still gets unmounted.
+/// The children are not shielded: a terminal Ctrl-C reaches them too, so
+/// faultbench dies and the observer exits on its own. Restores the previous
+/// handlers when dropped.
+struct SignalGuard {
+    saved: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl SignalGuard {
+    fn install() -> Self {
+        let mut saved = Vec::new();
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only stores to an atomic, which is
+            // async-signal-safe; the structs are fully initialised.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &action, &mut old) == 0 {
+                    saved.push((sig, old));
+                }
+            }
+        }
+        Self { saved }
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for (sig, old) in &self.saved {
+            // SAFETY: restores an action the kernel handed back to us.
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------
+
+/// One table row: a (configuration, workload) pair over all rounds.
+struct Row {
+    config: Config,
+    punch: bool,
+    runs: usize,
+    median: f64,
+    min: f64,
+    max: f64,
+    /// bare median / this median: 1.03 means 3% fewer faults per second.
+    slowdown: f64,
+    observer: Option<RowObserver>,
+}
+
+struct RowObserver {
+    events_per_s: f64,
+    /// Summed over the runs: any loss at all is worth seeing.
+    ringbuf_full: u64,
+    filtered_per_run: f64,
+}
+
+struct Report {
+    kernel: String,
+    nproc: usize,
+    probes: Probes,
+    rounds: u32,
+    pages: u64,
+    fault_rounds: u64,
+    wall_s: f64,
+    rows: Vec<Row>,
+    runs: Vec<Run>,
+}
+
+impl Report {
+    fn new(args: &BenchArgs, runs: Vec<Run>, probes: Probes, wall_s: f64) -> Self {
+        let mut rows = Vec::new();
+        for punch in [false, true] {
+            let mut bare = f64::NAN;
+            for config in CONFIGS {
+                let mine: Vec<&Run> = runs
+                    .iter()
+                    .filter(|r| r.punch == punch && r.config == config)
+                    .collect();
+                let rates: Vec<f64> = mine.iter().map(|r| r.fb.faults_per_s).collect();
+                let mid = median(&rates);
+                if config == Config::Bare {
+                    bare = mid;
+                }
+                let observer = (config != Config::Bare).then(|| {
+                    let eps: Vec<f64> = mine.iter().filter_map(|r| r.events_per_s()).collect();
+                    let obs = || mine.iter().filter_map(|r| r.observer.as_ref());
+                    let filtered: Vec<f64> = obs().map(|o| o.filtered as f64).collect();
+                    RowObserver {
+                        events_per_s: median(&eps),
+                        ringbuf_full: obs().map(|o| o.ringbuf_full).sum(),
+                        filtered_per_run: median(&filtered),
+                    }
+                });
+                rows.push(Row {
+                    config,
+                    punch,
+                    runs: mine.len(),
+                    median: mid,
+                    min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+                    max: rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    slowdown: bare / mid,
+                    observer,
+                });
+            }
+        }
+        Self {
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            nproc: thread::available_parallelism().map_or(0, |n| n.get()),
+            probes,
+            rounds: args.rounds,
+            pages: args.pages,
+            fault_rounds: args.fault_rounds,
+            wall_s,
+            rows,
+            runs,
+        }
+    }
+
+    fn probes_text(&self) -> String {
+        if self.probes.is_empty() {
+            return "unknown (no startup record)".into();
+        }
+        self.probes
+            .iter()
+            .map(|(f, m)| format!("{f}={}", m.as_deref().unwrap_or("none")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\nobserver overhead on faultbench: {} pages x {} fault rounds, {} run(s) per row, interleaved",
+            self.pages, self.fault_rounds, self.rounds
+        );
+        let _ = writeln!(s, "kernel {}, {} CPUs", self.kernel, self.nproc);
+        let _ = writeln!(s, "probe methods: {}\n", self.probes_text());
+        let _ = writeln!(
+            s,
+            "{:<9} {:<12} {:>12} {:>7} {:>9} {:>12} {:>13} {:>13}",
+            "workload",
+            "config",
+            "faults/s",
+            "spread",
+            "slowdown",
+            "events/s",
+            "ringbuf_full",
+            "filtered/run"
+        );
+        for r in &self.rows {
+            let spread = (r.max - r.min) / r.median * 100.0;
+            let (eps, lost, filtered) = match &r.observer {
+                Some(o) => (
+                    group(o.events_per_s),
+                    o.ringbuf_full.to_string(),
+                    group(o.filtered_per_run),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                s,
+                "{:<9} {:<12} {:>12} {:>6.1}% {:>9.3} {:>12} {:>13} {:>13}",
+                workload_name(r.punch),
+                r.config.name(),
+                group(r.median),
+                spread,
+                r.slowdown,
+                eps,
+                lost,
+                filtered
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nfaults/s, events/s, filtered/run: medians over the runs; spread: (max - min) / median;\n\
+             slowdown: bare median / median (1.030 = 3% slower); events/s: records the correlator\n\
+             received / faultbench elapsed_s; ringbuf_full: records dropped, summed over the runs."
+        );
+        let _ = writeln!(s, "total wall time: {:.1} s", self.wall_s);
+        s
+    }
+
+    fn json(&self) -> String {
+        let mut s = String::from("{\"machine\":{");
+        let _ = write!(
+            s,
+            "\"kernel\":{},\"nproc\":{},\"probes\":[",
+            json_str(&self.kernel),
+            self.nproc
+        );
+        for (i, (function, method)) in self.probes.iter().enumerate() {
+            let method = method.as_deref().map_or("null".into(), json_str);
+            let sep = if i > 0 { "," } else { "" };
+            let _ = write!(
+                s,
+                "{sep}{{\"function\":{},\"method\":{method}}}",
+                json_str(function)
+            );
+        }
+        let _ = write!(
+            s,
+            "]}},\"params\":{{\"rounds\":{},\"pages\":{},\"fault_rounds\":{}}},\"wall_s\":{},\"results\":[",
+            self.rounds,
+            self.pages,
+            self.fault_rounds,
+            json_num(self.wall_s, 3)
+        );
+        for (i, r) in self.rows.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            let _ = write!(
+                s,
+                "{sep}{{\"config\":\"{}\",\"punch\":{},\"runs\":{},\"faults_per_s_median\":{},\
+                 \"faults_per_s_min\":{},\"faults_per_s_max\":{},\"slowdown\":{}",
+                r.config.name(),
+                r.punch,
+                r.runs,
+                json_num(r.median, 1),
+                json_num(r.min, 1),
+                json_num(r.max, 1),
+                json_num(r.slowdown, 4)
+            );
+            match &r.observer {
+                Some(o) => {
+                    let _ = write!(
+                        s,
+                        ",\"events_per_s_median\":{},\"ringbuf_full\":{},\"filtered_per_run_median\":{}}}",
+                        json_num(o.events_per_s, 1),
+                        o.ringbuf_full,
+                        json_num(o.filtered_per_run, 1)
+                    );
+                }
+                None => s.push_str(
+                    ",\"events_per_s_median\":null,\"ringbuf_full\":null,\"filtered_per_run_median\":null}",
+                ),
+            }
+        }
+        s.push_str("],\"runs\":[");
+        for (i, r) in self.runs.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            let _ = write!(
+                s,
+                "{sep}{{\"round\":{},\"punch\":{},\"config\":\"{}\",\"faults\":{},\"elapsed_s\":{},\
+                 \"faults_per_s\":{},\"observer\":",
+                r.round,
+                r.punch,
+                r.config.name(),
+                r.fb.faults,
+                json_num(r.fb.elapsed_s, 6),
+                json_num(r.fb.faults_per_s, 1)
+            );
+            match (&r.observer, r.events_per_s()) {
+                (Some(o), eps) => {
+                    let _ = write!(
+                        s,
+                        "{{\"events\":{},\"events_per_s\":{},\"ringbuf_full\":{},\"unresolved\":{},\
+                         \"late\":{},\"filtered\":{},\"windows\":{},\"alerts\":{}}}}}",
+                        o.events,
+                        eps.map_or("null".into(), |e| json_num(e, 1)),
+                        o.ringbuf_full,
+                        o.unresolved,
+                        o.late,
+                        o.filtered,
+                        o.windows,
+                        o.alerts
+                    );
+                }
+                (None, _) => s.push_str("null}"),
+            }
+        }
+        s.push_str("]}\n");
+        s
+    }
+}
+
+/// Median; the mean of the middle two for an even count, NaN when empty.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Rounds to an integer and groups digits by thousands: 1234567.8 → "1,234,568".
+fn group(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
+}
+
+fn last_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).rfind(|l| !l.is_empty())
+}
+
+fn get<'a>(v: &'a json::Value, path: &[&str]) -> Result<&'a json::Value> {
+    path.iter().try_fold(v, |v, key| {
+        v.get(key)
+            .with_context(|| format!("no field {:?}", path.join(".")))
+    })
+}
+
+fn get_u64(v: &json::Value, path: &[&str]) -> Result<u64> {
+    get(v, path)?
+        .as_u64()
+        .with_context(|| format!("{} is not a count", path.join(".")))
+}
+
+fn get_f64(v: &json::Value, path: &[&str]) -> Result<f64> {
+    get(v, path)?
+        .as_f64()
+        .with_context(|| format!("{} is not a number", path.join(".")))
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// NaN or infinity (a config with no runs) would make invalid JSON.
+fn json_num(x: f64, decimals: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.decimals$}")
+    } else {
+        "null".into()
+    }
+}
+
+/// Just enough JSON reading for the one-line records of faultbench and the
+/// observer (xtask has no serde).
+mod json {
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Value {
+        Null,
+        Bool(bool),
+        /// Kept as text so that counts stay exact beyond 2^53.
+        Num(String),
+        Str(String),
+        Arr(Vec<Value>),
+        Obj(Vec<(String, Value)>),
+    }
+
+    impl Value {
+        pub fn get(&self, key: &str) -> Option<&Value> {
+            self.as_object()?
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+        }
+
+        pub fn as_object(&self) -> Option<&[(String, Value)]> {
+            match self {
+                Value::Obj(fields) => Some(fields),
+                _ => None,
+            }
+        }
+
+        pub fn as_array(&self) -> Option<&[Value]> {
+            match self {
+                Value::Arr(items) => Some(items),
+                _ => None,
+            }
+        }
+
+        pub fn as_str(&self) -> Option<&str> {
+            match self {
+                Value::Str(s) => Some(s),
+                _ => None,
+            }
+        }
+
+        pub fn as_u64(&self) -> Option<u64> {
+            match self {
+                Value::Num(text) => text.parse().ok(),
+                _ => None,
+            }
+        }
+
+        pub fn as_f64(&self) -> Option<f64> {
+            match self {
+                Value::Num(text) => text.parse().ok(),
+                _ => None,
+            }
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Value, String> {
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value()?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(p.err("trailing characters"));
+        }
+        Ok(v)
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn err(&self, what: &str) -> String {
+            format!("invalid JSON: {what} at byte {}", self.i)
+        }
+
+        fn ws(&mut self) {
+            while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.i += 1;
+            }
+        }
+
+        fn eat(&mut self, lit: &str) -> bool {
+            let hit = self.s[self.i..].starts_with(lit.as_bytes());
+            if hit {
+                self.i += lit.len();
+            }
+            hit
+        }
+
+        fn value(&mut self) -> Result<Value, String> {
+            self.ws();
+            match self.s.get(self.i) {
+                None => Err(self.err("unexpected end")),
+                Some(b'{') => self.object(),
+                Some(b'[') => self.array(),
+                Some(b'"') => self.string().map(Value::Str),
+                Some(b'-' | b'0'..=b'9') => self.number(),
+                _ if self.eat("null") => Ok(Value::Null),
+                _ if self.eat("true") => Ok(Value::Bool(true)),
+                _ if self.eat("false") => Ok(Value::Bool(false)),
+                _ => Err(self.err("unexpected character")),
+            }
+        }
+
+        fn object(&mut self) -> Result<Value, String> {
+            self.i += 1;
+            let mut fields = Vec::new();
+            self.ws();
+            if self.eat("}") {
+                return Ok(Value::Obj(fields));
+            }
+            loop {
+                self.ws();
+                if self.s.get(self.i) != Some(&b'"') {
+                    return Err(self.err("expected a key"));
+                }
+                let key = self.string()?;
+                self.ws();
+                if !self.eat(":") {
+                    return Err(self.err("expected ':'"));
+                }
+                fields.push((key, self.value()?));
+                self.ws();
+                if self.eat("}") {
+                    return Ok(Value::Obj(fields));
+                }
+                if !self.eat(",") {
+                    return Err(self.err("expected ',' or '}'"));
+                }
+            }
+        }
+
+        fn array(&mut self) -> Result<Value, String> {
+            self.i += 1;
+            let mut items = Vec::new();
+            self.ws();
+            if self.eat("]") {
+                return Ok(Value::Arr(items));
+            }
+            loop {
+                items.push(self.value()?);
+                self.ws();
+                if self.eat("]") {
+                    return Ok(Value::Arr(items));
+                }
+                if !self.eat(",") {
+                    return Err(self.err("expected ',' or ']'"));
+                }
+            }
+        }
+
+        fn number(&mut self) -> Result<Value, String> {
+            let start = self.i;
+            while matches!(
+                self.s.get(self.i),
+                Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            ) {
+                self.i += 1;
+            }
+            // Only ASCII bytes were taken, so this cannot fail.
+            let text = std::str::from_utf8(&self.s[start..self.i]).unwrap_or_default();
+            if text.parse::<f64>().is_err() {
+                return Err(self.err("bad number"));
+            }
+            Ok(Value::Num(text.to_owned()))
+        }
+
+        fn string(&mut self) -> Result<String, String> {
+            self.i += 1;
+            // Bytes, not chars: the input is valid UTF-8 and is copied through.
+            let mut out = Vec::new();
+            loop {
+                match self.s.get(self.i) {
+                    None => return Err(self.err("unterminated string")),
+                    Some(b'"') => {
+                        self.i += 1;
+                        break;
+                    }
+                    Some(b'\\') => {
+                        let esc = self.s.get(self.i + 1).copied();
+                        self.i += 2;
+                        let c = match esc {
+                            Some(b'"') => '"',
+                            Some(b'\\') => '\\',
+                            Some(b'/') => '/',
+                            Some(b'b') => '\u{8}',
+                            Some(b'f') => '\u{c}',
+                            Some(b'n') => '\n',
+                            Some(b'r') => '\r',
+                            Some(b't') => '\t',
+                            Some(b'u') => self.unicode()?,
+                            _ => return Err(self.err("bad escape")),
+                        };
+                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                    Some(&b) => {
+                        out.push(b);
+                        self.i += 1;
+                    }
+                }
+            }
+            String::from_utf8(out).map_err(|_| self.err("string is not UTF-8"))
+        }
+
+        fn hex4(&mut self) -> Result<u32, String> {
+            let code = self
+                .s
+                .get(self.i..self.i + 4)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .ok_or_else(|| self.err("bad \\u escape"))?;
+            self.i += 4;
+            Ok(code)
+        }
+
+        fn unicode(&mut self) -> Result<char, String> {
+            let hi = self.hex4()?;
+            let code = if (0xD800..0xDC00).contains(&hi) && self.eat("\\u") {
+                let lo = self.hex4()?;
+                0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF)
+            } else {
+                hi
+            };
+            Ok(char::from_u32(code).unwrap_or('\u{FFFD}'))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUMMARY: &str = r#"{"type":"summary","duration_s":0.808,"events":{"invalidate_enter":0,"invalidate_exit":0,"map_pages":103024,"syscall_enter":639,"syscall_exit":639,"folio_delete":6782},"kernel_emitted":{"filemap_map_pages":103024},"lost":{"ringbuf_full":3,"unresolved":1,"late":2},"filtered":17,"windows":639,"alerts":370,"alerts_shown":370,"verdict":"race_observed"}"#;
+
+    #[test]
+    fn summary_sums_every_event_kind() {
+        let stats = ObserverStats::parse(&json::parse(SUMMARY).unwrap()).unwrap();
+        assert_eq!(
+            stats,
+            ObserverStats {
+                events: 103024 + 639 + 639 + 6782,
+                ringbuf_full: 3,
+                unresolved: 1,
+                late: 2,
+                filtered: 17,
+                windows: 639,
+                alerts: 370,
+            }
+        );
+    }
+
+    #[test]
+    fn alert_is_not_a_summary() {
+        let alert = json::parse(r#"{"type":"alert","events":{}}"#).unwrap();
+        assert!(ObserverStats::parse(&alert).is_err());
+    }
+
+    #[test]
+    fn startup_probes() {
+        let line = r#"{"type":"startup","kernel":"6.18","probes":[{"function":"filemap_map_pages","method":"tracepoint","refused":[{"method":"fentry","reason":"no \"BTF\"\n"}]},{"function":"x","method":null,"refused":[]}]}"#;
+        assert_eq!(
+            parse_probes(&json::parse(line).unwrap()).unwrap(),
+            vec![
+                (
+                    "filemap_map_pages".to_owned(),
+                    Some("tracepoint".to_owned())
+                ),
+                ("x".to_owned(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn faultbench_report() {
+        let line = r#"{"rounds":200,"pages":4096,"faults":51202,"elapsed_s":0.104036,"faults_per_s":492158.9}"#;
+        assert_eq!(
+            Faultbench::parse(line).unwrap(),
+            Faultbench {
+                faults: 51202,
+                elapsed_s: 0.104036,
+                faults_per_s: 492158.9
+            }
+        );
+    }
+
+    #[test]
+    fn json_strings_and_errors() {
+        let v = json::parse(r#"["a\"b\\c\u00e9\ud83d\ude00", -1.5e3, true, null, {}]"#).unwrap();
+        let items = v.as_array().unwrap();
+        assert_eq!(items[0].as_str(), Some("a\"b\\cé😀"));
+        assert_eq!(items[1].as_f64(), Some(-1500.0));
+        assert_eq!(items[2], json::Value::Bool(true));
+        for bad in ["", "{", r#"{"a" 1}"#, "[1,]", r#""\x""#, "1 2", "-"] {
+            assert!(json::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn medians_and_grouping() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(group(1234567.8), "1,234,568");
+        assert_eq!(group(999.0), "999");
+        assert_eq!(group(-1000.0), "-1,000");
+        assert_eq!(group(f64::NAN), "-");
+        assert_eq!(json_str("a\"\n"), r#""a\"\u000a""#);
+        assert_eq!(json_num(f64::INFINITY, 1), "null");
+    }
+}
