@@ -105,11 +105,6 @@ pub struct Config {
     pub files_fdt: u32,
     pub fdtable_fd: u32,
     pub fdtable_max_fds: u32,
-    /// filemap:mm_filemap_map_pages fields.
-    pub tp_map_ino: u32,
-    pub tp_map_dev: u32,
-    pub tp_map_index: u32,
-    pub tp_map_last: u32,
     /// filemap:mm_filemap_delete_from_page_cache fields.
     pub tp_del_ino: u32,
     pub tp_del_dev: u32,
@@ -128,6 +123,13 @@ pub struct Config {
 impl Config {
     pub const UNKNOWN: u32 = u32::MAX;
 }
+
+/// Byte offsets of i_ino, s_dev, index and last_index in the
+/// filemap:mm_filemap_map_pages record. This tracepoint fires on every
+/// fault-around, so the program reads its fields directly from the context
+/// at these constant offsets (no helper call each); the agent attaches it
+/// only after checking tracefs shows exactly this layout.
+pub const TP_MAP_PAGES_LAYOUT: [u32; 4] = [8, 16, 24, 32];
 
 /// Key of the kernel-side window table (the pre-filter).
 #[repr(C)]

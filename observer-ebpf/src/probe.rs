@@ -133,11 +133,9 @@ pub fn map_pages_exit(fidelity: u8) {
 /// were installed, and only when at least one folio was mapped).
 #[inline(always)]
 pub fn map_pages_point(cfg: &Config, key: FileKey, start: u64, end: u64, fidelity: u8) {
-    if is_self(cfg) {
-        return;
-    }
     let ts = now();
-    if worth_sending(cfg, &key, ts) {
+    // The window check first: it rejects nearly every call on this path.
+    if worth_sending(cfg, &key, ts) && !is_self(cfg) {
         send(Kind::MapPages, fidelity, ts, ts, &key, start, end, 0);
     }
 }

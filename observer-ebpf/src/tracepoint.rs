@@ -1,12 +1,15 @@
 //! Classic tracepoints: the last rung, available everywhere. map_pages is seen
 //! as a point after the PTEs went in; windows are whole invalidating syscalls.
-//! Field offsets of the filemap events come from tracefs via `CONFIG`;
+//! Folio-delete field offsets come from tracefs via `CONFIG`; map_pages is
+//! read at offsets the agent checked against tracefs before attaching it;
 //! syscall records have the fixed layout of all syscall tracepoints.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext,
+};
 use observer_abi::{
     Config, EOF_PAGE, FALLOC_INVALIDATING, FIDELITY_TRACEPOINT, FileKey, Kind, OP_FALLOCATE,
-    OP_FTRUNCATE, OP_TRUNCATE,
+    OP_FTRUNCATE, OP_TRUNCATE, TP_MAP_PAGES_LAYOUT,
 };
 
 use crate::{
@@ -24,18 +27,8 @@ fn field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
     if off == Config::UNKNOWN {
         return None;
     }
-    unsafe { bpf_probe_read_kernel(ctx.as_ptr_at(off as usize)) }.ok()
-}
-
-trait At {
-    fn as_ptr_at<T>(&self, off: usize) -> *const T;
-}
-
-impl At for TracePointContext {
-    fn as_ptr_at<T>(&self, off: usize) -> *const T {
-        use aya_ebpf::EbpfContext;
-        unsafe { (self.as_ptr() as *const u8).add(off) as *const T }
-    }
+    let at = unsafe { (ctx.as_ptr() as *const u8).add(off as usize) };
+    unsafe { bpf_probe_read_kernel(at as *const T) }.ok()
 }
 
 #[inline(always)]
@@ -46,21 +39,17 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 #[tracepoint(category = "filemap", name = "mm_filemap_map_pages")]
 pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
-    let (Some(ino), Some(dev), Some(start), Some(end)) = (
-        field::<u64>(&ctx, cfg.tp_map_ino),
-        field::<u32>(&ctx, cfg.tp_map_dev),
-        field::<u64>(&ctx, cfg.tp_map_index),
-        field::<u64>(&ctx, cfg.tp_map_last),
-    ) else {
-        return 0;
+    let [ino, dev, start, end] = TP_MAP_PAGES_LAYOUT;
+    // Direct context loads at constant offsets: the verifier allows them in
+    // tracepoint programs and they cost no helper call on this hot path.
+    let at = |off: u32| unsafe { (ctx.as_ptr() as *const u8).add(off as usize) };
+    let key = FileKey {
+        dev: unsafe { *(at(dev) as *const u32) },
+        _pad: 0,
+        ino: unsafe { *(at(ino) as *const u64) },
     };
-    map_pages_point(
-        cfg,
-        FileKey { dev, _pad: 0, ino },
-        start,
-        end,
-        FIDELITY_TRACEPOINT,
-    );
+    let (start, end) = unsafe { (*(at(start) as *const u64), *(at(end) as *const u64)) };
+    map_pages_point(cfg, key, start, end, FIDELITY_TRACEPOINT);
     0
 }
 

@@ -157,7 +157,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     // Tracepoints: the fallback for what is still unattached, and always the
     // syscalls (they name the operation behind a window) and folio removals.
     if probes[2].method.is_none() {
-        match offsets::map_pages_fields(&mut config)
+        match offsets::check_map_pages_layout()
             .and_then(|_| attach_tracepoint(&mut ebpf, "filemap", "mm_filemap_map_pages"))
         {
             Ok(n) => {

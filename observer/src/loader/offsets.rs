@@ -26,10 +26,6 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         files_fdt: off("files_struct", "fdt")?,
         fdtable_fd: off("fdtable", "fd")?,
         fdtable_max_fds: off("fdtable", "max_fds")?,
-        tp_map_ino: Config::UNKNOWN,
-        tp_map_dev: Config::UNKNOWN,
-        tp_map_index: Config::UNKNOWN,
-        tp_map_last: Config::UNKNOWN,
         tp_del_ino: Config::UNKNOWN,
         tp_del_dev: Config::UNKNOWN,
         tp_del_index: Config::UNKNOWN,
@@ -41,12 +37,22 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     })
 }
 
-pub fn map_pages_fields(cfg: &mut Config) -> Result<()> {
+/// The map_pages program reads its record at fixed offsets; refuse the
+/// tracepoint rung on a kernel whose layout differs.
+pub fn check_map_pages_layout() -> Result<()> {
     let f = Format::read("filemap", "mm_filemap_map_pages")?;
-    cfg.tp_map_ino = f.offset("i_ino", 8)?;
-    cfg.tp_map_dev = f.offset("s_dev", 4)?;
-    cfg.tp_map_index = f.offset("index", 8)?;
-    cfg.tp_map_last = f.offset("last_index", 8)?;
+    let found = [
+        f.offset("i_ino", 8)?,
+        f.offset("s_dev", 4)?,
+        f.offset("index", 8)?,
+        f.offset("last_index", 8)?,
+    ];
+    if found != observer_abi::TP_MAP_PAGES_LAYOUT {
+        anyhow::bail!(
+            "filemap:mm_filemap_map_pages has fields at {found:?}, the probe reads {:?}",
+            observer_abi::TP_MAP_PAGES_LAYOUT
+        );
+    }
     Ok(())
 }
 
