@@ -11,7 +11,7 @@ use std::{os::unix::process::CommandExt, process::ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::util::{Workspace, display, run, say};
+use crate::util::{Workspace, display, say};
 
 #[derive(Parser)]
 #[command(
@@ -127,5 +127,70 @@ fn test(ws: &Workspace, args: Vec<String>) -> Result<()> {
     if !util::is_root() {
         say("not root: the tests that load eBPF programs will fail");
     }
-    run(&mut cmd).context("tests failed")
+    say(format!("$ {}", display(&cmd)));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    // cargo prints one "test result:" line per test binary, the last one
+    // often a doc-test run of 0; one total at the end says what really ran.
+    let mut total = TestTotal::default();
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        total.add(&line);
+    }
+    let status = child.wait()?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.ignored
+    );
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct TestTotal {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotal {
+    /// Adds "test result: ok. 58 passed; 0 failed; 1 ignored; ..." lines.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut it = part.split_whitespace();
+            if let (Some(n), Some(what)) = (it.next(), it.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotal;
+
+    #[test]
+    fn sums_cargo_test_result_lines() {
+        let mut t = TestTotal::default();
+        t.add("test result: ok. 58 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.05s");
+        t.add("test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 3 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (60, 3, 1));
+    }
 }
