@@ -133,9 +133,10 @@ pub fn map_pages_exit(fidelity: u8) {
 /// were installed, and only when at least one folio was mapped).
 #[inline(always)]
 pub fn map_pages_point(cfg: &Config, key: FileKey, start: u64, end: u64, fidelity: u8) {
-    let ts = now();
-    // The window check first: it rejects nearly every call on this path.
-    if worth_sending(cfg, &key, ts) && !is_self(cfg) {
+    // A point has no entry: only a window open right now can meet it, so the
+    // clock is read only for the rare record that is sent.
+    if worth_sending(cfg, &key, u64::MAX) && !is_self(cfg) {
+        let ts = now();
         send(Kind::MapPages, fidelity, ts, ts, &key, start, end, 0);
     }
 }
