@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::Cli,
+    cli::{Cli, Command},
     correlator::{self, Correlator},
     filter::Filter,
     loader::{self, Loaded},
@@ -21,23 +21,9 @@ use crate::{
 };
 
 pub fn run(cli: Cli) -> Result<()> {
-    // Everything the user typed is checked before anything is loaded.
-    let filter = Filter::new(
-        cli.pid.clone(),
-        cli.comm.clone(),
-        cli.dev.clone(),
-        cli.ino.clone(),
-    )?;
-    if !cli.ringbuf_kib.is_power_of_two() || cli.ringbuf_kib < 4 {
-        anyhow::bail!(
-            "bad --ringbuf-kib {}: must be a power of two ≥ 4",
-            cli.ringbuf_kib
-        );
-    }
-    if let Some(d) = cli.duration
-        && !(d.is_finite() && d > 0.0)
-    {
-        anyhow::bail!("bad --duration {d}: must be a positive number of seconds");
+    let filter = validate(&cli)?;
+    if let Some(Command::Replay { file }) = &cli.command {
+        return crate::replay::run(&cli, file, filter);
     }
     let loaded = loader::load(&loader::Options {
         btf: cli.btf.clone(),
@@ -47,14 +33,8 @@ pub fn run(cli: Cli) -> Result<()> {
     })?;
     // Opened only now: a run that could not start must not have emptied the
     // user's file.
-    let out: Box<dyn Write + Send> = match &cli.output {
-        Some(path) => Box::new(
-            File::create(path).with_context(|| format!("cannot write to {}", path.display()))?,
-        ),
-        None => Box::new(io::stdout()),
-    };
-    let format = if cli.json { Format::Json } else { Format::Text };
-    let mut sink = Sink::new(format, out, boot_to_realtime_ns());
+    let mut sink = open_sink(&cli, boot_to_realtime_ns())?;
+
     let kernel = kernel_release();
     eprintln!("observer: kernel {kernel}, BTF {}", cli.btf.display());
     for p in &loaded.probes {
@@ -87,8 +67,50 @@ pub fn run(cli: Cli) -> Result<()> {
     runtime.block_on(pump(cli, loaded, sink, filter))
 }
 
+/// Everything the user typed is checked before anything is loaded.
+pub(crate) fn validate(cli: &Cli) -> Result<Filter> {
+    let filter = Filter::new(
+        cli.pid.clone(),
+        cli.comm.clone(),
+        cli.dev.clone(),
+        cli.ino.clone(),
+    )?;
+    if !cli.ringbuf_kib.is_power_of_two() || cli.ringbuf_kib < 4 {
+        anyhow::bail!(
+            "bad --ringbuf-kib {}: must be a power of two ≥ 4",
+            cli.ringbuf_kib
+        );
+    }
+    if let Some(d) = cli.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        anyhow::bail!("bad --duration {d}: must be a positive number of seconds");
+    }
+    Ok(filter)
+}
+
+pub(crate) fn open_sink(cli: &Cli, boot_to_realtime_ns: i64) -> Result<Sink> {
+    let out: Box<dyn Write + Send> = match &cli.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot write to {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout()),
+    };
+    let format = if cli.json { Format::Json } else { Format::Text };
+    Ok(Sink::new(format, out, boot_to_realtime_ns))
+}
+
 async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> Result<()> {
     let mut source = Source::new(&mut loaded.ebpf)?;
+    if let Some(Command::Record { file }) = &cli.command {
+        let wiring = crate::trace::Wiring {
+            syscall_windows: loaded.syscall_windows,
+            folio_deletes: loaded.folio_deletes,
+            boot_to_realtime_ns: sink.boot_to_realtime_ns(),
+        };
+        source.recorder = Some(crate::trace::Recorder::create(file, wiring)?);
+        eprintln!("observer: recording raw records to {}", file.display());
+    }
     let mut correlator = Correlator::new(correlator::Config {
         reorder_horizon_ns: cli.reorder_ms * 1_000_000,
         syscall_windows: loaded.syscall_windows,
@@ -127,7 +149,7 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
             _ = tick.tick() => {
                 // Only what was already read may be declared settled by the
                 // clock: drain first, or a busy host makes records look late.
-                source.drain(&mut events);
+                source.drain(&mut events)?;
                 for ev in events.drain(..) {
                     correlator.push(ev, &mut alerts);
                 }
@@ -137,15 +159,15 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
             _ = sigterm.recv() => break,
             _ = &mut stop => break,
         }
-        shown += emit(&mut sink, &filter, &mut paths, &mut alerts, &cli)?;
+        shown += emit(&mut sink, &filter, Some(&mut paths), &mut alerts, &cli)?;
     }
 
-    source.drain(&mut events);
+    source.drain(&mut events)?;
     for ev in events.drain(..) {
         correlator.push(ev, &mut alerts);
     }
     correlator.flush(&mut alerts);
-    shown += emit(&mut sink, &filter, &mut paths, &mut alerts, &cli)?;
+    shown += emit(&mut sink, &filter, Some(&mut paths), &mut alerts, &cli)?;
     let counters = source::read_counters(&loaded.ebpf)?;
     for k in 1..counters.unresolved.len() {
         if counters.unresolved[k] > 0 && k != observer_abi::Kind::MapPages as usize {
@@ -156,11 +178,20 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
             );
         }
     }
-    let summary = summarize(&correlator, &counters, &source, started.elapsed(), shown);
+    let summary = summarize(
+        &correlator,
+        &counters,
+        source.undecodable,
+        started.elapsed(),
+        shown,
+    );
     sink.summary(&summary).with_context(|| output_name(&cli))?;
     if cli.output.is_some() || cli.json {
         let text = summary.to_text();
         eprint!("{text}{}", if text.ends_with('\n') { "" } else { "\n" });
+    }
+    if let Some(r) = source.recorder.take() {
+        r.finish().context("cannot write the recording")?;
     }
     // Dropping the object detaches and unloads every program.
     drop(source);
@@ -168,10 +199,12 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
     Ok(())
 }
 
-fn emit(
+/// Writes the alerts that pass the filter; `paths` is None on replay, where
+/// the recorded pids no longer name the same processes.
+pub(crate) fn emit(
     sink: &mut Sink,
     filter: &Filter,
-    paths: &mut PathCache,
+    mut paths: Option<&mut PathCache>,
     alerts: &mut Vec<correlator::Alert>,
     cli: &Cli,
 ) -> Result<u64> {
@@ -180,7 +213,10 @@ fn emit(
         if !filter.matches(&alert) {
             continue;
         }
-        let path = paths.resolve(alert.file, alert.task.pid).map(str::to_owned);
+        let path = paths
+            .as_deref_mut()
+            .and_then(|p| p.resolve(alert.file, alert.task.pid))
+            .map(str::to_owned);
         sink.alert(&alert, path.as_deref())
             .with_context(|| output_name(cli))?;
         shown += 1;
@@ -188,17 +224,17 @@ fn emit(
     Ok(shown)
 }
 
-fn output_name(cli: &Cli) -> String {
+pub(crate) fn output_name(cli: &Cli) -> String {
     match &cli.output {
         Some(p) => format!("cannot write to {}", p.display()),
         None => "cannot write to stdout".into(),
     }
 }
 
-fn summarize(
+pub(crate) fn summarize(
     correlator: &Correlator,
     counters: &source::KernelCounters,
-    source: &Source,
+    undecodable: u64,
     elapsed: Duration,
     shown: u64,
 ) -> Summary {
@@ -223,7 +259,7 @@ fn summarize(
             // a window on a mapped file; only an unreadable fault-around can
             // hide a race.
             unresolved: counters.unresolved[observer_abi::Kind::MapPages as usize],
-            late: stats.late_events + source.undecodable,
+            late: stats.late_events + undecodable,
         },
         filtered: counters.filtered,
         windows: stats.windows_opened,

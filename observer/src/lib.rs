@@ -11,5 +11,7 @@ pub mod event;
 pub mod filter;
 pub mod loader;
 pub mod paths;
+pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod trace;

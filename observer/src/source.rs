@@ -12,6 +12,8 @@ use crate::event::{Body, Event, Fidelity, FileId, Invalidator, Op, PageRange, Ta
 
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// `observer record`: every raw record also goes here, before decoding.
+    pub recorder: Option<crate::trace::Recorder>,
     /// Records the agent could not decode (a kind it does not know).
     pub undecodable: u64,
 }
@@ -27,6 +29,7 @@ impl Source {
             // the registration.
             ring: unsafe { AsyncFd::register(ring) }
                 .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?,
+            recorder: None,
             undecodable: 0,
         })
     }
@@ -36,6 +39,9 @@ impl Source {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
+            if let Some(r) = &mut self.recorder {
+                r.record(&item).context("cannot write the recording")?;
+            }
             match decode(&item) {
                 Some(ev) => out.push(ev),
                 None => self.undecodable += 1,
@@ -46,14 +52,18 @@ impl Source {
     }
 
     /// Whatever is left in the ring, without waiting (on shutdown).
-    pub fn drain(&mut self, out: &mut Vec<Event>) {
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
+            if let Some(r) = &mut self.recorder {
+                r.record(&item).context("cannot write the recording")?;
+            }
             match decode(&item) {
                 Some(ev) => out.push(ev),
                 None => self.undecodable += 1,
             }
         }
+        Ok(())
     }
 
     pub fn fd(&self) -> i32 {

@@ -670,3 +670,54 @@ fn observer_prog_names_match_kernel_truncation() {
     assert!(!is_observer_prog_name("sys_enter_open"));
     assert!(!is_observer_prog_name(""));
 }
+
+/// `observer record` then `observer replay`: the replay prints the alerts
+/// the live run printed (paths aside, which replay does not resolve), and
+/// twice the same.
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn replay_of_a_recording_gives_the_live_alerts() {
+    let _serial = serial();
+    let m = loop_mount(FsType::Xfs);
+    let (file, ino, dev) = precreate(&m);
+    let trace = m.image().with_file_name("run.pcro");
+    let o = observe_race(
+        &m,
+        &file,
+        &["--ino", &ino.to_string(), "record", trace.to_str().unwrap()],
+        &[],
+    );
+    assert!(!o.records.alerts.is_empty(), "the live run saw no race");
+    let replay = |n: u32| -> Vec<Value> {
+        let out = m.image().with_file_name(format!("replay{n}.jsonl"));
+        let status = Command::new(observer_bin())
+            .args(["replay", trace.to_str().unwrap(), "--json", "--ino"])
+            .arg(ino.to_string())
+            .arg("--output")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &Value| v["type"] == "alert")
+            .collect()
+    };
+    let first = replay(1);
+    assert_eq!(first, replay(2), "replay is not deterministic");
+    let live: Vec<Value> = o
+        .records
+        .alerts
+        .iter()
+        .cloned()
+        .map(|mut a| {
+            a["path"] = Value::Null;
+            a
+        })
+        .collect();
+    assert_eq!(live.len(), first.len());
+    assert_eq!(live, first);
+    assert!(first.iter().all(|a| a["dev"] == dev.as_str()));
+}

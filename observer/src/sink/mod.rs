@@ -61,6 +61,10 @@ impl Sink {
         }
     }
 
+    pub fn boot_to_realtime_ns(&self) -> i64 {
+        self.boot_to_realtime_ns
+    }
+
     pub fn format(&self) -> Format {
         self.format
     }
