@@ -22,9 +22,24 @@ pub enum Kind {
     SyscallEnter = 6,
     SyscallExit = 7,
     FolioDelete = 8,
+    /// PTEs installed for pages `start..=end` of a windowed file (the
+    /// per-kernel installer: set_pte_range / do_set_pte / alloc_set_pte).
+    PteInstall = 9,
+    /// A folio entered the page cache (mm_filemap_add_to_page_cache, or
+    /// shmem_add_to_page_cache), for windowed files only.
+    FolioAdd = 10,
+    /// The filesystem's block removal for a punched range began / ended
+    /// (ext4_ext_remove_space, ext4_ind_remove_space, xfs_free_file_space,
+    /// btrfs_replace_file_extents). `aux` names the function (FS_REMOVE_*).
+    FsRemoveEnter = 11,
+    FsRemoveExit = 12,
+    /// shmem_undo_range: tmpfs drops its pages here, not through
+    /// truncate_inode_pages_range.
+    ShmemUndoEnter = 13,
+    ShmemUndoExit = 14,
 }
 
-pub const KIND_MAX: usize = 9;
+pub const KIND_MAX: usize = 15;
 
 impl Kind {
     pub fn from_u8(v: u8) -> Option<Kind> {
@@ -37,6 +52,12 @@ impl Kind {
             6 => Kind::SyscallEnter,
             7 => Kind::SyscallExit,
             8 => Kind::FolioDelete,
+            9 => Kind::PteInstall,
+            10 => Kind::FolioAdd,
+            11 => Kind::FsRemoveEnter,
+            12 => Kind::FsRemoveExit,
+            13 => Kind::ShmemUndoEnter,
+            14 => Kind::ShmemUndoExit,
             _ => return None,
         })
     }
@@ -62,7 +83,24 @@ pub const FALLOC_FL_INSERT_RANGE: u64 = 0x20;
 pub const FALLOC_INVALIDATING: u64 =
     FALLOC_FL_PUNCH_HOLE | FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_ZERO_RANGE | FALLOC_FL_INSERT_RANGE;
 
-/// One ring-buffer record. 80 bytes.
+/// `Event::flags` bits.
+/// FolioDelete: the folio's mapcount was read at removal.
+pub const FLAG_MAPCOUNT_KNOWN: u8 = 1;
+/// FolioDelete: some PTE still mapped the folio when it left the cache.
+pub const FLAG_STILL_MAPPED: u8 = 2;
+/// FolioAdd: the folio was already uptodate when added (no read from disk).
+pub const FLAG_UPTODATE: u8 = 4;
+
+/// `Event::aux` of FsRemove* records.
+pub const FS_REMOVE_EXT4_EXT: u64 = 1;
+pub const FS_REMOVE_EXT4_IND: u64 = 2;
+pub const FS_REMOVE_XFS: u64 = 3;
+pub const FS_REMOVE_BTRFS: u64 = 4;
+
+/// No stack was captured.
+pub const NO_STACK: i32 = -1;
+
+/// One ring-buffer record. 88 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Event {
@@ -83,8 +121,12 @@ pub struct Event {
     pub tid: u32,
     pub kind: u8,
     pub fidelity: u8,
-    pub _pad: [u8; 2],
+    pub flags: u8,
+    pub _pad: u8,
     pub comm: [u8; 16],
+    /// Kernel stack id in the `STACKS` map, or [`NO_STACK`].
+    pub stack_id: i32,
+    pub _pad2: u32,
 }
 
 /// Kernel struct offsets and tracepoint field offsets, resolved by the agent
@@ -153,8 +195,8 @@ pub struct WindowState {
 pub const COUNTER_EMITTED: u32 = 0; // + kind
 pub const COUNTER_LOST: u32 = 16; // + kind: ring buffer full
 pub const COUNTER_FILTERED: u32 = 32; // map_pages dropped by the pre-filter
-pub const COUNTER_UNRESOLVED: u32 = 36; // + kind: a kernel pointer chain could not be read
-pub const COUNTERS: u32 = 48;
+pub const COUNTER_UNRESOLVED: u32 = 40; // + kind: a kernel pointer chain could not be read
+pub const COUNTERS: u32 = 64;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -62,8 +62,11 @@ pub fn send(
         tid: pid_tgid as u32,
         kind: kind as u8,
         fidelity,
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
         comm,
+        stack_id: observer_abi::NO_STACK,
+        _pad2: 0,
     });
     slot.submit(0);
     count(COUNTER_EMITTED + kind as u32);

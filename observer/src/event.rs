@@ -100,6 +100,28 @@ pub enum Invalidator {
     Unmap,
     /// `truncate_inode_pages_range`: removes the folios from the page cache.
     Truncate,
+    /// `shmem_undo_range`: tmpfs's own removal of a range.
+    ShmemUndo,
+}
+
+/// The filesystem function that frees a punched range's blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FsRemover {
+    Ext4Extents,
+    Ext4Indirect,
+    Xfs,
+    Btrfs,
+}
+
+impl FsRemover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsRemover::Ext4Extents => "ext4_ext_remove_space",
+            FsRemover::Ext4Indirect => "ext4_ind_remove_space",
+            FsRemover::Xfs => "xfs_free_file_space",
+            FsRemover::Btrfs => "btrfs_replace_file_extents",
+        }
+    }
 }
 
 /// The user-visible operation behind a window, when a syscall told us.
@@ -165,9 +187,30 @@ pub enum Body {
         op: Op,
     },
     /// A folio left the page cache (filemap:mm_filemap_delete_from_page_cache).
+    /// `still_mapped` is Some when the probe could read the mapcount: true
+    /// means a PTE still maps the folio as it leaves (a freed page mapped).
     FolioDelete {
         index: u64,
         pfn: u64,
+        still_mapped: Option<bool>,
+    },
+    /// PTEs were installed for `range` (page-exact, from the kernel's PTE
+    /// installer) by the event's task.
+    PteInstall {
+        range: PageRange,
+    },
+    /// Folios entered the page cache for `range`. `uptodate`: already filled
+    /// when added (not read from disk).
+    FolioAdd {
+        range: PageRange,
+        uptodate: bool,
+    },
+    /// The filesystem's block removal for the punched range began / ended.
+    FsRemoveEnter {
+        fs: FsRemover,
+    },
+    FsRemoveExit {
+        fs: FsRemover,
     },
 }
 
@@ -175,6 +218,8 @@ pub enum Body {
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds.
     pub ts: u64,
+    /// Kernel stack id (in the STACKS map) captured with this record, if any.
+    pub stack_id: Option<u32>,
     pub file: FileId,
     pub task: Task,
     pub fidelity: Fidelity,

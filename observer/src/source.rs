@@ -8,7 +8,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use observer_abi as abi;
 use tokio::io::unix::AsyncFd;
 
-use crate::event::{Body, Event, Fidelity, FileId, Invalidator, Op, PageRange, Task};
+use crate::event::{Body, Event, Fidelity, FileId, FsRemover, Invalidator, Op, PageRange, Task};
 
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -106,6 +106,27 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         abi::Kind::FolioDelete => Body::FolioDelete {
             index: raw.start,
             pfn: raw.aux,
+            still_mapped: (raw.flags & abi::FLAG_MAPCOUNT_KNOWN != 0)
+                .then_some(raw.flags & abi::FLAG_STILL_MAPPED != 0),
+        },
+        abi::Kind::PteInstall => Body::PteInstall { range },
+        abi::Kind::FolioAdd => Body::FolioAdd {
+            range,
+            uptodate: raw.flags & abi::FLAG_UPTODATE != 0,
+        },
+        abi::Kind::FsRemoveEnter => Body::FsRemoveEnter {
+            fs: fs_remover(raw.aux)?,
+        },
+        abi::Kind::FsRemoveExit => Body::FsRemoveExit {
+            fs: fs_remover(raw.aux)?,
+        },
+        abi::Kind::ShmemUndoEnter => Body::InvalidateEnter {
+            which: Invalidator::ShmemUndo,
+            range,
+        },
+        abi::Kind::ShmemUndoExit => Body::InvalidateExit {
+            which: Invalidator::ShmemUndo,
+            range,
         },
     };
     let fidelity = match raw.fidelity {
@@ -120,6 +141,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         .unwrap_or(raw.comm.len());
     Some(Event {
         ts: raw.ts,
+        stack_id: u32::try_from(raw.stack_id).ok(),
         file: FileId {
             dev: raw.dev,
             ino: raw.ino,
@@ -131,6 +153,16 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         },
         fidelity,
         body,
+    })
+}
+
+fn fs_remover(aux: u64) -> Option<FsRemover> {
+    Some(match aux {
+        abi::FS_REMOVE_EXT4_EXT => FsRemover::Ext4Extents,
+        abi::FS_REMOVE_EXT4_IND => FsRemover::Ext4Indirect,
+        abi::FS_REMOVE_XFS => FsRemover::Xfs,
+        abi::FS_REMOVE_BTRFS => FsRemover::Btrfs,
+        _ => return None,
     })
 }
 
@@ -190,6 +222,12 @@ pub fn kind_name(kind: usize) -> &'static str {
         Some(abi::Kind::SyscallEnter) => "syscall:enter",
         Some(abi::Kind::SyscallExit) => "syscall:exit",
         Some(abi::Kind::FolioDelete) => "folio_delete",
+        Some(abi::Kind::PteInstall) => "pte_install",
+        Some(abi::Kind::FolioAdd) => "folio_add",
+        Some(abi::Kind::FsRemoveEnter) => "fs_remove:enter",
+        Some(abi::Kind::FsRemoveExit) => "fs_remove:exit",
+        Some(abi::Kind::ShmemUndoEnter) => "shmem_undo_range:enter",
+        Some(abi::Kind::ShmemUndoExit) => "shmem_undo_range:exit",
         None => "?",
     }
 }
@@ -258,7 +296,7 @@ mod tests {
     fn rejects_short_and_unknown_records() {
         assert!(decode(&[0u8; 10]).is_none());
         let mut r = raw(abi::Kind::MapPages, 0);
-        r[60] = 200; // kind byte
+        r[60] = 200; // kind byte (offset of Event::kind)
         assert!(decode(&r).is_none());
     }
 }

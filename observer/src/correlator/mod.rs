@@ -61,6 +61,9 @@ pub struct EventCounts {
     pub syscall_enter: u64,
     pub syscall_exit: u64,
     pub folio_delete: u64,
+    pub pte_install: u64,
+    pub folio_add: u64,
+    pub fs_remove: u64,
 }
 
 impl EventCounts {
@@ -72,6 +75,9 @@ impl EventCounts {
             Body::SyscallEnter { .. } => &mut self.syscall_enter,
             Body::SyscallExit { .. } => &mut self.syscall_exit,
             Body::FolioDelete { .. } => &mut self.folio_delete,
+            Body::PteInstall { .. } => &mut self.pte_install,
+            Body::FolioAdd { .. } => &mut self.folio_add,
+            Body::FsRemoveEnter { .. } | Body::FsRemoveExit { .. } => &mut self.fs_remove,
         };
         *slot += 1;
     }
@@ -81,7 +87,7 @@ impl EventCounts {
     }
 
     /// Named counts, in a fixed order, for summaries.
-    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 9] {
         [
             ("invalidate_enter", self.invalidate_enter),
             ("invalidate_exit", self.invalidate_exit),
@@ -89,6 +95,9 @@ impl EventCounts {
             ("syscall_enter", self.syscall_enter),
             ("syscall_exit", self.syscall_exit),
             ("folio_delete", self.folio_delete),
+            ("pte_install", self.pte_install),
+            ("folio_add", self.folio_add),
+            ("fs_remove", self.fs_remove),
         ]
     }
 }
@@ -269,6 +278,7 @@ impl Correlator {
             task,
             fidelity,
             body,
+            ..
         } = ev;
         match body {
             Body::InvalidateEnter { range, .. } => {
@@ -293,6 +303,11 @@ impl Correlator {
             }
             Body::SyscallExit { .. } => self.syscall_exit(ts, task.tid, out),
             Body::FolioDelete { index, .. } => self.folio_delete(ts, file, index),
+            // Page-exact outcomes and refills are not correlated yet.
+            Body::PteInstall { .. }
+            | Body::FolioAdd { .. }
+            | Body::FsRemoveEnter { .. }
+            | Body::FsRemoveExit { .. } => {}
         }
     }
 

@@ -25,6 +25,7 @@ fn ev(ts: u64, f: FileId, tid: u32, body: Body) -> Event {
         task: task(tid),
         fidelity: Fidelity::Fentry,
         body,
+        stack_id: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn folio(ts: u64, f: FileId, index: u64) -> Event {
         Body::FolioDelete {
             index,
             pfn: 0x1000 + index,
+            still_mapped: None,
         },
     )
 }
