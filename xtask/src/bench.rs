@@ -6,6 +6,12 @@
 //! slow drifts of the machine (page cache, thermal, noisy neighbours) from
 //! landing on one configuration only; the median over the rounds then takes
 //! out the odd outlier.
+//!
+//! With `--kernel` the same schedule runs inside a Debian cloud kernel under
+//! qemu (the `cargo xtask vm` harness, whose init.sh has a bench mode), where
+//! the observer attaches with fentry/fexit instead of the host's fallback;
+//! the guest brings every faultbench report and observer summary back, and
+//! they go through the same aggregation and table as the host's.
 
 use std::{
     fmt::Write as _,
@@ -23,20 +29,28 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::{util::Workspace, vm};
+
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Runs of each configuration; configurations alternate within a round.
-    #[arg(long, default_value_t = 3, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub rounds: u32,
-    /// Size of the faultbench file, in pages.
-    #[arg(long, default_value_t = 4096, value_name = "N",
+    /// Run the benchmark in this Debian cloud kernel under qemu (TCG), as
+    /// `cargo xtask vm --kernel` does (6.12, 6.1, or an exact release),
+    /// instead of on the host; there the observer uses fentry/fexit.
+    #[arg(long, value_name = "SERIES")]
+    pub kernel: Option<String>,
+    /// Runs of each configuration; configurations alternate within a round
+    /// [default: 3; with --kernel: 7].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: Option<u32>,
+    /// Size of the faultbench file, in pages [default: 4096].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(16..=1 << 28))]
-    pub pages: u64,
-    /// faultbench rounds (MADV_DONTNEED, then touch every page) per run.
-    #[arg(long, default_value_t = 2000, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub fault_rounds: u64,
+    pub pages: Option<u64>,
+    /// faultbench rounds (MADV_DONTNEED, then touch every page) per run
+    /// [default: 2000; with --kernel: 400, or fewer when the kernel is slow
+    /// under TCG].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub fault_rounds: Option<u64>,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -44,6 +58,16 @@ pub struct BenchArgs {
     /// [default: <workspace>/target/release].
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// More observer flags for every observer run, split at whitespace
+    /// (e.g. "--method kprobe").
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub observer_args: String,
 }
 
 /// The observer can take a while to load and verify its programs on a slow
@@ -53,9 +77,88 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_PREFIX: &str = "observer: ready:";
 
+/// The workload's size and the number of rounds, defaults filled in.
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    rounds: u32,
+    pages: u64,
+    fault_rounds: u64,
+    /// fault_rounds is the VM default, which the guest lowers on a kernel
+    /// too slow for it (see VM_BUDGET_MS).
+    scalable: bool,
+}
+
+/// The default VM fault rounds make the two warm-up runs (bare, without and
+/// with punching) take ~2.8 s on 6.12. A kernel that is slower under TCG
+/// (6.1 takes ~14 s) gets fewer fault rounds, so that the warm-up would
+/// have fit in this budget and the whole bench stays near 3-4 minutes.
+const VM_BUDGET_MS: u64 = 3500;
+
+impl Params {
+    fn new(args: &BenchArgs) -> Self {
+        // Under TCG faults are ~5x slower than on the host, and each
+        // observer start and stop costs ~2 s. 400 fault rounds (~100k faults:
+        // ~0.8 s bare, ~2 s punching, up to ~4 s under --full-stream) keep a
+        // round near 25 s; 7 rounds keep the whole VM bench (boot included)
+        // near 3 minutes, and give the medians enough runs to shrug off the
+        // odd round that the host's neighbours slow down.
+        let (rounds, pages, fault_rounds) = match args.kernel {
+            None => (3, 4096, 2000),
+            Some(_) => (7, 4096, 400),
+        };
+        Self {
+            rounds: args.rounds.unwrap_or(rounds),
+            pages: args.pages.unwrap_or(pages),
+            fault_rounds: args.fault_rounds.unwrap_or(fault_rounds),
+            scalable: args.kernel.is_some() && args.fault_rounds.is_none(),
+        }
+    }
+
+    /// Every run in order: per round, without then with punching, each
+    /// configuration in CONFIGS order.
+    fn schedule(self) -> impl Iterator<Item = (u32, bool, Config)> {
+        (1..=self.rounds).flat_map(|round| {
+            [false, true]
+                .into_iter()
+                .flat_map(move |punch| CONFIGS.map(|config| (round, punch, config)))
+        })
+    }
+
+    fn total_runs(self) -> usize {
+        self.rounds as usize * 2 * CONFIGS.len()
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
+    let mut params = Params::new(&args);
     let bins = Binaries::locate(args.bin_dir.as_deref())?;
+    let (runs, probes, machine) = match &args.kernel {
+        Some(kernel) => in_vm(kernel, &mut params, &bins, &args.observer_args)?,
+        None => on_host(params, &bins, &args.observer_args)?,
+    };
+    let report = Report::new(
+        params,
+        &args.observer_args,
+        runs,
+        probes,
+        machine,
+        started.elapsed().as_secs_f64(),
+    );
+    print!("{}", report.table());
+    if let Some(path) = &args.out {
+        fs::write(path, report.json())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        say(format!("wrote {}", path.display()));
+    }
+    Ok(())
+}
+
+fn on_host(
+    params: Params,
+    bins: &Binaries,
+    observer_args: &str,
+) -> Result<(Vec<Run>, Probes, Machine)> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -64,8 +167,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     let signals = SignalGuard::install();
-    let scratch = Scratch::create(args.pages)?;
-    let outcome = measure(&args, &bins, &scratch).map_err(|e| {
+    let scratch = Scratch::create(params.pages)?;
+    let extra: Vec<&str> = observer_args.split_whitespace().collect();
+    let outcome = measure(params, bins, &extra, &scratch).map_err(|e| {
         // A Ctrl-C also kills faultbench, whose failure would otherwise hide
         // the real reason.
         if interrupted() {
@@ -78,15 +182,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     drop(signals);
     let (runs, probes) = outcome?;
     cleaned?;
-
-    let report = Report::new(&args, runs, probes, started.elapsed().as_secs_f64());
-    print!("{}", report.table());
-    if let Some(path) = &args.out {
-        fs::write(path, report.json())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        say(format!("wrote {}", path.display()));
-    }
-    Ok(())
+    Ok((runs, probes, Machine::host()))
 }
 
 fn say(msg: impl AsRef<str>) {
@@ -192,12 +288,12 @@ impl Faultbench {
     }
 }
 
-fn faultbench(bins: &Binaries, file: &Path, args: &BenchArgs, punch: bool) -> Result<Faultbench> {
+fn faultbench(bins: &Binaries, file: &Path, params: Params, punch: bool) -> Result<Faultbench> {
     let mut cmd = Command::new(&bins.faultbench);
     cmd.arg("--file")
         .arg(file)
-        .args(["--pages", &args.pages.to_string()])
-        .args(["--rounds", &args.fault_rounds.to_string()])
+        .args(["--pages", &params.pages.to_string()])
+        .args(["--rounds", &params.fault_rounds.to_string()])
         .stdin(Stdio::null());
     if punch {
         cmd.arg("--punch");
@@ -276,6 +372,23 @@ fn parse_probes(startup: &json::Value) -> Option<Probes> {
         .collect()
 }
 
+/// The observer's --json output: the summary from its last line, the probe
+/// methods from the startup record on its first.
+fn parse_observer_output(text: &str) -> Result<(ObserverStats, Probes)> {
+    let first = text.lines().find(|l| !l.trim().is_empty());
+    let summary = last_line(text).context("the observer wrote nothing")?;
+    let stats = json::parse(summary)
+        .map_err(|e| anyhow!("{e}"))
+        .and_then(|v| ObserverStats::parse(&v))
+        .context("no summary at the end of the observer's output")?;
+    // The method is context, not a measurement: missing it is no failure.
+    let probes = first
+        .and_then(|l| json::parse(l).ok())
+        .and_then(|v| parse_probes(&v))
+        .unwrap_or_default();
+    Ok((stats, probes))
+}
+
 struct Run {
     round: u32,
     punch: bool,
@@ -291,68 +404,219 @@ impl Run {
     }
 }
 
-fn measure(args: &BenchArgs, bins: &Binaries, scratch: &Scratch) -> Result<(Vec<Run>, Probes)> {
+impl Run {
+    fn what(&self, rounds: u32) -> String {
+        describe(self.round, rounds, self.punch, self.config)
+    }
+
+    /// One progress line, as `say` prints them.
+    fn progress(&self, n: usize, total: usize, rounds: u32) -> String {
+        let mut line = format!(
+            "[{n:>2}/{total}] {}: {} faults/s",
+            self.what(rounds),
+            group(self.fb.faults_per_s)
+        );
+        if let (Some(eps), Some(obs)) = (self.events_per_s(), &self.observer) {
+            let _ = write!(
+                line,
+                ", {} events/s, ringbuf_full {}, filtered {}",
+                group(eps),
+                obs.ringbuf_full,
+                obs.filtered
+            );
+        }
+        line
+    }
+}
+
+fn describe(round: u32, rounds: u32, punch: bool, config: Config) -> String {
+    format!(
+        "round {round}/{rounds}, {}, {}",
+        workload_name(punch),
+        config.name()
+    )
+}
+
+fn measure(
+    params: Params,
+    bins: &Binaries,
+    extra: &[&str],
+    scratch: &Scratch,
+) -> Result<(Vec<Run>, Probes)> {
     let file = scratch.mnt.join("faultbench.dat");
     let observer_out = scratch.dir.join("observer.json");
     // The very first run on a fresh file system pays for allocating its
     // blocks and warming caches; keep that out of round 1's bare numbers.
     say("warm-up run");
-    faultbench(bins, &file, args, false).context("warm-up run")?;
+    faultbench(bins, &file, params, false).context("warm-up run")?;
 
-    let total = args.rounds as usize * 2 * CONFIGS.len();
+    let total = params.total_runs();
     let mut runs = Vec::with_capacity(total);
     let mut probes = Probes::new();
-    for round in 1..=args.rounds {
-        for punch in [false, true] {
-            for config in CONFIGS {
-                check_interrupted()?;
-                let what = format!(
-                    "round {round}/{}, {}, {}",
-                    args.rounds,
-                    workload_name(punch),
-                    config.name()
-                );
-                let (fb, observer) = match config.observer_flags() {
-                    None => (faultbench(bins, &file, args, punch), None),
-                    Some(flags) => {
-                        // Started first so its probes see the whole workload;
-                        // on any error below its Drop stops it.
-                        let obs = Observer::start(&bins.observer, flags, &observer_out)
-                            .with_context(|| what.clone())?;
-                        let fb =
-                            faultbench(bins, &file, args, punch).with_context(|| what.clone())?;
-                        let (stats, startup) = obs.stop().with_context(|| what.clone())?;
-                        if probes.is_empty() {
-                            probes = startup;
-                        }
-                        (Ok(fb), Some(stats))
-                    }
-                };
-                let run = Run {
-                    round,
-                    punch,
-                    config,
-                    fb: fb.with_context(|| what.clone())?,
-                    observer,
-                };
-                let mut line = format!(
-                    "[{:>2}/{total}] {what}: {} faults/s",
-                    runs.len() + 1,
-                    group(run.fb.faults_per_s)
-                );
-                if let (Some(eps), Some(obs)) = (run.events_per_s(), &run.observer) {
-                    let _ = write!(
-                        line,
-                        ", {} events/s, ringbuf_full {}, filtered {}",
-                        group(eps),
-                        obs.ringbuf_full,
-                        obs.filtered
+    for (round, punch, config) in params.schedule() {
+        check_interrupted()?;
+        let what = describe(round, params.rounds, punch, config);
+        let (fb, observer) = match config.observer_flags() {
+            None => (faultbench(bins, &file, params, punch), None),
+            Some(flags) => {
+                // Started first so its probes see the whole workload;
+                // on any error below its Drop stops it.
+                let flags = [flags, extra].concat();
+                let obs = Observer::start(&bins.observer, &flags, &observer_out)
+                    .with_context(|| what.clone())?;
+                let fb = faultbench(bins, &file, params, punch).with_context(|| what.clone())?;
+                let (stats, startup) = obs.stop().with_context(|| what.clone())?;
+                if probes.is_empty() {
+                    probes = startup;
+                }
+                (Ok(fb), Some(stats))
+            }
+        };
+        let run = Run {
+            round,
+            punch,
+            config,
+            fb: fb.with_context(|| what.clone())?,
+            observer,
+        };
+        say(run.progress(runs.len() + 1, total, params.rounds));
+        runs.push(run);
+    }
+    Ok((runs, probes))
+}
+
+// ---------------------------------------------------------------------------
+// In a VM
+// ---------------------------------------------------------------------------
+
+/// Runs the bench in a guest; updates `params.fault_rounds` to what the
+/// guest used.
+fn in_vm(
+    kernel: &str,
+    params: &mut Params,
+    bins: &Binaries,
+    observer_args: &str,
+) -> Result<(Vec<Run>, Probes, Machine)> {
+    let ws = Workspace::locate()?;
+    let out = ws.target.join("vm").join(format!("bench-{kernel}"));
+    // A bound for a hung guest, not an estimate: boot, plus every run at a
+    // pessimistic 5,000 faults/s plus 15 s of observer start and stop.
+    let faults = params.pages.div_ceil(16) * params.fault_rounds;
+    let per_run = faults / 5000 + 15;
+    let timeout = 180 + (params.total_runs() as u64 + 1) * per_run;
+    say(format!(
+        "VM bench on kernel {kernel}: {} round(s) of faultbench --pages {} --rounds {}{}",
+        params.rounds,
+        params.pages,
+        params.fault_rounds,
+        if params.scalable {
+            " (fewer if the kernel is slow)"
+        } else {
+            ""
+        }
+    ));
+    let dir = vm::bench(
+        &ws,
+        &vm::BenchGuest {
+            kernel,
+            observer: &bins.observer,
+            faultbench: &bins.faultbench,
+            rounds: params.rounds,
+            pages: params.pages,
+            fault_rounds: params.fault_rounds,
+            budget_ms: if params.scalable { VM_BUDGET_MS } else { 0 },
+            observer_args,
+            out: &out,
+            timeout: Duration::from_secs(timeout),
+        },
+    )?;
+    say(format!("guest results in {}", dir.display()));
+    let read = |name: &str| {
+        fs::read_to_string(dir.join(name))
+            .map(|s| s.trim().to_owned())
+            .ok()
+    };
+    let requested = params.fault_rounds;
+    params.fault_rounds = read("bench/fault_rounds")
+        .and_then(|n| n.parse().ok())
+        .context("the guest did not say how many fault rounds it ran")?;
+    let (runs, probes) = guest_runs(&dir.join("bench"), *params)?;
+    // "T0 T1": the guest's uptime around the bench, warm-up included.
+    let bench_s = read("bench/uptime").and_then(|s| {
+        let (t0, t1) = s.split_once(' ')?;
+        Some(t1.parse::<f64>().ok()? - t0.parse::<f64>().ok()?)
+    });
+    let machine = Machine {
+        kernel: read("uname").unwrap_or_else(|| "unknown".into()),
+        nproc: read("nproc").and_then(|n| n.parse().ok()).unwrap_or(0),
+        guest: Some(Guest {
+            host_kernel: Machine::host().kernel,
+            bench_s,
+            fault_rounds_requested: requested,
+        }),
+    };
+    Ok((runs, probes, machine))
+}
+
+/// Reads the runs the guest's bench() left in `dir`, in schedule order.
+fn guest_runs(dir: &Path, params: Params) -> Result<(Vec<Run>, Probes)> {
+    let total = params.total_runs();
+    let mut runs = Vec::with_capacity(total);
+    let mut probes = Probes::new();
+    for (round, punch, config) in params.schedule() {
+        let what = describe(round, params.rounds, punch, config);
+        let prefix = dir.join(format!(
+            "{round}.{}.{}",
+            if punch { "punch" } else { "nopunch" },
+            config.name()
+        ));
+        let file = |ext: &str| {
+            let mut p = prefix.clone().into_os_string();
+            p.push(ext);
+            PathBuf::from(p)
+        };
+        let read = |ext: &str| {
+            let path = file(ext);
+            fs::read_to_string(&path)
+                .with_context(|| format!("{what}: cannot read {}", path.display()))
+        };
+        let report = read(".faultbench.json")?;
+        let line = last_line(&report).with_context(|| {
+            format!(
+                "{what}: faultbench printed nothing; see {}",
+                file(".faultbench.log").display()
+            )
+        })?;
+        let fb = Faultbench::parse(line)
+            .with_context(|| format!("{what}: bad faultbench report {line:?}"))?;
+        let observer = match config.observer_flags() {
+            None => None,
+            Some(_) => {
+                let rc = read(".observer.rc")?;
+                if rc.trim() != "0" {
+                    bail!(
+                        "{what}: the observer exited with status {}; see {}",
+                        rc.trim(),
+                        file(".observer.log").display()
                     );
                 }
-                say(line);
-                runs.push(run);
+                let (stats, startup) = parse_observer_output(&read(".observer.json")?)
+                    .with_context(|| format!("{what}: {}", file(".observer.json").display()))?;
+                if probes.is_empty() {
+                    probes = startup;
+                }
+                Some(stats)
             }
-        }
+        };
+        let run = Run {
+            round,
+            punch,
+            config,
+            fb,
+            observer,
+        };
+        say(run.progress(runs.len() + 1, total, params.rounds));
+        runs.push(run);
     }
     Ok((runs, probes))
 }
@@ -442,21 +706,11 @@ impl Observer {
         }
         let text = fs::read_to_string(&self.out)
             .with_context(|| format!("cannot read {}", self.out.display()))?;
-        let first = text.lines().find(|l| !l.trim().is_empty());
-        let summary =
-            last_line(&text).with_context(|| format!("{} is empty", self.out.display()))?;
-        let stats = json::parse(summary)
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|v| ObserverStats::parse(&v))
-            .with_context(|| format!("no summary at the end of {}", self.out.display()))?;
-        // The method is context, not a measurement: missing it is no failure.
-        let probes = first
-            .and_then(|l| json::parse(l).ok())
-            .and_then(|v| parse_probes(&v))
-            .unwrap_or_default();
+        let parsed =
+            parse_observer_output(&text).with_context(|| format!("in {}", self.out.display()))?;
         // Alert records can pile up under --punch; nothing else needs them.
         let _ = fs::remove_file(&self.out);
-        Ok((stats, probes))
+        Ok(parsed)
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -707,6 +961,9 @@ struct Row {
     max: f64,
     /// bare median / this median: 1.03 means 3% fewer faults per second.
     slowdown: f64,
+    /// Lowest and highest bare / this within one round (None for bare):
+    /// how far the ratio moves from round to round.
+    round_slowdowns: Option<(f64, f64)>,
     observer: Option<RowObserver>,
 }
 
@@ -717,20 +974,74 @@ struct RowObserver {
     filtered_per_run: f64,
 }
 
-struct Report {
+/// Where the bench ran.
+struct Machine {
     kernel: String,
     nproc: usize,
+    /// Some when in a qemu guest.
+    guest: Option<Guest>,
+}
+
+struct Guest {
+    host_kernel: String,
+    /// The bench alone in the guest's clock (warm-up included, boot not).
+    bench_s: Option<f64>,
+    /// What the guest was asked for; it runs fewer on a slow kernel.
+    fault_rounds_requested: u64,
+}
+
+impl Machine {
+    fn host() -> Self {
+        Self {
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            nproc: thread::available_parallelism().map_or(0, |n| n.get()),
+            guest: None,
+        }
+    }
+}
+
+struct Report {
+    machine: Machine,
+    /// --observer-args, split.
+    observer_args: Vec<String>,
     probes: Probes,
-    rounds: u32,
-    pages: u64,
-    fault_rounds: u64,
+    params: Params,
     wall_s: f64,
     rows: Vec<Row>,
     runs: Vec<Run>,
 }
 
+/// Lowest and highest per-round bare / `config` rate ratio.
+fn round_slowdowns(runs: &[Run], punch: bool, config: Config) -> Option<(f64, f64)> {
+    let rate = |round: u32, config: Config| {
+        runs.iter()
+            .find(|r| r.round == round && r.punch == punch && r.config == config)
+            .map(|r| r.fb.faults_per_s)
+    };
+    let ratios: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.punch == punch && r.config == config)
+        .filter_map(|r| Some(rate(r.round, Config::Bare)? / r.fb.faults_per_s))
+        .collect();
+    (!ratios.is_empty()).then(|| {
+        (
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        )
+    })
+}
+
 impl Report {
-    fn new(args: &BenchArgs, runs: Vec<Run>, probes: Probes, wall_s: f64) -> Self {
+    fn new(
+        params: Params,
+        observer_args: &str,
+        runs: Vec<Run>,
+        probes: Probes,
+        machine: Machine,
+        wall_s: f64,
+    ) -> Self {
         let mut rows = Vec::new();
         for punch in [false, true] {
             let mut bare = f64::NAN;
@@ -762,19 +1073,21 @@ impl Report {
                     min: rates.iter().copied().fold(f64::INFINITY, f64::min),
                     max: rates.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                     slowdown: bare / mid,
+                    round_slowdowns: (config != Config::Bare)
+                        .then(|| round_slowdowns(&runs, punch, config))
+                        .flatten(),
                     observer,
                 });
             }
         }
         Self {
-            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".into()),
-            nproc: thread::available_parallelism().map_or(0, |n| n.get()),
+            machine,
+            observer_args: observer_args
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
             probes,
-            rounds: args.rounds,
-            pages: args.pages,
-            fault_rounds: args.fault_rounds,
+            params,
             wall_s,
             rows,
             runs,
@@ -796,19 +1109,42 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "\nobserver overhead on faultbench: {} pages x {} fault rounds, {} run(s) per row, interleaved",
-            self.pages, self.fault_rounds, self.rounds
+            "\nobserver overhead on faultbench: {} pages x {} fault rounds{}, {} run(s) per row, interleaved",
+            self.params.pages,
+            self.params.fault_rounds,
+            match &self.machine.guest {
+                Some(g) if g.fault_rounds_requested != self.params.fault_rounds =>
+                    format!(" (down from {}: slow kernel)", g.fault_rounds_requested),
+                _ => String::new(),
+            },
+            self.params.rounds
         );
-        let _ = writeln!(s, "kernel {}, {} CPUs", self.kernel, self.nproc);
+        let m = &self.machine;
+        match &m.guest {
+            None => {
+                let _ = writeln!(s, "kernel {}, {} CPUs", m.kernel, m.nproc);
+            }
+            Some(g) => {
+                let _ = writeln!(
+                    s,
+                    "kernel {} in a qemu TCG guest ({} vCPUs) on host kernel {}",
+                    m.kernel, m.nproc, g.host_kernel
+                );
+            }
+        }
+        if !self.observer_args.is_empty() {
+            let _ = writeln!(s, "observer flags: {}", self.observer_args.join(" "));
+        }
         let _ = writeln!(s, "probe methods: {}\n", self.probes_text());
         let _ = writeln!(
             s,
-            "{:<9} {:<12} {:>12} {:>7} {:>9} {:>12} {:>13} {:>13}",
+            "{:<9} {:<12} {:>12} {:>7} {:>9} {:>11} {:>12} {:>13} {:>13}",
             "workload",
             "config",
             "faults/s",
             "spread",
             "slowdown",
+            "per-round",
             "events/s",
             "ringbuf_full",
             "filtered/run"
@@ -823,14 +1159,18 @@ impl Report {
                 ),
                 None => ("-".into(), "-".into(), "-".into()),
             };
+            let per_round = r
+                .round_slowdowns
+                .map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}"));
             let _ = writeln!(
                 s,
-                "{:<9} {:<12} {:>12} {:>6.1}% {:>9.3} {:>12} {:>13} {:>13}",
+                "{:<9} {:<12} {:>12} {:>6.1}% {:>9.3} {:>11} {:>12} {:>13} {:>13}",
                 workload_name(r.punch),
                 r.config.name(),
                 group(r.median),
                 spread,
                 r.slowdown,
+                per_round,
                 eps,
                 lost,
                 filtered
@@ -839,10 +1179,22 @@ impl Report {
         let _ = writeln!(
             s,
             "\nfaults/s, events/s, filtered/run: medians over the runs; spread: (max - min) / median;\n\
-             slowdown: bare median / median (1.030 = 3% slower); events/s: records the correlator\n\
-             received / faultbench elapsed_s; ringbuf_full: records dropped, summed over the runs."
+             slowdown: bare median / median (1.030 = 3% slower); per-round: lowest-highest\n\
+             bare / config within one round; events/s: records the correlator received /\n\
+             faultbench elapsed_s; ringbuf_full: records dropped, summed over the runs."
         );
-        let _ = writeln!(s, "total wall time: {:.1} s", self.wall_s);
+        match self.machine.guest.as_ref().and_then(|g| g.bench_s) {
+            Some(bench_s) => {
+                let _ = writeln!(
+                    s,
+                    "total wall time: {:.1} s (the bench itself: {bench_s:.1} s in the guest)",
+                    self.wall_s
+                );
+            }
+            None => {
+                let _ = writeln!(s, "total wall time: {:.1} s", self.wall_s);
+            }
+        }
         s
     }
 
@@ -850,10 +1202,25 @@ impl Report {
         let mut s = String::from("{\"machine\":{");
         let _ = write!(
             s,
-            "\"kernel\":{},\"nproc\":{},\"probes\":[",
-            json_str(&self.kernel),
-            self.nproc
+            "\"kernel\":{},\"nproc\":{},",
+            json_str(&self.machine.kernel),
+            self.machine.nproc
         );
+        // null on the host; else what the guest ran on.
+        match &self.machine.guest {
+            None => s.push_str("\"vm\":null,"),
+            Some(g) => {
+                let _ = write!(
+                    s,
+                    "\"vm\":{{\"accel\":\"tcg\",\"host_kernel\":{},\"bench_s\":{},\
+                     \"fault_rounds_requested\":{}}},",
+                    json_str(&g.host_kernel),
+                    g.bench_s.map_or("null".into(), |t| json_num(t, 3)),
+                    g.fault_rounds_requested
+                );
+            }
+        }
+        s.push_str("\"probes\":[");
         for (i, (function, method)) in self.probes.iter().enumerate() {
             let method = method.as_deref().map_or("null".into(), json_str);
             let sep = if i > 0 { "," } else { "" };
@@ -865,10 +1232,16 @@ impl Report {
         }
         let _ = write!(
             s,
-            "]}},\"params\":{{\"rounds\":{},\"pages\":{},\"fault_rounds\":{}}},\"wall_s\":{},\"results\":[",
-            self.rounds,
-            self.pages,
-            self.fault_rounds,
+            "]}},\"params\":{{\"rounds\":{},\"pages\":{},\"fault_rounds\":{},\"observer_args\":[{}]}},\
+             \"wall_s\":{},\"results\":[",
+            self.params.rounds,
+            self.params.pages,
+            self.params.fault_rounds,
+            self.observer_args
+                .iter()
+                .map(|a| json_str(a))
+                .collect::<Vec<_>>()
+                .join(","),
             json_num(self.wall_s, 3)
         );
         for (i, r) in self.rows.iter().enumerate() {
@@ -885,6 +1258,17 @@ impl Report {
                 json_num(r.max, 1),
                 json_num(r.slowdown, 4)
             );
+            match r.round_slowdowns {
+                Some((lo, hi)) => {
+                    let _ = write!(
+                        s,
+                        ",\"round_slowdown_min\":{},\"round_slowdown_max\":{}",
+                        json_num(lo, 4),
+                        json_num(hi, 4)
+                    );
+                }
+                None => s.push_str(",\"round_slowdown_min\":null,\"round_slowdown_max\":null"),
+            }
             match &r.observer {
                 Some(o) => {
                     let _ = write!(
@@ -1272,6 +1656,148 @@ mod tests {
                 windows: 639,
                 alerts: 370,
             }
+        );
+    }
+
+    fn params(rounds: u32) -> Params {
+        Params {
+            rounds,
+            pages: 64,
+            fault_rounds: 10,
+            scalable: false,
+        }
+    }
+
+    #[test]
+    fn schedule_alternates_configs_within_each_workload() {
+        let all: Vec<_> = params(2).schedule().collect();
+        assert_eq!(all.len(), params(2).total_runs());
+        assert_eq!(
+            all[..4],
+            [
+                (1, false, Config::Bare),
+                (1, false, Config::Observer),
+                (1, false, Config::FullStream),
+                (1, true, Config::Bare),
+            ]
+        );
+        assert_eq!(all[11], (2, true, Config::FullStream));
+    }
+
+    #[test]
+    fn vm_has_its_own_defaults() {
+        let args = |kernel: Option<&str>, rounds| BenchArgs {
+            kernel: kernel.map(str::to_owned),
+            rounds,
+            pages: None,
+            fault_rounds: None,
+            out: None,
+            bin_dir: None,
+            observer_args: String::new(),
+        };
+        let host = Params::new(&args(None, None));
+        assert_eq!(
+            (host.rounds, host.pages, host.fault_rounds),
+            (3, 4096, 2000)
+        );
+        assert!(!host.scalable);
+        let vm = Params::new(&args(Some("6.12"), Some(2)));
+        assert_eq!((vm.rounds, vm.pages, vm.fault_rounds), (2, 4096, 400));
+        assert!(vm.scalable);
+        let fixed = Params::new(&BenchArgs {
+            fault_rounds: Some(100),
+            ..args(Some("6.1"), None)
+        });
+        assert!(!fixed.scalable);
+    }
+
+    fn fb(rate: f64) -> Faultbench {
+        Faultbench {
+            faults: 100,
+            elapsed_s: 100.0 / rate,
+            faults_per_s: rate,
+        }
+    }
+
+    #[test]
+    fn per_round_slowdowns_pair_runs_of_one_round() {
+        let run = |round, config, rate| Run {
+            round,
+            punch: false,
+            config,
+            fb: fb(rate),
+            observer: None,
+        };
+        let runs = [
+            run(1, Config::Bare, 100.0),
+            run(1, Config::Observer, 80.0),
+            run(2, Config::Bare, 50.0),
+            run(2, Config::Observer, 50.0),
+            // No bare run in round 3: not paired.
+            run(3, Config::Observer, 1.0),
+        ];
+        assert_eq!(
+            round_slowdowns(&runs, false, Config::Observer),
+            Some((1.0, 1.25))
+        );
+        assert_eq!(round_slowdowns(&runs, true, Config::Observer), None);
+    }
+
+    /// What the guest's bench() leaves for a 1-round bench.
+    fn guest_dir(observer_rc: &str) -> PathBuf {
+        let dir = unique_temp_dir().unwrap();
+        let startup =
+            r#"{"type":"startup","probes":[{"function":"filemap_map_pages","method":"fentry"}]}"#;
+        for (i, (_, punch, config)) in params(1).schedule().enumerate() {
+            let prefix = dir.join(format!(
+                "1.{}.{}",
+                if punch { "punch" } else { "nopunch" },
+                config.name()
+            ));
+            let file = |ext: &str| format!("{}{ext}", prefix.display());
+            let rate = 1000.0 * (i + 1) as f64;
+            fs::write(
+                file(".faultbench.json"),
+                format!(
+                    "{{\"rounds\":10,\"pages\":64,\"faults\":40,\"elapsed_s\":{},\"faults_per_s\":{rate}}}\n",
+                    40.0 / rate
+                ),
+            )
+            .unwrap();
+            if config != Config::Bare {
+                fs::write(file(".observer.rc"), format!("{observer_rc}\n")).unwrap();
+                fs::write(file(".observer.json"), format!("{startup}\n{SUMMARY}\n")).unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn guest_results_parse_in_schedule_order() {
+        let dir = guest_dir("0");
+        let (runs, probes) = guest_runs(&dir, params(1)).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            probes,
+            vec![("filemap_map_pages".to_owned(), Some("fentry".to_owned()))]
+        );
+        assert_eq!(runs.len(), 6);
+        assert_eq!(runs[4].config, Config::Observer);
+        assert!(runs[4].punch);
+        assert_eq!(runs[4].fb.faults_per_s, 5000.0);
+        assert!(runs[3].observer.is_none());
+        assert_eq!(runs[4].observer.as_ref().unwrap().alerts, 370);
+    }
+
+    #[test]
+    fn guest_observer_failure_is_an_error() {
+        let dir = guest_dir("1");
+        let err = guest_runs(&dir, params(1)).err().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("round 1/1, no punch, observer: the observer exited with status 1"),
+            "{err}"
         );
     }
 

@@ -5,12 +5,22 @@
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
+# racer: the racer under the observer on each of FILESYSTEMS.
+# bench: faultbench bare / under the observer, on /mnt/xfs (see bench()).
+MODE=@MODE@
 FILESYSTEMS="@FILESYSTEMS@"
 DURATION=@DURATION@
+BENCH_ROUNDS=@BENCH_ROUNDS@
+BENCH_PAGES=@BENCH_PAGES@
+BENCH_FAULT_ROUNDS=@BENCH_FAULT_ROUNDS@
+# When not 0: fewer fault rounds if the two warm-up runs take longer (ms).
+BENCH_BUDGET_MS=@BENCH_BUDGET_MS@
 READY_TIMEOUT=60
 STOP_TIMEOUT=30
 
 log() { echo "xtask-vm: $*"; }
+# Routine progress: one line per run would drown the bench's own lines.
+note() { [ "$MODE" = bench ] || log "$@"; }
 fail() {
 	log "FAILED: $*"
 	echo "$*" >>/results/errors
@@ -66,10 +76,15 @@ wait_dev /dev/vdc || fail "/dev/vdc (results disk) never appeared"
 
 # Runs in the background while the observer runs in the foreground: a
 # background job of a non-interactive shell starts with SIGINT ignored, so
-# the observer must not be one.
+# the observer must not be one. Waits for the observer (started by
+# /etc/xtask/observer.sh PREFIX) to print "ready" in PREFIX.observer.log,
+# runs the rest of its arguments as a command, then SIGINTs the observer
+# and waits for it to exit. Writes PREFIX.ready, and PREFIX.stop if the
+# observer had to be killed.
 controller() {
-	fs=$1
-	r=/results/$fs
+	label=$1
+	r=$2
+	shift 2
 	start=$(date +%s)
 	state=not-ready
 	while [ $(($(date +%s) - start)) -lt $READY_TIMEOUT ]; do
@@ -88,32 +103,20 @@ controller() {
 	done
 	echo "$state" >"$r.ready"
 	case $state in
-	ready) log "[$fs] observer ready after $(($(date +%s) - start))s" ;;
+	ready) note "[$label] observer ready after $(($(date +%s) - start))s" ;;
 	exited-early)
-		log "[$fs] observer exited before printing ready"
+		log "[$label] observer exited before printing ready"
 		return
 		;;
-	*) log "[$fs] observer not ready after ${READY_TIMEOUT}s; stopping it" ;;
+	*) log "[$label] observer not ready after ${READY_TIMEOUT}s; stopping it" ;;
 	esac
-	if [ $state = ready ]; then
-		if [ -x /bin/racer ]; then
-			log "[$fs] racer --file /mnt/$fs/racer.dat --duration $DURATION"
-			racer --file "/mnt/$fs/racer.dat" --duration "$DURATION" @RACER_ARGS@ \
-				>"$r.racer.json" 2>"$r.racer.log" </dev/null
-			rc=$?
-			echo $rc >"$r.racer.rc"
-			log "[$fs] racer exited with status $rc"
-		else
-			log "[$fs] no racer in the initramfs; idling ${DURATION}s"
-			sleep "$DURATION"
-		fi
-	fi
+	[ $state = ready ] && "$@"
 	kill -INT "$pid" 2>/dev/null
 	i=0
 	while kill -0 "$pid" 2>/dev/null; do
 		i=$((i + 1))
 		if [ $i -gt $((STOP_TIMEOUT * 5)) ]; then
-			log "[$fs] observer ignored SIGINT for ${STOP_TIMEOUT}s; killing it"
+			log "[$label] observer ignored SIGINT for ${STOP_TIMEOUT}s; killing it"
 			echo "ignored SIGINT, killed" >"$r.stop"
 			kill -KILL "$pid"
 			break
@@ -122,23 +125,153 @@ controller() {
 	done
 }
 
-for fs in $FILESYSTEMS; do
-	r=/results/$fs
-	if ! grep -q " /mnt/$fs " /proc/mounts; then
-		fail "[$fs] not mounted; skipped"
-		continue
-	fi
+# under_observer LABEL PREFIX OBSERVER_ARGS CMD...: runs the observer
+# (/etc/xtask/observer.sh PREFIX OBSERVER_ARGS, the latter split by the
+# shell) in the foreground and `controller LABEL PREFIX CMD...` in the
+# background; the observer's exit status goes to PREFIX.observer.rc.
+under_observer() {
+	local label=$1 r=$2 args=$3 ctl rc
+	shift 3
 	rm -f /tmp/observer.pid
 	: >"$r.observer.log"
-	controller "$fs" &
+	controller "$label" "$r" "$@" &
 	ctl=$!
-	log "[$fs] starting observer"
-	/etc/xtask/observer.sh "$r"
+	note "[$label] starting observer"
+	/etc/xtask/observer.sh "$r" $args
 	rc=$?
 	echo $rc >"$r.observer.rc"
 	wait $ctl
-	log "[$fs] observer exited with status $rc; $(cat "$r.alerts.json" 2>/dev/null | grep -c '"type":"alert"') alerts"
-done
+	return $rc
+}
+
+racer_run() {
+	fs=$1
+	r=/results/$fs
+	if [ -x /bin/racer ]; then
+		log "[$fs] racer --file /mnt/$fs/racer.dat --duration $DURATION"
+		racer --file "/mnt/$fs/racer.dat" --duration "$DURATION" @RACER_ARGS@ \
+			>"$r.racer.json" 2>"$r.racer.log" </dev/null
+		rc=$?
+		echo $rc >"$r.racer.rc"
+		log "[$fs] racer exited with status $rc"
+	else
+		log "[$fs] no racer in the initramfs; idling ${DURATION}s"
+		sleep "$DURATION"
+	fi
+}
+
+racer_scenario() {
+	for fs in $FILESYSTEMS; do
+		r=/results/$fs
+		if ! grep -q " /mnt/$fs " /proc/mounts; then
+			fail "[$fs] not mounted; skipped"
+			continue
+		fi
+		under_observer "$fs" "$r" "" racer_run "$fs"
+		rc=$?
+		log "[$fs] observer exited with status $rc; $(cat "$r.alerts.json" 2>/dev/null | grep -c '"type":"alert"') alerts"
+	done
+}
+
+# faultbench PREFIX [--punch]: one measured run; its report line goes to
+# PREFIX.faultbench.json, its exit status to PREFIX.faultbench.rc.
+faultbench_run() {
+	local fb=$1
+	shift
+	faultbench --file /mnt/xfs/faultbench.dat --pages "$BENCH_PAGES" \
+		--rounds "$BENCH_FAULT_ROUNDS" "$@" \
+		>"$fb.faultbench.json" 2>"$fb.faultbench.log" </dev/null
+	echo $? >"$fb.faultbench.rc"
+}
+
+# Prints BENCH_FAULT_ROUNDS scaled down so that the warm-up runs given as
+# arguments would have taken BENCH_BUDGET_MS together; at least 50.
+scaled_fault_rounds() {
+	cat "$@" | awk -v fr="$BENCH_FAULT_ROUNDS" -v budget="$BENCH_BUDGET_MS" '
+		match($0, /"elapsed_s":[0-9.]+/) { t += substr($0, RSTART + 12, RLENGTH - 12) }
+		END {
+			n = fr
+			if (t * 1000 > budget) n = int(fr * budget / (t * 1000))
+			if (n < 50) n = 50
+			if (n > fr) n = fr
+			print n
+		}'
+}
+
+# The guest side of `cargo xtask bench --kernel`: the host bench's schedule
+# (warm-up runs, then per round: no punch, punch; each bare, observer,
+# observer --full-stream) with every file under /results/bench named
+# ROUND.WORKLOAD.CONFIG.*; the host parses them.
+bench() {
+	d=/results/bench
+	mkdir -p $d
+	if ! grep -q " /mnt/xfs " /proc/mounts; then
+		fail "bench: /mnt/xfs not mounted"
+		return
+	fi
+	nproc >/results/nproc
+	log "bench: $BENCH_ROUNDS rounds of faultbench --pages $BENCH_PAGES --rounds $BENCH_FAULT_ROUNDS on /mnt/xfs"
+	t0=$(cut -d' ' -f1 /proc/uptime)
+	# Both workloads once, unmeasured: the first run on a fresh filesystem
+	# pays for allocating its blocks. They also time the kernel at hand,
+	# which can be several times slower than another under TCG.
+	for w in nopunch punch; do
+		flag=
+		[ $w = punch ] && flag=--punch
+		faultbench_run $d/warmup.$w $flag
+		[ "$(cat $d/warmup.$w.faultbench.rc)" = 0 ] ||
+			fail "bench: warm-up faultbench $flag failed: $(cat $d/warmup.$w.faultbench.log)"
+		log "bench: warm-up $w: $(cat $d/warmup.$w.faultbench.json)"
+	done
+	if [ "$BENCH_BUDGET_MS" -gt 0 ]; then
+		fr=$(scaled_fault_rounds $d/warmup.nopunch.faultbench.json $d/warmup.punch.faultbench.json)
+		if [ -n "$fr" ] && [ "$fr" -lt "$BENCH_FAULT_ROUNDS" ]; then
+			log "bench: slow kernel: $fr fault rounds per run instead of $BENCH_FAULT_ROUNDS"
+			BENCH_FAULT_ROUNDS=$fr
+		fi
+	fi
+	echo "$BENCH_FAULT_ROUNDS" >$d/fault_rounds
+	total=$((BENCH_ROUNDS * 6))
+	n=0
+	round=1
+	while [ $round -le "$BENCH_ROUNDS" ]; do
+		for workload in nopunch punch; do
+			flag=
+			[ $workload = punch ] && flag=--punch
+			for config in bare observer full-stream; do
+				n=$((n + 1))
+				p=$d/$round.$workload.$config
+				label="$n/$total"
+				case $config in
+				bare) faultbench_run "$p" $flag ;;
+				observer) under_observer "$label" "$p" "" faultbench_run "$p" $flag ;;
+				full-stream) under_observer "$label" "$p" --full-stream faultbench_run "$p" $flag ;;
+				esac
+				if [ -e "$p.alerts.json" ]; then
+					# Only the startup record and the summary are needed, and
+					# alerts pile up under --punch.
+					head -n 1 "$p.alerts.json" >"$p.observer.json"
+					tail -n 1 "$p.alerts.json" >>"$p.observer.json"
+					rm -f "$p.alerts.json"
+				fi
+				rate=$(sed -n 's/.*"faults_per_s":\([0-9.]*\).*/\1/p' "$p.faultbench.json" 2>/dev/null)
+				if [ -n "$rate" ]; then
+					log "bench: [$label] round $round, $workload, $config: ${rate%.*} faults/s"
+				else
+					fail "bench: [$label] round $round, $workload, $config: no faultbench report ($(cat "$p.faultbench.log" "$p.observer.log" 2>/dev/null | tail -n 5 | tr '\n' ' '))"
+				fi
+			done
+		done
+		round=$((round + 1))
+	done
+	t1=$(cut -d' ' -f1 /proc/uptime)
+	echo "$t0 $t1" >$d/uptime
+}
+
+case $MODE in
+bench) bench ;;
+*) racer_scenario ;;
+esac
 
 cut -d' ' -f1 /proc/modules >/results/modules
 ls /sys/kernel/btf >/results/btf 2>&1

@@ -24,12 +24,32 @@ pub struct Contents<'a> {
     pub release: &'a str,
     pub modules: &'a [Module],
     pub observer: &'a Path,
-    pub racer: Option<&'a Path>,
     pub extra_bins: &'a [std::path::PathBuf],
-    pub filesystems: &'a [String],
-    pub duration: u64,
     pub observer_args: &'a str,
-    pub racer_args: &'a str,
+    pub scenario: &'a Scenario<'a>,
+}
+
+/// What /init does once the disks are mounted.
+pub enum Scenario<'a> {
+    /// The racer (if any; else an idle wait) under the observer, on each
+    /// filesystem in turn.
+    Racer {
+        racer: Option<&'a Path>,
+        filesystems: &'a [String],
+        duration: u64,
+        racer_args: &'a str,
+    },
+    /// The guest side of `cargo xtask bench --kernel`: faultbench bare and
+    /// under the observer, alternating, on the XFS disk.
+    Bench {
+        faultbench: &'a Path,
+        rounds: u32,
+        pages: u64,
+        fault_rounds: u64,
+        /// When not 0, fewer fault rounds if the two warm-up runs (bare,
+        /// without and with punching) take longer than this many ms.
+        budget_ms: u64,
+    },
 }
 
 pub fn build(c: &Contents, out: &Path) -> Result<()> {
@@ -53,8 +73,14 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
     add_binary(&mut cpio, Path::new(BUSYBOX), BUSYBOX)
         .context("adding busybox (apt-get install busybox-static)")?;
     add_binary(&mut cpio, c.observer, "/bin/observer").context("adding the observer")?;
-    if let Some(racer) = c.racer {
-        add_binary(&mut cpio, racer, "/bin/racer").context("adding the racer")?;
+    match *c.scenario {
+        Scenario::Racer {
+            racer: Some(racer), ..
+        } => add_binary(&mut cpio, racer, "/bin/racer").context("adding the racer")?,
+        Scenario::Racer { racer: None, .. } => {}
+        Scenario::Bench { faultbench, .. } => {
+            add_binary(&mut cpio, faultbench, "/bin/faultbench").context("adding faultbench")?
+        }
     }
     for bin in c.extra_bins {
         let name = bin
@@ -74,17 +100,14 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
         names.push(m.name.as_str());
     }
 
-    let init = include_str!("init.sh")
-        .replace("@FILESYSTEMS@", &c.filesystems.join(" "))
-        .replace("@DURATION@", &c.duration.to_string())
-        .replace("@MODULES@", &names.join(" "))
-        .replace("@RACER_ARGS@", c.racer_args);
+    let init = init_script(c.scenario, &names);
     cpio.file("init", 0o755, init.into_bytes());
     // The observer's command line lives in its own script so that it can be
-    // exec'd in the foreground with a known pid (see init.sh).
+    // exec'd in the foreground with a known pid (see init.sh). Its first
+    // argument is the prefix of its output files, the rest more flags.
     let observer_sh = format!(
-        "#!/bin/sh\necho $$ >/tmp/observer.pid\n\
-         exec /bin/observer --json --output \"$1.alerts.json\" {} 2>\"$1.observer.log\" </dev/null\n",
+        "#!/bin/sh\nr=$1\nshift\necho $$ >/tmp/observer.pid\n\
+         exec /bin/observer --json --output \"$r.alerts.json\" {} \"$@\" 2>\"$r.observer.log\" </dev/null\n",
         c.observer_args
     );
     cpio.file("etc/xtask/observer.sh", 0o755, observer_sh.into_bytes());
@@ -100,6 +123,49 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
         c.modules.len()
     ));
     Ok(())
+}
+
+/// /init: init.sh with its placeholders filled in.
+fn init_script(scenario: &Scenario, modules: &[&str]) -> String {
+    // Racer values in bench mode and the reverse are never read.
+    let mut vars: Vec<(&str, String)> = vec![("MODULES", modules.join(" "))];
+    match *scenario {
+        Scenario::Racer {
+            filesystems,
+            duration,
+            racer_args,
+            ..
+        } => vars.extend([
+            ("MODE", "racer".into()),
+            ("FILESYSTEMS", filesystems.join(" ")),
+            ("DURATION", duration.to_string()),
+            ("RACER_ARGS", racer_args.into()),
+            ("BENCH_ROUNDS", "0".into()),
+            ("BENCH_PAGES", "0".into()),
+            ("BENCH_FAULT_ROUNDS", "0".into()),
+            ("BENCH_BUDGET_MS", "0".into()),
+        ]),
+        Scenario::Bench {
+            rounds,
+            pages,
+            fault_rounds,
+            budget_ms,
+            ..
+        } => vars.extend([
+            ("MODE", "bench".into()),
+            ("FILESYSTEMS", "xfs".into()),
+            ("DURATION", "0".into()),
+            ("RACER_ARGS", String::new()),
+            ("BENCH_ROUNDS", rounds.to_string()),
+            ("BENCH_PAGES", pages.to_string()),
+            ("BENCH_FAULT_ROUNDS", fault_rounds.to_string()),
+            ("BENCH_BUDGET_MS", budget_ms.to_string()),
+        ]),
+    }
+    vars.iter()
+        .fold(include_str!("init.sh").to_owned(), |init, (name, value)| {
+            init.replace(&format!("@{name}@"), value)
+        })
 }
 
 /// Copies a host executable and, as ldd lists them, its shared libraries and
@@ -248,6 +314,60 @@ fn pad(w: &mut impl Write, offset: u64) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every placeholder filled, and the result parses as a shell script.
+    #[test]
+    fn init_script_is_complete() {
+        let fs = ["xfs".to_owned(), "ext4".to_owned()];
+        for scenario in [
+            Scenario::Racer {
+                racer: None,
+                filesystems: &fs,
+                duration: 4,
+                racer_args: "--threads 2",
+            },
+            Scenario::Bench {
+                faultbench: Path::new("/bin/true"),
+                rounds: 5,
+                pages: 4096,
+                fault_rounds: 300,
+                budget_ms: 3000,
+            },
+        ] {
+            let init = init_script(&scenario, &["xfs", "virtio_blk"]);
+            for (i, _) in init.match_indices('@') {
+                let rest = &init.as_bytes()[i + 1..];
+                let n = rest
+                    .iter()
+                    .take_while(|&&b| b.is_ascii_uppercase() || b == b'_')
+                    .count();
+                assert!(
+                    n == 0 || rest.get(n) != Some(&b'@'),
+                    "placeholder {} left unfilled",
+                    &init[i..i + n + 2]
+                );
+            }
+            let mode = match scenario {
+                Scenario::Racer { .. } => "MODE=racer\n",
+                Scenario::Bench { .. } => "MODE=bench\n",
+            };
+            assert!(init.contains(mode));
+            let Ok(mut child) = Command::new("sh")
+                .arg("-n")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+            else {
+                continue; // no sh: the placeholder check above still ran
+            };
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(init.as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success(), "sh -n rejects /init");
+        }
+    }
 
     #[test]
     fn cpio_lists_parents_first_and_cpio_reads_it() {

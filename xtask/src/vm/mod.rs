@@ -121,14 +121,112 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| ws.target.join("vm").join(&args.kernel));
-    prepare_out(&out)?;
-    let out = fs::canonicalize(&out)?;
+    let timeout = args
+        .timeout
+        .unwrap_or(300 + args.duration * args.fs.len() as u64);
+    let out = boot_guest(
+        ws,
+        &Guest {
+            kernel: &args.kernel,
+            modules: &args.modules,
+            observer: &observer,
+            extra_bins: &args.extra_bins,
+            observer_args: &args.observer_args,
+            scenario: &initramfs::Scenario::Racer {
+                racer: racer.as_deref(),
+                filesystems: &args.fs,
+                duration: args.duration,
+                racer_args: &args.racer_args,
+            },
+            out: &out,
+            timeout: Duration::from_secs(timeout),
+            keep_work: args.keep_work,
+        },
+    )?;
+    summarize(&out, &args.fs)
+}
 
-    let kernel = kernel::prepare(ws, &args.kernel)?;
+/// What `cargo xtask bench --kernel` runs in the guest.
+pub struct BenchGuest<'a> {
+    /// As `cargo xtask vm --kernel`.
+    pub kernel: &'a str,
+    pub observer: &'a Path,
+    pub faultbench: &'a Path,
+    pub rounds: u32,
+    pub pages: u64,
+    pub fault_rounds: u64,
+    /// When not 0, the guest lowers fault_rounds if its two warm-up runs
+    /// (bare, without and with punching) take longer than this many ms; the
+    /// value it used is in `bench/fault_rounds`.
+    pub budget_ms: u64,
+    /// More observer flags, split by the guest shell.
+    pub observer_args: &'a str,
+    /// Where the guest's results go; emptied first.
+    pub out: &'a Path,
+    pub timeout: Duration,
+}
+
+/// Boots the guest in bench mode (see `bench()` in init.sh) and returns the
+/// directory holding what it brought back: `uname`, `nproc`,
+/// `bench/fault_rounds`, and `bench/ROUND.WORKLOAD.CONFIG.*` for each run.
+pub fn bench(ws: &Workspace, b: &BenchGuest) -> Result<PathBuf> {
+    let out = boot_guest(
+        ws,
+        &Guest {
+            kernel: b.kernel,
+            modules: &[],
+            observer: b.observer,
+            extra_bins: &[],
+            observer_args: b.observer_args,
+            scenario: &initramfs::Scenario::Bench {
+                faultbench: b.faultbench,
+                rounds: b.rounds,
+                pages: b.pages,
+                fault_rounds: b.fault_rounds,
+                budget_ms: b.budget_ms,
+            },
+            out: b.out,
+            timeout: b.timeout,
+            keep_work: false,
+        },
+    )?;
+    if let Ok(errors) = fs::read_to_string(out.join("errors"))
+        && !errors.trim().is_empty()
+    {
+        bail!(
+            "the guest reported: {}; its files are in {}",
+            errors.trim().replace('\n', "; "),
+            out.display()
+        );
+    }
+    Ok(out)
+}
+
+struct Guest<'a> {
+    kernel: &'a str,
+    /// Modules to load beyond the disk and filesystem ones.
+    modules: &'a [String],
+    observer: &'a Path,
+    extra_bins: &'a [PathBuf],
+    observer_args: &'a str,
+    scenario: &'a initramfs::Scenario<'a>,
+    out: &'a Path,
+    timeout: Duration,
+    keep_work: bool,
+}
+
+/// Empties `g.out`, boots the kernel with an initramfs for `g.scenario`,
+/// and unpacks what the guest left on its results disk into `g.out`, which
+/// it returns canonicalized.
+fn boot_guest(ws: &Workspace, g: &Guest) -> Result<PathBuf> {
+    prepare_out(g.out)?;
+    let out = fs::canonicalize(g.out)?;
+
+    let kernel = kernel::prepare(ws, g.kernel)?;
     let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk", "xfs", "ext4"]
         .map(String::from)
         .to_vec();
-    wanted.extend(args.modules.iter().cloned());
+    wanted.extend(g.modules.iter().cloned());
     let modules = kernel::modules(&kernel, &wanted)?;
 
     let work = out.join("work");
@@ -138,37 +236,32 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
         &initramfs::Contents {
             release: &kernel.release,
             modules: &modules,
-            observer: &observer,
-            racer: racer.as_deref(),
-            extra_bins: &args.extra_bins,
-            filesystems: &args.fs,
-            duration: args.duration,
-            observer_args: &args.observer_args,
-            racer_args: &args.racer_args,
+            observer: g.observer,
+            extra_bins: g.extra_bins,
+            observer_args: g.observer_args,
+            scenario: g.scenario,
         },
         &initramfs,
     )?;
     let disks = qemu::make_disks(&work)?;
 
-    let timeout = args
-        .timeout
-        .unwrap_or(300 + args.duration * args.fs.len() as u64);
     let outcome = qemu::boot(&qemu::Boot {
         vmlinuz: &kernel.vmlinuz,
         initramfs: &initramfs,
         disks: &disks,
         console_log: &out.join("console.log"),
-        timeout: Duration::from_secs(timeout),
+        timeout: g.timeout,
     })?;
 
     let extracted = extract_results(&disks.results, &out);
-    if !args.keep_work {
+    if !g.keep_work {
         let _ = fs::remove_dir_all(&work);
     }
     if let qemu::Outcome::TimedOut = outcome {
         tail_console(&out);
         bail!(
-            "the guest did not power off within {timeout}s; see {}",
+            "the guest did not power off within {}s; see {}",
+            g.timeout.as_secs(),
             out.join("console.log").display()
         );
     }
@@ -176,7 +269,7 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
         tail_console(&out);
         return Err(e);
     }
-    summarize(&out, &args.fs)
+    Ok(out)
 }
 
 fn pick(flag: Option<PathBuf>, var: &str, default: PathBuf) -> PathBuf {
