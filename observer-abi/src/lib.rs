@@ -91,6 +91,9 @@ pub const FLAG_STILL_MAPPED: u8 = 2;
 /// FolioAdd: the folio was already uptodate when added (no read from disk).
 pub const FLAG_UPTODATE: u8 = 4;
 
+/// FolioAdd: the folio was added by shmem_add_to_page_cache (tmpfs).
+pub const FLAG_SHMEM: u8 = 8;
+
 /// `Event::aux` of FsRemove* records.
 pub const FS_REMOVE_EXT4_EXT: u64 = 1;
 pub const FS_REMOVE_EXT4_IND: u64 = 2;
@@ -160,6 +163,57 @@ pub struct Config {
     /// The agent's own tgid, whose activity is never reported.
     pub self_tgid: u32,
     pub _pad: u32,
+
+    // struct page / folio (FolioDelete and FolioAdd from raw tracepoints,
+    // whose argument is a `struct page *` (5.10) or `struct folio *`).
+    /// `flags`, `mapping`, `index` and `_mapcount` of page/folio (the same
+    /// offsets in both: FOLIO_MATCH).
+    pub page_flags: u32,
+    pub page_mapping: u32,
+    pub page_index: u32,
+    pub page_mapcount: u32,
+    /// `sizeof(struct page)`, the stride of a folio's subpages.
+    pub page_size: u32,
+    /// Bit numbers from `enum pageflags`.
+    pub pg_head: u32,
+    pub pg_uptodate: u32,
+    /// Byte (from the head) holding a large folio's order: 6.1
+    /// `folio._folio_order`, 6.12+ the low byte of `folio._flags_1`, 5.10
+    /// `page[1].compound_order`.
+    pub folio_order: u32,
+    /// A large folio's -1-based mapcount word, from the head: 6.10+
+    /// `folio._large_mapcount` (all mappings: exact on its own); otherwise
+    /// the entire (PMD) mapcount (6.2+ `_entire_mapcount`, 6.1
+    /// `_total_mapcount`, 5.10 `page[1].compound_mapcount`), which the
+    /// program completes by reading every subpage's `_mapcount`.
+    pub large_mapcount: u32,
+    /// Non-zero: `large_mapcount` alone says whether the folio is mapped.
+    pub large_mapcount_exact: u32,
+
+    // vm_fault / vm_area_struct (PteInstall).
+    pub vmf_flags: u32,
+    pub vmf_address: u32,
+    pub vma_vm_start: u32,
+    pub vma_vm_flags: u32,
+    pub vma_vm_pgoff: u32,
+    /// `FAULT_FLAG_WRITE` (enum fault_flag since 5.13, 1 before).
+    pub fault_flag_write: u32,
+    /// Non-zero: the PTE installer's address argument is at this index
+    /// (set_pte_range: 4, do_set_pte with 3 arguments: 2); zero: the address
+    /// is `vmf->address` (alloc_set_pte, 2-argument do_set_pte).
+    pub pte_addr_arg: u32,
+
+    // Filesystem block removal (FsRemove*).
+    /// `inode.i_blkbits` (u8), to turn ext4 logical blocks into pages.
+    pub inode_i_blkbits: u32,
+    /// `xfs_inode.i_vnode` / `btrfs_inode.vfs_inode` from the module's BTF;
+    /// UNKNOWN: the probe uses the task's most recent invalidation's file.
+    pub xfs_inode_vnode: u32,
+    pub btrfs_inode_vnode: u32,
+
+    /// Kernel address of the variable `vmemmap_base` (x86-64 with a
+    /// randomized memory layout), to compute pfns; 0: pfn not reported.
+    pub vmemmap_base_addr: u64,
 }
 
 impl Config {

@@ -5,7 +5,7 @@ use observer_abi::{
     COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, Config, Event, FileKey, Kind, WindowState,
 };
 
-use crate::maps::{COUNTERS, EVENTS, WINDOWS};
+use crate::maps::{COUNTERS, EVENTS, OPEN_ANY, WINDOWS};
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -32,6 +32,7 @@ pub fn is_self(cfg: &Config) -> bool {
 }
 
 /// Sends one record. A full ring buffer is counted, per kind, never hidden.
+/// `flags` are `FLAG_*` bits; `stack_id` a `STACKS` id or `NO_STACK`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn send(
@@ -43,6 +44,8 @@ pub fn send(
     start: u64,
     end: u64,
     aux: u64,
+    flags: u8,
+    stack_id: i32,
 ) {
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
         count(COUNTER_LOST + kind as u32);
@@ -62,10 +65,10 @@ pub fn send(
         tid: pid_tgid as u32,
         kind: kind as u8,
         fidelity,
-        flags: 0,
+        flags,
         _pad: 0,
         comm,
-        stack_id: observer_abi::NO_STACK,
+        stack_id,
         _pad2: 0,
     });
     slot.submit(0);
@@ -79,11 +82,41 @@ fn atomic_add(ptr: *mut u64, val: u64) {
     unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) ptr, in(reg) val) };
 }
 
+/// Keeps `OPEN_ANY` in step with every change of a file's `open` count, so
+/// that it is never below their sum (LRU evictions of open entries only
+/// leave it higher, which costs speed, not records).
+#[inline(always)]
+fn open_any_add(val: u64) {
+    if let Some(n) = OPEN_ANY.get_ptr_mut(0) {
+        atomic_add(n, val);
+    }
+}
+
+/// Whether any file at all has a window open (a cheap first test for probes
+/// on hot paths).
+#[inline(always)]
+pub fn any_window_open() -> bool {
+    match OPEN_ANY.get(0) {
+        Some(n) => *n != 0,
+        None => true,
+    }
+}
+
+/// Whether `key` has a window open right now.
+#[inline(always)]
+pub fn window_is_open(key: &FileKey) -> bool {
+    match unsafe { WINDOWS.get(key) } {
+        Some(w) => w.open > 0,
+        None => false,
+    }
+}
+
 /// An invalidation of `key` began: map_pages on it must now reach the agent.
 #[inline(always)]
 pub fn window_open(key: &FileKey) {
     if let Some(w) = WINDOWS.get_ptr_mut(key) {
         atomic_add(unsafe { &raw mut (*w).open }, 1);
+        open_any_add(1);
         return;
     }
     let fresh = WindowState {
@@ -94,7 +127,10 @@ pub fn window_open(key: &FileKey) {
     if WINDOWS.insert(key, &fresh, 1 /* BPF_NOEXIST */).is_err() {
         if let Some(w) = WINDOWS.get_ptr_mut(key) {
             atomic_add(unsafe { &raw mut (*w).open }, 1);
+            open_any_add(1);
         }
+    } else {
+        open_any_add(1);
     }
 }
 
@@ -106,6 +142,7 @@ pub fn window_close(key: &FileKey, ts: u64) {
             // drive the count below zero.
             if (*w).open > 0 {
                 atomic_add(&raw mut (*w).open, u64::MAX);
+                open_any_add(u64::MAX);
             }
             (*w).closed_at = ts;
         }

@@ -6,6 +6,11 @@
 //! (fentry/fexit, kprobe/kretprobe, tracepoints); the agent's attach ladder
 //! loads whichever the running kernel accepts. All three ways funnel into
 //! [`probe`], so every method reports the same records.
+//!
+//! Optional sources of truth, attached when the kernel has them: the
+//! per-version PTE installer (page-exact PteInstall), folio removal and
+//! insertion as raw tracepoints (mapcount, size, uptodate), the
+//! filesystems' block removal (FsRemove*) and tmpfs's shmem_undo_range.
 // Built for real only for the BPF target (by observer/build.rs, with
 // nightly); a host build, as `cargo clippy --workspace` does, gets an empty
 // program so the workspace checks stay green.
@@ -25,6 +30,8 @@ mod kprobe;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probe;
+#[cfg(target_arch = "bpf")]
+mod raw_tracepoint;
 #[cfg(target_arch = "bpf")]
 mod tracepoint;
 

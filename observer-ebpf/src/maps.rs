@@ -1,6 +1,6 @@
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use observer_abi::{COUNTERS as COUNTER_SLOTS, Config, FileKey, WindowState};
 
@@ -35,3 +35,20 @@ pub struct Stash {
 /// Keyed by tid << 8 | record kind of the entry.
 #[map]
 pub static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(8192, 0);
+
+/// Kernel stacks of PteInstall, FolioAdd and window enter/exit records
+/// (`Event::stack_id`). A hash collision with another stack gives NO_STACK.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(2048, 0);
+
+/// Sum of all files' `WindowState::open` (never below it: see
+/// `emit::window_open`). Zero means no file has a window open, which lets the
+/// per-PTE probe return before reading any kernel memory.
+#[map]
+pub static OPEN_ANY: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The file of each task's most recent invalidation (unmap/truncate entry),
+/// for filesystem probes that see a module-private inode type whose layout
+/// the agent could not read (no module BTF).
+#[map]
+pub static LAST_FILE: LruHashMap<u32, FileKey> = LruHashMap::with_max_entries(4096, 0);

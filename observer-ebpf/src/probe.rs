@@ -1,14 +1,26 @@
 //! What each probe point does, whatever mechanism fired it.
 
-use observer_abi::{COUNTER_UNRESOLVED, Config, EOF_PAGE, FileKey, Kind};
+use aya_ebpf::programs::tracing::StackIdContext;
+use observer_abi::{
+    COUNTER_UNRESOLVED, Config, EOF_PAGE, FLAG_MAPCOUNT_KNOWN, FLAG_SHMEM, FLAG_STILL_MAPPED,
+    FLAG_UPTODATE, FileKey, Kind, NO_STACK,
+};
 
 use crate::{
-    emit::{count, is_self, now, send, tid, window_close, window_open, worth_sending},
-    kernel::{config, file_of_fault, file_of_mapping},
-    maps::{STASH, Stash},
+    emit::{
+        any_window_open, count, is_self, now, send, tid, window_close, window_is_open, window_open,
+        worth_sending,
+    },
+    kernel::{
+        Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
+        pfn_of, read_u32, read_u64,
+    },
+    maps::{LAST_FILE, STACKS, STASH, Stash},
 };
 
 const PAGE_SHIFT: u64 = 12;
+/// VM_SHARED from include/linux/mm.h (unchanged since 2.6).
+const VM_SHARED: u64 = 0x8;
 
 #[inline(always)]
 fn stash_key(kind: Kind) -> u64 {
@@ -39,17 +51,30 @@ pub fn truncate_pages(lstart: i64, lend: i64) -> (u64, u64) {
     (first, (lend as u64) >> PAGE_SHIFT)
 }
 
-/// Entry of unmap_mapping_range / truncate_inode_pages_range.
+/// The kernel stack of the current task, or NO_STACK (a bucket taken by
+/// another stack, or no room).
 #[inline(always)]
-pub fn invalidate_enter(enter: Kind, fidelity: u8, mapping: u64, start: u64, end: u64) {
-    let Some(cfg) = config() else { return };
-    if is_self(cfg) {
-        return;
+pub fn stack<C: StackIdContext>(ctx: &C) -> i32 {
+    match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(_) => NO_STACK,
     }
-    let Some(key) = file_of_mapping(cfg, mapping) else {
-        count(COUNTER_UNRESOLVED + enter as u32);
-        return;
-    };
+}
+
+/// A window on `key` opens: the kernel pre-filter lets its file's records
+/// through until the matching [`window_exit`]. Used by every invalidator and
+/// filesystem block removal.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn window_enter<C: StackIdContext>(
+    ctx: &C,
+    enter: Kind,
+    fidelity: u8,
+    key: FileKey,
+    start: u64,
+    end: u64,
+    aux: u64,
+) {
     let ts = now();
     window_open(&key);
     let stash = Stash {
@@ -57,15 +82,26 @@ pub fn invalidate_enter(enter: Kind, fidelity: u8, mapping: u64, start: u64, end
         key,
         start,
         end,
-        aux: 0,
+        aux,
     };
     let _ = STASH.insert(&stash_key(enter), &stash, 0);
-    send(enter, fidelity, ts, ts, &key, start, end, 0);
+    send(
+        enter,
+        fidelity,
+        ts,
+        ts,
+        &key,
+        start,
+        end,
+        aux,
+        0,
+        stack(ctx),
+    );
 }
 
-/// Exit of the same call; `enter` names the entry record to pair with.
+/// Exit of the call [`window_enter`] saw; `enter` names its entry record.
 #[inline(always)]
-pub fn invalidate_exit(enter: Kind, exit: Kind, fidelity: u8) {
+fn window_exit<C: StackIdContext>(ctx: &C, enter: Kind, exit: Kind, fidelity: u8) {
     let skey = stash_key(enter);
     let Some(stash) = (unsafe { STASH.get(&skey) }).copied() else {
         return;
@@ -81,7 +117,359 @@ pub fn invalidate_exit(enter: Kind, exit: Kind, fidelity: u8) {
         &stash.key,
         stash.start,
         stash.end,
+        stash.aux,
         0,
+        stack(ctx),
+    );
+}
+
+/// Entry of unmap_mapping_range / truncate_inode_pages_range.
+#[inline(always)]
+pub fn invalidate_enter<C: StackIdContext>(
+    ctx: &C,
+    enter: Kind,
+    fidelity: u8,
+    mapping: u64,
+    start: u64,
+    end: u64,
+) {
+    let Some(cfg) = config() else { return };
+    if is_self(cfg) {
+        return;
+    }
+    let Some(key) = file_of_mapping(cfg, mapping) else {
+        count(COUNTER_UNRESOLVED + enter as u32);
+        return;
+    };
+    let _ = LAST_FILE.insert(&tid(), &key, 0);
+    window_enter(ctx, enter, fidelity, key, start, end, 0);
+}
+
+/// Exit of the same call; `enter` names the entry record to pair with.
+#[inline(always)]
+pub fn invalidate_exit<C: StackIdContext>(ctx: &C, enter: Kind, exit: Kind, fidelity: u8) {
+    window_exit(ctx, enter, exit, fidelity);
+}
+
+/// shmem_undo_range(inode, lstart, lend, unfalloc): tmpfs removes its pages
+/// here, without truncate_inode_pages_range.
+#[inline(always)]
+pub fn shmem_undo_enter<C: StackIdContext>(
+    ctx: &C,
+    fidelity: u8,
+    inode: u64,
+    lstart: i64,
+    lend: i64,
+) {
+    let Some(cfg) = config() else { return };
+    if is_self(cfg) {
+        return;
+    }
+    let Some(key) = file_of_inode(cfg, inode) else {
+        count(COUNTER_UNRESOLVED + Kind::ShmemUndoEnter as u32);
+        return;
+    };
+    let (start, end) = truncate_pages(lstart, lend);
+    window_enter(ctx, Kind::ShmemUndoEnter, fidelity, key, start, end, 0);
+}
+
+#[inline(always)]
+pub fn shmem_undo_exit<C: StackIdContext>(ctx: &C, fidelity: u8) {
+    window_exit(ctx, Kind::ShmemUndoEnter, Kind::ShmemUndoExit, fidelity);
+}
+
+/// Where a filesystem's block-removal function names its file.
+pub enum FsFile {
+    /// A VFS `struct inode *` (ext4, btrfs on 5.10).
+    Inode(u64),
+    /// A filesystem inode embedding the VFS inode at `off` (xfs_inode,
+    /// btrfs_inode), from the module's BTF; UNKNOWN without it.
+    Embedded(u64, u32),
+}
+
+/// Entry of ext4_ext_remove_space / ext4_ind_remove_space /
+/// xfs_free_file_space / btrfs_replace_file_extents (`aux` = FS_REMOVE_*).
+/// Pages [start, end] are what is removed, when known. The window stays open
+/// for the whole removal, so that refills during it pass the pre-filter.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn fs_remove_enter<C: StackIdContext>(
+    ctx: &C,
+    fidelity: u8,
+    file: FsFile,
+    start: u64,
+    end: u64,
+    aux: u64,
+) {
+    let Some(cfg) = config() else { return };
+    if is_self(cfg) {
+        return;
+    }
+    let key = match file {
+        FsFile::Inode(inode) => file_of_inode(cfg, inode),
+        FsFile::Embedded(ip, off) if off != Config::UNKNOWN => file_of_inode(cfg, ip + off as u64),
+        // No module BTF (5.10): the file this task last invalidated. The
+        // callers invalidate first (xfs_flush_unmap_range before
+        // xfs_free_file_space on 5.10; btrfs_punch_hole_lock_range before
+        // btrfs_replace_file_extents), so this is the punched file.
+        FsFile::Embedded(..) => unsafe { LAST_FILE.get(&tid()) }.copied(),
+    };
+    let Some(key) = key else {
+        count(COUNTER_UNRESOLVED + Kind::FsRemoveEnter as u32);
+        return;
+    };
+    window_enter(ctx, Kind::FsRemoveEnter, fidelity, key, start, end, aux);
+}
+
+#[inline(always)]
+pub fn fs_remove_exit<C: StackIdContext>(ctx: &C, fidelity: u8) {
+    window_exit(ctx, Kind::FsRemoveEnter, Kind::FsRemoveExit, fidelity);
+}
+
+/// Byte range [offset, offset + len) as pages (len 0: to the end).
+#[inline(always)]
+pub fn byte_pages(offset: u64, len: u64) -> (u64, u64) {
+    if len == 0 {
+        return (offset >> PAGE_SHIFT, EOF_PAGE);
+    }
+    (offset >> PAGE_SHIFT, (offset + len - 1) >> PAGE_SHIFT)
+}
+
+/// Byte range [first, last] as pages (last u64::MAX: to the end).
+#[inline(always)]
+pub fn inclusive_byte_pages(first: u64, last: u64) -> (u64, u64) {
+    if last == u64::MAX {
+        return (first >> PAGE_SHIFT, EOF_PAGE);
+    }
+    (first >> PAGE_SHIFT, last >> PAGE_SHIFT)
+}
+
+/// Pages of ext4 logical blocks [first, last] (inclusive), for the inode's
+/// block size. ext4 passes EXT_MAX_BLOCKS - 1 (0xfffffffe) for "to the end".
+#[inline(always)]
+pub fn ext4_block_pages(inode: u64, first: u32, last: u32) -> (u64, u64) {
+    let bits = config()
+        .and_then(|cfg| read_u32(inode, cfg.inode_i_blkbits))
+        .map(|v| (v & 0xff) as u64)
+        .unwrap_or(PAGE_SHIFT);
+    let start = ((first as u64) << bits) >> PAGE_SHIFT;
+    if last >= 0xffff_fffe {
+        return (start, EOF_PAGE);
+    }
+    (start, ((((last as u64) + 1) << bits) - 1) >> PAGE_SHIFT)
+}
+
+/// Page-exact class A: PTEs for `nr` pages of a file, starting at user
+/// address `addr` (None: `vmf->address`), are being installed by the
+/// current task. Only files with a window open right now are reported. For
+/// the per-PTE hot path, every other call returns after one array lookup.
+/// Returns the file and page range (for the kprobe rung, which sends at
+/// return).
+#[inline(always)]
+pub fn pte_install_check(vmf: u64, addr: Option<u64>, nr: u64) -> Option<(FileKey, u64, u64)> {
+    pte_range_check(vmf, addr, nr, false)
+}
+
+/// do_set_pmd(vmf, page): one PMD maps the HPAGE_PMD_NR pages around
+/// `vmf->address`.
+#[inline(always)]
+pub fn pmd_install_check(vmf: u64) -> Option<(FileKey, u64, u64)> {
+    pte_range_check(vmf, None, PMD_PAGES, true)
+}
+
+/// x86-64 (4 KiB pages): a PMD maps 2 MiB.
+const PMD_PAGES: u64 = 512;
+
+#[inline(always)]
+fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<(FileKey, u64, u64)> {
+    if !any_window_open() {
+        return None;
+    }
+    let cfg = config()?;
+    if is_self(cfg) {
+        return None;
+    }
+    let Some(vma) = read_u64(vmf, cfg.vm_fault_vma) else {
+        count(COUNTER_UNRESOLVED + Kind::PteInstall as u32);
+        return None;
+    };
+    // Special mappings (the vDSO's, say) fault pages in without a file.
+    if read_u64(vma, cfg.vma_vm_file)? == 0 {
+        return None;
+    }
+    let Some(key) = file_of_vma(cfg, vma) else {
+        count(COUNTER_UNRESOLVED + Kind::PteInstall as u32);
+        return None;
+    };
+    if !window_is_open(&key) {
+        return None;
+    }
+    // A write fault on a private mapping installs an anonymous copy
+    // (vmf->cow_page), not the file's page.
+    let fault_flags = read_u32(vmf, cfg.vmf_flags)?;
+    let vm_flags = read_u64(vma, cfg.vma_vm_flags)?;
+    if fault_flags & cfg.fault_flag_write != 0 && vm_flags & VM_SHARED == 0 {
+        return None;
+    }
+    let mut addr = match addr {
+        Some(a) => a,
+        None => read_u64(vmf, cfg.vmf_address)?,
+    };
+    if pmd {
+        addr &= !((PMD_PAGES << PAGE_SHIFT) - 1);
+    }
+    let vm_start = read_u64(vma, cfg.vma_vm_start)?;
+    let pgoff = read_u64(vma, cfg.vma_vm_pgoff)?;
+    let first = pgoff + ((addr - vm_start) >> PAGE_SHIFT);
+    let nr = if nr == 0 { 1 } else { nr };
+    Some((key, first, first + nr - 1))
+}
+
+#[inline(always)]
+pub fn pte_install_send<C: StackIdContext>(
+    ctx: &C,
+    fidelity: u8,
+    key: &FileKey,
+    start: u64,
+    end: u64,
+) {
+    let ts = now();
+    send(
+        Kind::PteInstall,
+        fidelity,
+        ts,
+        ts,
+        key,
+        start,
+        end,
+        0,
+        0,
+        stack(ctx),
+    );
+}
+
+/// kprobe rung of a PTE installer that may fail (5.10 alloc_set_pte,
+/// do_set_pmd): the entry remembers, the return sends if it returned 0.
+#[inline(always)]
+pub fn pte_install_stash(checked: Option<(FileKey, u64, u64)>) {
+    if let Some((key, start, end)) = checked {
+        let stash = Stash {
+            ts: 0,
+            key,
+            start,
+            end,
+            aux: 0,
+        };
+        let _ = STASH.insert(&stash_key(Kind::PteInstall), &stash, 0);
+    }
+}
+
+#[inline(always)]
+pub fn pte_install_return<C: StackIdContext>(ctx: &C, fidelity: u8, ret: u64) {
+    let skey = stash_key(Kind::PteInstall);
+    let Some(stash) = (unsafe { STASH.get(&skey) }).copied() else {
+        return;
+    };
+    let _ = STASH.remove(&skey);
+    if ret as u32 == 0 {
+        pte_install_send(ctx, fidelity, &stash.key, stash.start, stash.end);
+    }
+}
+
+/// A folio leaves the page cache (raw tracepoint
+/// mm_filemap_delete_from_page_cache, argument a `struct folio *`, or the
+/// head `struct page *` on 5.10). It fires before the folio leaves the
+/// xarray, with its mapping and index still set, after truncation unmapped
+/// it: a mapcount >= 0 here is a PTE that outlives the folio. Only for files
+/// with a window open (or --full-stream, as the classic tracepoint).
+#[inline(always)]
+pub fn folio_delete(folio: u64, fidelity: u8) {
+    let Some(cfg) = config() else { return };
+    let Some(mapping) = read_u64(folio, cfg.page_mapping) else {
+        return;
+    };
+    let Some(key) = file_of_mapping(cfg, mapping) else {
+        count(COUNTER_UNRESOLVED + Kind::FolioDelete as u32);
+        return;
+    };
+    if !(window_is_open(&key) || cfg.full_stream != 0) || is_self(cfg) {
+        return;
+    }
+    let Some(index) = read_u64(folio, cfg.page_index) else {
+        return;
+    };
+    let Some(f) = Folio::read(cfg, folio) else {
+        return;
+    };
+    let flags = match folio_mapped(cfg, folio, &f) {
+        Some(true) => FLAG_MAPCOUNT_KNOWN | FLAG_STILL_MAPPED,
+        Some(false) => FLAG_MAPCOUNT_KNOWN,
+        None => 0,
+    };
+    let ts = now();
+    send(
+        Kind::FolioDelete,
+        fidelity,
+        ts,
+        ts,
+        &key,
+        index,
+        index + f.nr - 1,
+        pfn_of(cfg, folio),
+        flags,
+        NO_STACK,
+    );
+}
+
+/// A folio enters the page cache: the raw tracepoint
+/// mm_filemap_add_to_page_cache (`mapping` None: the folio's own, set by
+/// then), or shmem_add_to_page_cache(folio, mapping, index, ...) at entry,
+/// before it sets them. Windowed files only.
+#[inline(always)]
+pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Option<(u64, u64)>) {
+    if !any_window_open() {
+        return;
+    }
+    let Some(cfg) = config() else { return };
+    let (mapping, index, shmem) = match at {
+        Some((mapping, index)) => (mapping, index, FLAG_SHMEM),
+        None => {
+            let (Some(m), Some(i)) = (
+                read_u64(folio, cfg.page_mapping),
+                read_u64(folio, cfg.page_index),
+            ) else {
+                return;
+            };
+            (m, i, 0)
+        }
+    };
+    let Some(key) = file_of_mapping(cfg, mapping) else {
+        count(COUNTER_UNRESOLVED + Kind::FolioAdd as u32);
+        return;
+    };
+    if !window_is_open(&key) || is_self(cfg) {
+        return;
+    }
+    let Some(f) = Folio::read(cfg, folio) else {
+        return;
+    };
+    let uptodate = if f.test(cfg.pg_uptodate) {
+        FLAG_UPTODATE
+    } else {
+        0
+    };
+    let ts = now();
+    send(
+        Kind::FolioAdd,
+        fidelity,
+        ts,
+        ts,
+        &key,
+        index,
+        index + f.nr - 1,
+        0,
+        uptodate | shmem,
+        stack(ctx),
     );
 }
 
@@ -125,6 +513,8 @@ pub fn map_pages_exit(fidelity: u8) {
             stash.start,
             stash.end,
             0,
+            0,
+            NO_STACK,
         );
     }
 }
@@ -137,7 +527,18 @@ pub fn map_pages_point(cfg: &Config, key: FileKey, start: u64, end: u64, fidelit
     // clock is read only for the rare record that is sent.
     if worth_sending(cfg, &key, u64::MAX) && !is_self(cfg) {
         let ts = now();
-        send(Kind::MapPages, fidelity, ts, ts, &key, start, end, 0);
+        send(
+            Kind::MapPages,
+            fidelity,
+            ts,
+            ts,
+            &key,
+            start,
+            end,
+            0,
+            0,
+            NO_STACK,
+        );
     }
 }
 
@@ -159,7 +560,18 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
         aux,
     };
     let _ = STASH.insert(&stash_key(Kind::SyscallEnter), &stash, 0);
-    send(Kind::SyscallEnter, fidelity, ts, ts, &key, start, end, aux);
+    send(
+        Kind::SyscallEnter,
+        fidelity,
+        ts,
+        ts,
+        &key,
+        start,
+        end,
+        aux,
+        0,
+        NO_STACK,
+    );
 }
 
 #[inline(always)]
@@ -182,5 +594,7 @@ pub fn syscall_exit(cfg: &Config, fidelity: u8) {
         stash.start,
         stash.end,
         stash.aux,
+        0,
+        NO_STACK,
     );
 }

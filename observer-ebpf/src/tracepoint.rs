@@ -54,7 +54,8 @@ pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
 }
 
 /// Folios leaving the page cache, only for files with a window open: the
-/// outcome side of a flagged fault-around.
+/// outcome side of a flagged fault-around. The fallback of the raw
+/// tracepoint (raw_tracepoint.rs), which also reads the mapcount.
 #[tracepoint(category = "filemap", name = "mm_filemap_delete_from_page_cache")]
 pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
@@ -81,6 +82,8 @@ pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
             index,
             index,
             pfn,
+            0,
+            observer_abi::NO_STACK,
         );
     }
     0

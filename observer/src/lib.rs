@@ -14,4 +14,5 @@ pub mod paths;
 pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod symbols;
 pub mod trace;

@@ -4,7 +4,7 @@
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
 use observer_abi as abi;
 use tokio::io::unix::AsyncFd;
 
@@ -210,6 +210,16 @@ pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
     }
     c.filtered = sum(abi::COUNTER_FILTERED)?;
     Ok(c)
+}
+
+/// The kernel stack `id` of a record (`Event::stack_id`): return addresses,
+/// innermost first. None when the id is unknown to the STACKS map (evicted,
+/// or the map is gone). Ids are reused: look a stack up when its record
+/// arrives, not long after.
+pub fn stack(ebpf: &aya::Ebpf, id: u32) -> Option<Vec<u64>> {
+    let map = StackTraceMap::try_from(ebpf.map("STACKS")?).ok()?;
+    let trace = map.get(&id, 0).ok()?;
+    Some(trace.frames().iter().map(|f| f.ip).collect())
 }
 
 pub fn kind_name(kind: usize) -> &'static str {

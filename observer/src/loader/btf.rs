@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 const MAGIC: u16 = 0xeb9f;
 
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -36,13 +37,18 @@ struct Member {
 struct Type {
     name: u32,
     kind: u32,
-    /// Referenced type for modifiers and typedefs.
+    /// Referenced type for modifiers, typedefs, pointers and functions; the
+    /// byte size for structs, unions and enums.
     ty: u32,
+    /// Struct and union members; function prototype parameters (with
+    /// `bit_offset` 0).
     members: Vec<Member>,
+    /// Enumerators (name, value) of enums.
+    values: Vec<(u32, i64)>,
 }
 
 pub struct Btf {
-    /// Index 0 is `void`.
+    /// Index 0 is `void`. Split BTF (a module's) continues its base's ids.
     types: Vec<Type>,
     strings: Vec<u8>,
     by_name: HashMap<String, Vec<u32>>,
@@ -64,6 +70,25 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Btf> {
+        Self::parse_on(data, None)
+    }
+
+    /// A kernel module's split BTF (`/sys/kernel/btf/<module>`), whose type
+    /// ids and string offsets continue those of `base` (vmlinux). The result
+    /// holds both, so module structs resolve members of vmlinux types.
+    pub fn parse_split(data: &[u8], base: &Btf) -> Result<Btf> {
+        Self::parse_on(data, Some(base))
+    }
+
+    /// Reads a module's split BTF on top of `base`.
+    pub fn module_from_file(path: &Path, base: &Btf) -> Result<Btf> {
+        let data = std::fs::read(path)
+            .with_context(|| format!("cannot read module BTF at {}", path.display()))?;
+        Btf::parse_split(&data, base)
+            .with_context(|| format!("{} is not valid split BTF", path.display()))
+    }
+
+    fn parse_on(data: &[u8], base: Option<&Btf>) -> Result<Btf> {
         let u16_at = |o: usize| -> Result<u16> {
             Ok(u16::from_le_bytes(
                 data.get(o..o + 2).context("truncated")?.try_into()?,
@@ -82,17 +107,27 @@ impl Btf {
         let type_len = u32_at(12)? as usize;
         let str_off = u32_at(16)? as usize;
         let str_len = u32_at(20)? as usize;
-        let strings = data
+        let own_strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .context("string section out of bounds")?
-            .to_vec();
-
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            ty: 0,
-            members: Vec::new(),
-        }];
+            .context("string section out of bounds")?;
+        // Split BTF: string offsets past the base's strings are this blob's.
+        let (mut types, strings) = match base {
+            Some(b) => (
+                b.types.clone(),
+                [b.strings.as_slice(), own_strings].concat(),
+            ),
+            None => (
+                vec![Type {
+                    name: 0,
+                    kind: 0,
+                    ty: 0,
+                    members: Vec::new(),
+                    values: Vec::new(),
+                }],
+                own_strings.to_vec(),
+            ),
+        };
+        let first_own = types.len() as u32;
         let mut pos = hdr_len + type_off;
         let end = pos + type_len;
         while pos < end {
@@ -104,6 +139,7 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut values = Vec::new();
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => pos += 4,
                 KIND_ARRAY => pos += 12,
@@ -120,8 +156,38 @@ impl Btf {
                         pos += 12;
                     }
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => pos += 8 * vlen,
-                KIND_DATASEC | KIND_ENUM64 => pos += 12 * vlen,
+                KIND_ENUM => {
+                    for _ in 0..vlen {
+                        let raw = u32_at(pos + 4)?;
+                        // kind_flag: signed values.
+                        let v = if kind_flag {
+                            raw as i32 as i64
+                        } else {
+                            raw as i64
+                        };
+                        values.push((u32_at(pos)?, v));
+                        pos += 8;
+                    }
+                }
+                KIND_ENUM64 => {
+                    for _ in 0..vlen {
+                        let lo = u32_at(pos + 4)? as u64;
+                        let hi = u32_at(pos + 8)? as u64;
+                        values.push((u32_at(pos)?, (hi << 32 | lo) as i64));
+                        pos += 12;
+                    }
+                }
+                KIND_FUNC_PROTO => {
+                    for _ in 0..vlen {
+                        members.push(Member {
+                            name: u32_at(pos)?,
+                            ty: u32_at(pos + 4)?,
+                            bit_offset: 0,
+                        });
+                        pos += 8;
+                    }
+                }
+                KIND_DATASEC => pos += 12 * vlen,
                 _ => {}
             }
             types.push(Type {
@@ -129,14 +195,15 @@ impl Btf {
                 kind,
                 ty: size_or_type,
                 members,
+                values,
             });
         }
         let mut btf = Btf {
             types,
             strings,
-            by_name: HashMap::new(),
+            by_name: base.map(|b| b.by_name.clone()).unwrap_or_default(),
         };
-        for id in 1..btf.types.len() as u32 {
+        for id in first_own.max(1)..btf.types.len() as u32 {
             let name = btf.str(btf.types[id as usize].name);
             if !name.is_empty() {
                 btf.by_name.entry(name.to_owned()).or_default().push(id);
@@ -167,6 +234,59 @@ impl Btf {
     pub fn has_function(&self, name: &str) -> bool {
         self.ids(name)
             .any(|id| self.types[id as usize].kind == KIND_FUNC)
+    }
+
+    /// The value of enumerator `name` of `enum enum_name`, e.g.
+    /// `("pageflags", "PG_head")`.
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Option<i64> {
+        self.ids(enum_name)
+            .map(|id| &self.types[id as usize])
+            .filter(|t| matches!(t.kind, KIND_ENUM | KIND_ENUM64))
+            .flat_map(|t| t.values.iter())
+            .find(|(n, _)| self.str(*n) == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// `sizeof(struct name)`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.ids(name)
+            .map(|id| &self.types[id as usize])
+            .find(|t| t.kind == KIND_STRUCT && !t.members.is_empty())
+            .map(|t| t.ty)
+    }
+
+    /// Whether the kernel has `struct name` with `member` (no error text).
+    pub fn has_member(&self, outer: &str, member: &str) -> bool {
+        self.member_offset(outer, member).is_ok()
+    }
+
+    /// Number of parameters of function `func`, from its prototype.
+    pub fn param_count(&self, func: &str) -> Option<usize> {
+        let f = self
+            .ids(func)
+            .map(|id| &self.types[id as usize])
+            .find(|t| t.kind == KIND_FUNC)?;
+        let proto = &self.types[self.strip(f.ty) as usize];
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto.members.len())
+    }
+
+    /// Name of the struct that parameter `n` of function `func` points to
+    /// (`"inode"` for `struct inode *`), if it is a pointer to a struct.
+    pub fn param_struct(&self, func: &str, n: usize) -> Option<&str> {
+        let f = self
+            .ids(func)
+            .map(|id| &self.types[id as usize])
+            .find(|t| t.kind == KIND_FUNC)?;
+        let proto = &self.types[self.strip(f.ty) as usize];
+        if proto.kind != KIND_FUNC_PROTO {
+            return None;
+        }
+        let ptr = &self.types[self.strip(proto.members.get(n)?.ty) as usize];
+        if ptr.kind != KIND_PTR {
+            return None;
+        }
+        let target = &self.types[self.strip(ptr.ty) as usize];
+        (target.kind == KIND_STRUCT).then(|| self.str(target.name))
     }
 
     fn ids<'a>(&'a self, name: &str) -> impl Iterator<Item = u32> + 'a {
@@ -219,25 +339,48 @@ impl Btf {
 mod tests {
     use super::*;
 
+    fn ty(t: &mut Vec<u8>, name: u32, kind: u32, vlen: u32, size: u32) {
+        t.extend(name.to_le_bytes());
+        t.extend(((kind << 24) | vlen).to_le_bytes());
+        t.extend(size.to_le_bytes());
+    }
+
+    fn mem(t: &mut Vec<u8>, name: u32, typ: u32, bits: u32) {
+        t.extend(name.to_le_bytes());
+        t.extend(typ.to_le_bytes());
+        t.extend(bits.to_le_bytes());
+    }
+
+    /// Offset of `name` in `strings` (which starts with a NUL), plus `base`.
+    fn at(strings: &[u8], base: u32, name: &str) -> u32 {
+        let pat: Vec<u8> = [b"\0".as_slice(), name.as_bytes(), b"\0"].concat();
+        base + strings.windows(pat.len()).position(|w| w == pat).unwrap() as u32 + 1
+    }
+
+    fn wrap(types: Vec<u8>, strings: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(MAGIC.to_le_bytes());
+        out.extend([1u8, 0]);
+        out.extend(24u32.to_le_bytes());
+        out.extend(0u32.to_le_bytes());
+        out.extend((types.len() as u32).to_le_bytes());
+        out.extend((types.len() as u32).to_le_bytes());
+        out.extend((strings.len() as u32).to_le_bytes());
+        out.extend(types);
+        out.extend(strings);
+        out
+    }
+
+    const STRINGS: &[u8] =
+        b"\0u64\0inner\0a\0b\0outer\0x\0pad\0p\0y\0f\0pageflags\0PG_locked\0PG_head\0g\0ip\0n\0neg\0e64\0BIG\0";
+
     /// Builds a tiny BTF blob: struct inner { u64 a; u64 b; };
-    /// struct outer { u64 x; struct { u64 pad; struct inner *p; }; u64 y; }.
+    /// struct outer { u64 x; struct { u64 pad; struct inner *p; }; u64 y; };
+    /// enum pageflags { PG_locked, PG_head = 6 }; int g(struct inner *ip,
+    /// u64 n); enum neg { PG_locked = -1 } (signed); enum64 e64 { BIG }.
     fn blob() -> Vec<u8> {
-        let strings = b"\0u64\0inner\0a\0b\0outer\0x\0pad\0p\0y\0f\0".to_vec();
-        let s = |name: &str| -> u32 {
-            let pat: Vec<u8> = [b"\0".as_slice(), name.as_bytes(), b"\0"].concat();
-            strings.windows(pat.len()).position(|w| w == pat).unwrap() as u32 + 1
-        };
+        let s = |name: &str| at(STRINGS, 0, name);
         let mut t = Vec::new();
-        let ty = |t: &mut Vec<u8>, name: u32, kind: u32, vlen: u32, size: u32| {
-            t.extend(name.to_le_bytes());
-            t.extend(((kind << 24) | vlen).to_le_bytes());
-            t.extend(size.to_le_bytes());
-        };
-        let mem = |t: &mut Vec<u8>, name: u32, typ: u32, bits: u32| {
-            t.extend(name.to_le_bytes());
-            t.extend(typ.to_le_bytes());
-            t.extend(bits.to_le_bytes());
-        };
         // 1: int u64
         ty(&mut t, s("u64"), KIND_INT, 0, 8);
         t.extend(64u32.to_le_bytes());
@@ -246,7 +389,7 @@ mod tests {
         mem(&mut t, s("a"), 1, 0);
         mem(&mut t, s("b"), 1, 64);
         // 3: ptr to inner
-        ty(&mut t, 0, 2, 0, 2);
+        ty(&mut t, 0, KIND_PTR, 0, 2);
         // 4: anonymous struct
         ty(&mut t, 0, KIND_STRUCT, 2, 16);
         mem(&mut t, s("pad"), 1, 0);
@@ -260,18 +403,81 @@ mod tests {
         mem(&mut t, s("y"), 1, 192);
         // 7: func f
         ty(&mut t, s("f"), KIND_FUNC, 0, 0);
+        // 8: enum pageflags
+        ty(&mut t, s("pageflags"), KIND_ENUM, 2, 4);
+        t.extend(s("PG_locked").to_le_bytes());
+        t.extend(0u32.to_le_bytes());
+        t.extend(s("PG_head").to_le_bytes());
+        t.extend(6u32.to_le_bytes());
+        // 9: int g(struct inner *ip, u64 n): proto, then 10: func
+        ty(&mut t, 0, KIND_FUNC_PROTO, 2, 1);
+        t.extend(s("ip").to_le_bytes());
+        t.extend(3u32.to_le_bytes());
+        t.extend(s("n").to_le_bytes());
+        t.extend(1u32.to_le_bytes());
+        ty(&mut t, s("g"), KIND_FUNC, 0, 9);
+        // 11: signed enum neg (kind_flag)
+        ty(&mut t, s("neg"), KIND_ENUM, 1, 4);
+        let last = t.len() - 8;
+        t[last..last + 4].copy_from_slice(&((1u32 << 31) | (KIND_ENUM << 24) | 1).to_le_bytes());
+        t.extend(s("PG_locked").to_le_bytes());
+        t.extend((-1i32).to_le_bytes());
+        // 12: enum64 e64 { BIG = 1 << 40 }
+        ty(&mut t, s("e64"), KIND_ENUM64, 1, 8);
+        t.extend(s("BIG").to_le_bytes());
+        t.extend(0u32.to_le_bytes());
+        t.extend(256u32.to_le_bytes());
+        wrap(t, STRINGS)
+    }
 
-        let mut out = Vec::new();
-        out.extend(MAGIC.to_le_bytes());
-        out.extend([1u8, 0]);
-        out.extend(24u32.to_le_bytes());
-        out.extend(0u32.to_le_bytes());
-        out.extend((t.len() as u32).to_le_bytes());
-        out.extend((t.len() as u32).to_le_bytes());
-        out.extend((strings.len() as u32).to_le_bytes());
-        out.extend(t);
-        out.extend(strings);
-        out
+    #[test]
+    fn reads_enums_sizes_and_prototypes() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.enum_value("pageflags", "PG_head"), Some(6));
+        assert_eq!(btf.enum_value("pageflags", "PG_locked"), Some(0));
+        assert_eq!(btf.enum_value("neg", "PG_locked"), Some(-1));
+        assert_eq!(btf.enum_value("e64", "BIG"), Some(1 << 40));
+        assert_eq!(btf.enum_value("pageflags", "PG_nope"), None);
+        assert_eq!(btf.enum_value("inner", "a"), None);
+        assert_eq!(btf.struct_size("outer"), Some(32));
+        assert_eq!(btf.struct_size("pageflags"), None);
+        assert_eq!(btf.param_count("g"), Some(2));
+        assert_eq!(btf.param_struct("g", 0), Some("inner"));
+        assert_eq!(btf.param_struct("g", 1), None);
+        assert_eq!(btf.param_struct("g", 2), None);
+        assert_eq!(btf.param_count("f"), None);
+        assert!(btf.has_member("outer", "p"));
+        assert!(!btf.has_member("outer", "q"));
+    }
+
+    /// A module's split BTF: struct modinode { u64 z; struct inner vfs; },
+    /// whose member types and strings continue the base's.
+    #[test]
+    fn split_btf_continues_the_base() {
+        let base = Btf::parse(&blob()).unwrap();
+        let base_types = base.types.len() as u32;
+        let strings = b"\0modinode\0z\0vfs\0";
+        let s = |name: &str| at(strings, STRINGS.len() as u32, name);
+        let mut t = Vec::new();
+        // base_types + 0: struct modinode
+        ty(&mut t, s("modinode"), KIND_STRUCT, 2, 24);
+        mem(&mut t, s("z"), 1, 0);
+        mem(&mut t, s("vfs"), 2, 64);
+        // base_types + 1: pointer to it, base_types + 2: void h(struct modinode *)
+        ty(&mut t, 0, KIND_PTR, 0, base_types);
+        ty(&mut t, 0, KIND_FUNC_PROTO, 1, 0);
+        t.extend(0u32.to_le_bytes());
+        t.extend((base_types + 1).to_le_bytes());
+        let h = at(strings, STRINGS.len() as u32, "z");
+        ty(&mut t, h, KIND_FUNC, 0, base_types + 2);
+        // The split blob's strings start with their own NUL.
+        let module = Btf::parse_split(&wrap(t, strings), &base).unwrap();
+        assert_eq!(module.member_offset("modinode", "vfs").unwrap(), Offset(8));
+        assert_eq!(module.struct_size("modinode"), Some(24));
+        assert_eq!(module.param_struct("z", 0), Some("modinode"));
+        // The base's types are still there.
+        assert_eq!(module.member_offset("outer", "y").unwrap(), Offset(24));
+        assert!(module.has_function("g"));
     }
 
     #[test]
@@ -315,5 +521,8 @@ mod tests {
             btf.member_offset(s, m).unwrap();
         }
         assert!(btf.has_function("filemap_map_pages"));
+        assert!(btf.enum_value("pageflags", "PG_head").is_some());
+        assert!(btf.enum_value("pageflags", "PG_uptodate").is_some());
+        assert_eq!(btf.struct_size("page"), Some(64));
     }
 }

@@ -13,7 +13,7 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
             .with_context(|| format!("cannot resolve {s}.{m}"))?
             .0)
     };
-    Ok(Config {
+    let mut cfg = Config {
         vm_fault_vma: off("vm_fault", "vma")?,
         vma_vm_file: off("vm_area_struct", "vm_file")?,
         file_f_mapping: off("file", "f_mapping")?,
@@ -34,7 +34,108 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         syscall_windows: 0,
         self_tgid: std::process::id(),
         _pad: 0,
-    })
+        page_flags: Config::UNKNOWN,
+        page_mapping: Config::UNKNOWN,
+        page_index: Config::UNKNOWN,
+        page_mapcount: Config::UNKNOWN,
+        page_size: 0,
+        pg_head: Config::UNKNOWN,
+        pg_uptodate: Config::UNKNOWN,
+        folio_order: Config::UNKNOWN,
+        large_mapcount: Config::UNKNOWN,
+        large_mapcount_exact: 0,
+        vmf_flags: Config::UNKNOWN,
+        vmf_address: Config::UNKNOWN,
+        vma_vm_start: Config::UNKNOWN,
+        vma_vm_flags: Config::UNKNOWN,
+        vma_vm_pgoff: Config::UNKNOWN,
+        fault_flag_write: 1,
+        pte_addr_arg: 0,
+        inode_i_blkbits: Config::UNKNOWN,
+        xfs_inode_vnode: Config::UNKNOWN,
+        btrfs_inode_vnode: Config::UNKNOWN,
+        vmemmap_base_addr: 0,
+    };
+    // folio_layout and fault_layout, which only the optional probes need,
+    // are the loader's to call: their errors say why a probe is missing.
+    cfg.inode_i_blkbits = btf
+        .member_offset("inode", "i_blkbits")
+        .map_or(Config::UNKNOWN, |o| o.0);
+    Ok(cfg)
+}
+
+/// The first of `candidates` (struct, member) the kernel has.
+fn first_member(btf: &Btf, candidates: &[(&str, &str)]) -> Result<u32> {
+    for (s, m) in candidates {
+        if let Ok(o) = btf.member_offset(s, m) {
+            return Ok(o.0);
+        }
+    }
+    let names: Vec<String> = candidates.iter().map(|(s, m)| format!("{s}.{m}")).collect();
+    anyhow::bail!("the kernel's BTF has none of {}", names.join(", "))
+}
+
+/// struct page / folio: what the folio raw tracepoints read. Fails with the
+/// reason when something is missing (the probes are then not attached).
+pub fn folio_layout(btf: &Btf, cfg: &mut Config) -> Result<()> {
+    // folio first: 6.18 renamed page.index to __folio_index.
+    cfg.page_flags = first_member(btf, &[("folio", "flags"), ("page", "flags")])?;
+    cfg.page_mapping = first_member(btf, &[("folio", "mapping"), ("page", "mapping")])?;
+    cfg.page_index = first_member(btf, &[("folio", "index"), ("page", "index")])?;
+    cfg.page_mapcount = first_member(btf, &[("folio", "_mapcount"), ("page", "_mapcount")])?;
+    let page_size = btf
+        .struct_size("page")
+        .context("the kernel's BTF has no struct page")?;
+    cfg.page_size = page_size;
+    let bit = |name: &str| -> Result<u32> {
+        let v = btf
+            .enum_value("pageflags", name)
+            .with_context(|| format!("the kernel's enum pageflags has no {name}"))?;
+        u32::try_from(v)
+            .ok()
+            .filter(|&b| b < 64)
+            .with_context(|| format!("{name} = {v} is not a bit of page.flags"))
+    };
+    cfg.pg_head = bit("PG_head")?;
+    cfg.pg_uptodate = bit("PG_uptodate")?;
+    // The order of a large folio, as folio_order() reads it.
+    cfg.folio_order = if let Ok(o) = btf.member_offset("folio", "_folio_order") {
+        o.0
+    } else if let Ok(o) = btf.member_offset("folio", "_flags_1") {
+        o.0 // low byte (little endian): folio->_flags_1 & 0xff
+    } else {
+        page_size + first_member(btf, &[("page", "compound_order")])?
+    };
+    // A large folio's mapcount, as folio_mapped() reads it.
+    (cfg.large_mapcount, cfg.large_mapcount_exact) =
+        if let Ok(o) = btf.member_offset("folio", "_large_mapcount") {
+            (o.0, 1)
+        } else if let Ok(o) = btf.member_offset("folio", "_entire_mapcount") {
+            (o.0, 0)
+        } else if let Ok(o) = btf.member_offset("folio", "_total_mapcount") {
+            (o.0, 0)
+        } else {
+            (
+                page_size + first_member(btf, &[("page", "compound_mapcount")])?,
+                0,
+            )
+        };
+    Ok(())
+}
+
+/// vm_fault and vm_area_struct fields the PTE installer probes read.
+pub fn fault_layout(btf: &Btf, cfg: &mut Config) -> Result<()> {
+    cfg.vmf_flags = first_member(btf, &[("vm_fault", "flags")])?;
+    cfg.vmf_address = first_member(btf, &[("vm_fault", "address")])?;
+    cfg.vma_vm_start = first_member(btf, &[("vm_area_struct", "vm_start")])?;
+    cfg.vma_vm_flags = first_member(btf, &[("vm_area_struct", "vm_flags")])?;
+    cfg.vma_vm_pgoff = first_member(btf, &[("vm_area_struct", "vm_pgoff")])?;
+    // An enum since 5.13; a #define of 1 before.
+    cfg.fault_flag_write = btf
+        .enum_value("fault_flag", "FAULT_FLAG_WRITE")
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(1);
+    Ok(())
 }
 
 /// The map_pages program reads its record at fixed offsets; refuse the

@@ -1,0 +1,22 @@
+//! Raw tracepoints: the tracepoints' own arguments (a `struct folio *`, or a
+//! `struct page *` on 5.10) rather than their formatted records, so the
+//! program can read what the record leaves out: the mapcount at removal and
+//! the folio's size and flags at insertion. They attach where fentry is
+//! refused (the host) and on every VM kernel.
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use observer_abi::FIDELITY_TRACEPOINT;
+
+use crate::probe::{folio_add, folio_delete};
+
+#[raw_tracepoint(tracepoint = "mm_filemap_delete_from_page_cache")]
+pub fn folio_delete_raw_tp(ctx: RawTracePointContext) -> u32 {
+    folio_delete(ctx.arg::<u64>(0), FIDELITY_TRACEPOINT);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "mm_filemap_add_to_page_cache")]
+pub fn folio_add_raw_tp(ctx: RawTracePointContext) -> u32 {
+    folio_add(&ctx, FIDELITY_TRACEPOINT, ctx.arg::<u64>(0), None);
+    0
+}
