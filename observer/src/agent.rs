@@ -119,6 +119,19 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
     if loaded.folio_deletes {
         correlator.expect_folio_deletes();
     }
+    if loaded.sources.pte_install {
+        correlator.expect_pte_installs();
+    }
+    // Stacks of critical alerts, read from the STACKS map and symbolized;
+    // kallsyms is read the first time one is needed.
+    let kallsyms = std::cell::OnceCell::new();
+    let resolve_stack = |id: u32| -> Option<Vec<String>> {
+        let addrs = source::stack(&loaded.ebpf, id)?;
+        let ksyms = kallsyms
+            .get_or_init(|| crate::symbols::Kallsyms::load().ok())
+            .as_ref()?;
+        Some(addrs.iter().map(|&a| ksyms.symbolize(a)).collect())
+    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = cli.duration.map(Duration::from_secs_f64);
@@ -159,7 +172,14 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
             _ = sigterm.recv() => break,
             _ = &mut stop => break,
         }
-        shown += emit(&mut sink, &filter, Some(&mut paths), &mut alerts, &cli)?;
+        shown += emit(
+            &mut sink,
+            &filter,
+            Some(&mut paths),
+            &mut alerts,
+            &cli,
+            &resolve_stack,
+        )?;
     }
 
     source.drain(&mut events)?;
@@ -167,7 +187,14 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
         correlator.push(ev, &mut alerts);
     }
     correlator.flush(&mut alerts);
-    shown += emit(&mut sink, &filter, Some(&mut paths), &mut alerts, &cli)?;
+    shown += emit(
+        &mut sink,
+        &filter,
+        Some(&mut paths),
+        &mut alerts,
+        &cli,
+        &resolve_stack,
+    )?;
     let counters = source::read_counters(&loaded.ebpf)?;
     for k in 1..counters.unresolved.len() {
         if counters.unresolved[k] > 0 && k != observer_abi::Kind::MapPages as usize {
@@ -200,13 +227,16 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
 }
 
 /// Writes the alerts that pass the filter; `paths` is None on replay, where
-/// the recorded pids no longer name the same processes.
+/// the recorded pids no longer name the same processes. `resolve_stack` turns
+/// a kernel stack id of a critical alert into symbolized frames (innermost
+/// first), or `None`: [`sink::no_stacks`] where no stack can be read.
 pub(crate) fn emit(
     sink: &mut Sink,
     filter: &Filter,
     mut paths: Option<&mut PathCache>,
     alerts: &mut Vec<correlator::Alert>,
     cli: &Cli,
+    resolve_stack: &dyn Fn(u32) -> Option<Vec<String>>,
 ) -> Result<u64> {
     let mut shown = 0;
     for alert in alerts.drain(..) {
@@ -217,7 +247,8 @@ pub(crate) fn emit(
             .as_deref_mut()
             .and_then(|p| p.resolve(alert.file, alert.task.pid))
             .map(str::to_owned);
-        sink.alert(&alert, path.as_deref())
+        let frames = sink::Frames::of(&alert, resolve_stack);
+        sink.alert(&alert, path.as_deref(), &frames)
             .with_context(|| output_name(cli))?;
         shown += 1;
     }
@@ -263,8 +294,15 @@ pub(crate) fn summarize(
         },
         filtered: counters.filtered,
         windows: stats.windows_opened,
+        windows_by_op: stats
+            .windows_by_op
+            .by_op()
+            .iter()
+            .map(|(op, n)| (op.to_string(), *n))
+            .collect(),
         alerts: stats.alerts,
         alerts_shown: shown,
+        classes: stats.classes,
     }
 }
 

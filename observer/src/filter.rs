@@ -161,6 +161,9 @@ mod tests {
             map_fidelity: Fidelity::Fentry,
             window_fidelity: Fidelity::Fentry,
             folios_removed: None,
+            ptes: None,
+            stale: None,
+            evidence: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use crate::{
     cli::Cli,
     correlator::{self, Correlator},
     filter::Filter,
+    sink::no_stacks,
     source::KernelCounters,
     trace,
 };
@@ -39,10 +40,10 @@ pub fn run(cli: &Cli, file: &Path, filter: Filter) -> Result<()> {
     let mut shown = 0;
     for ev in events {
         correlator.push(ev, &mut alerts);
-        shown += emit(&mut sink, &filter, None, &mut alerts, cli)?;
+        shown += emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
     }
     correlator.flush(&mut alerts);
-    shown += emit(&mut sink, &filter, None, &mut alerts, cli)?;
+    shown += emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
     // The kernel's counters were not recorded: only what the records show.
     let summary = summarize(
         &correlator,

@@ -191,7 +191,14 @@ fn check_tracepoint_startup(startup: &Value, stderr: &str) {
         startup["kernel"].as_str().is_some_and(|k| !k.is_empty()),
         "{startup}"
     );
-    let probes = startup["probes"].as_array().expect("startup.probes");
+    // The optional probes (PTE installer, folio add/delete, fs removal…)
+    // follow the three core functions; only the core three define a window.
+    let probes: Vec<&Value> = startup["probes"]
+        .as_array()
+        .expect("startup.probes")
+        .iter()
+        .filter(|p| FUNCTIONS.contains(&p["function"].as_str().unwrap_or_default()))
+        .collect();
     let functions: BTreeSet<&str> = probes
         .iter()
         .map(|p| p["function"].as_str().expect("probe.function"))

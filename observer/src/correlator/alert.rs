@@ -1,19 +1,43 @@
 //! What the correlator reports: a fault-around that installed PTEs for pages
-//! of a file range while that range was being invalidated.
+//! of a file range while that range was being invalidated, and the two
+//! critical outcomes such races can have.
 
-use crate::event::{Fidelity, FileId, Op, PageRange, Task};
+use crate::event::{Fidelity, FileId, FsRemover, Op, PageRange, Task};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AlertKind {
     /// `filemap_map_pages` ran, at least partly, inside an invalidation
     /// window of the same file and for pages of that window's range.
     PteInPunchWindow,
+    /// A PTE installed inside a window still mapped its folio when the folio
+    /// left the page cache: the PTE now points to a freed page.
+    StalePte,
+    /// A folio read from disk inside a punch, after the page cache was
+    /// truncated and before the filesystem freed the blocks, survived the
+    /// punch: the cache holds data of blocks the punch then freed.
+    StaleData,
 }
 
 impl AlertKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::PteInPunchWindow => "pte_in_punch_window",
+            AlertKind::StalePte => "stale_pte",
+            AlertKind::StaleData => "stale_data",
+        }
+    }
+
+    /// Evidence of corruption, not only of a race.
+    pub fn is_critical(self) -> bool {
+        matches!(self, AlertKind::StalePte | AlertKind::StaleData)
+    }
+
+    /// One sentence for people, for critical kinds.
+    pub fn message(self) -> Option<&'static str> {
+        match self {
+            AlertKind::PteInPunchWindow => None,
+            AlertKind::StalePte => Some("pte now points to a freed page"),
+            AlertKind::StaleData => Some("the cache holds data from blocks the punch then freed"),
         }
     }
 }
@@ -23,37 +47,106 @@ impl AlertKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowInfo {
     /// Sequential per correlator, so that alerts of one window can be grouped.
+    /// A `stale_data` alert carries the id of the invalidation window its
+    /// punch opened or resumed at the truncate.
     pub id: u64,
     pub op: Op,
+    /// The invalidated range. For `stale_data`: the punched range, i.e. the
+    /// union of the punching task's truncate ranges in the operation.
     pub pages: PageRange,
     /// The invalidating task.
     pub task: Task,
+    /// For `stale_data`: the truncate's entry (the class-B window opens there).
     pub opened_ts: u64,
-    /// `None` when the stream ended with the window still open.
+    /// `None` when the stream ended with the window still open. For
+    /// `stale_data`: the last exit of the filesystem's block removal.
     pub closed_ts: Option<u64>,
-    /// How long the window had been open when the fault-around returned.
+    /// How long the window had been open at the alert's `ts`.
     pub open_for_ns: u64,
+}
+
+/// Page-exact outcomes of the PTEs one fault-around installed inside its
+/// window (from the kernel's PTE installer, matched by task, time and page).
+/// `installed == rezapped + stale + still_mapped + unknown`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PteCounts {
+    pub installed: u64,
+    /// The folio left the cache with no PTE left on it.
+    pub rezapped: u64,
+    /// The folio left the cache still mapped (each also raised `stale_pte`).
+    pub stale: u64,
+    /// No removal seen before the window final-closed: the page stayed.
+    pub still_mapped: u64,
+    /// Removed, but the mapcount could not be read; or no removal source.
+    pub unknown: u64,
+}
+
+/// What makes a critical alert critical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// The alert's `ts` is the PTE install; `pages` is the one page.
+    Pte { deleted_ts: u64, pfn: u64 },
+    /// The alert's `ts` is the page-cache add (by `task`, not uptodate, so
+    /// read from disk); `pages` are the refilled pages that survived.
+    Data {
+        /// Last exit of the punching task's truncate in the operation.
+        truncate_exit_ts: Option<u64>,
+        fs_remove: FsRemover,
+        /// Last exit of the block removal: the class-B window's close.
+        fs_remove_exit_ts: u64,
+    },
+}
+
+/// Kernel stack ids (the `STACKS` map) captured with the records that make
+/// up an alert. Symbolizing them is the agent's business.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackIds {
+    /// From the victim's record: the map_pages call, the PTE install, or the
+    /// page-cache add.
+    pub victim: Option<u32>,
+    /// From the punching task's last window transition record that carried
+    /// a stack (invalidate enter/exit, block removal enter/exit) when the
+    /// outcome was decided: at the folio removal for `stale_pte`, at the
+    /// block removal's exit for `stale_data`.
+    pub punch: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    pub stack_ids: StackIds,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alert {
     pub kind: AlertKind,
-    /// Exit of the `filemap_map_pages` call.
+    /// The victim record's time: exit of the `filemap_map_pages` call, the
+    /// PTE install (`stale_pte`) or the page-cache add (`stale_data`).
     pub ts: u64,
+    /// Entry of the `filemap_map_pages` call; equal to `ts` for other kinds.
     pub map_entry_ts: u64,
     pub file: FileId,
-    /// The faulting task.
+    /// The faulting, installing or refilling task.
     pub task: Task,
-    /// The range fault-around was asked to map.
+    /// The range fault-around was asked to map; the stale page (`stale_pte`);
+    /// the surviving refilled pages (`stale_data`).
     pub pages: PageRange,
     pub window: WindowInfo,
     /// The weaker of the two sides: an alert is only as precise as its
     /// least precise observation.
     pub fidelity: Fidelity,
+    /// The victim side's fidelity (map_pages, PTE installer, page-cache add).
     pub map_fidelity: Fidelity,
     pub window_fidelity: Fidelity,
     /// Folios of `pages` deleted from the page cache between the fault-around
     /// and the end of the operation: PTEs that may now point at freed folios.
-    /// `None` when no folio deletion was observed at all (source not attached).
+    /// `None` when no folio deletion was observed at all (source not attached),
+    /// and for the critical kinds.
     pub folios_removed: Option<u64>,
+    /// `pte_in_punch_window` only: page-exact outcomes of this call's PTEs.
+    /// `None` when no PTE installer record was seen, when the call is a
+    /// point (tracepoint), or when the alert went out after its window.
+    pub ptes: Option<PteCounts>,
+    /// `Some` exactly for the critical kinds.
+    pub stale: Option<Stale>,
+    pub evidence: Evidence,
 }

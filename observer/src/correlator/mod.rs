@@ -11,20 +11,34 @@
 //! (`filemap_map_pages`) whose run overlaps a window in time and pages is
 //! reported once the window final-closes, so that the alert can say how many
 //! of the mapped folios were then deleted.
+//!
+//! Two race classes are evaluated on top, each with its own alert:
+//! - **A, page-exact** ([`pte`]): PTE installer records inside a window are
+//!   kept page by page until the window final-closes; a later removal of the
+//!   folio with a PTE still on it raises `stale_pte`.
+//! - **B, refill inside a punch** ([`refill`]): page-cache adds between the
+//!   punching task's truncate and its filesystem's block removal exit; one read
+//!   from disk that survives the punch raises `stale_data`.
 
 mod alert;
+mod classes;
+mod pte;
+mod refill;
 mod reorder;
 mod window;
 
 #[cfg(test)]
 mod tests;
 
-pub use alert::{Alert, AlertKind, WindowInfo};
+pub use alert::{Alert, AlertKind, Evidence, PteCounts, StackIds, Stale, WindowInfo};
+pub use classes::{ClassA, ClassB, Classes, WindowsByOp};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use crate::event::{Body, Event, Fidelity, FileId, Op, PageRange, Task};
+use crate::event::{Body, Event, Fidelity, FileId, FsRemover, Invalidator, Op, PageRange, Task};
+use pte::{Install, Removal, intersect, walked};
+use refill::{Refill, RefillWindow};
 use reorder::ReorderBuffer;
 use window::{FileWindows, PendingAlert, Window};
 
@@ -116,12 +130,18 @@ pub struct Stats {
     /// Windows open or tentatively closed right now.
     pub open_windows: u64,
     pub max_open_windows: u64,
+    /// Class A and B outcomes, counted as their windows end.
+    pub classes: Classes,
+    /// Final-closed windows by operation.
+    pub windows_by_op: WindowsByOp,
 }
 
 /// The syscall a task is inside, and the windows it opened or resumed there.
 struct Syscall {
     op: Op,
     windows: Vec<(FileId, u64)>,
+    /// Files on which the task has a class-B window in this syscall.
+    refill_files: Vec<FileId>,
 }
 
 pub struct Correlator {
@@ -139,6 +159,9 @@ pub struct Correlator {
     next_window_id: u64,
     /// Whether any folio deletion was seen, i.e. whether outcomes mean anything.
     folio_source: bool,
+    /// Whether any PTE installer record was seen: page-exact counts for
+    /// fault-around alerts.
+    pte_source: bool,
     stats: Stats,
 }
 
@@ -154,6 +177,7 @@ impl Correlator {
             syscalls: HashMap::new(),
             next_window_id: 1,
             folio_source: false,
+            pte_source: false,
             stats: Stats::default(),
         }
     }
@@ -170,6 +194,12 @@ impl Correlator {
     /// start, instead of unknown until the first deletion shows up.
     pub fn expect_folio_deletes(&mut self) {
         self.folio_source = true;
+    }
+
+    /// The PTE installer probe is attached: fault-around alerts carry
+    /// page-exact counts from the start (zeros included).
+    pub fn expect_pte_installs(&mut self) {
+        self.pte_source = true;
     }
 
     /// Events held back for reordering.
@@ -208,6 +238,14 @@ impl Correlator {
         active.sort_unstable();
         for (id, file) in active {
             self.final_close(file, id, out);
+        }
+        // Syscalls that never returned: their class-B windows end here.
+        let mut tids: Vec<u32> = self.syscalls.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            if let Some(sc) = self.syscalls.remove(&tid) {
+                self.end_refills(tid, &sc, out);
+            }
         }
         self.files.clear();
         self.close_deadlines.clear();
@@ -274,18 +312,18 @@ impl Correlator {
         self.tick(ev.ts, out);
         let Event {
             ts,
+            stack_id,
             file,
             task,
             fidelity,
             body,
-            ..
         } = ev;
         match body {
-            Body::InvalidateEnter { range, .. } => {
-                self.invalidate_enter(ts, file, task, fidelity, range, out)
+            Body::InvalidateEnter { which, range } => {
+                self.invalidate_enter(ts, file, task, fidelity, which, range, stack_id, out)
             }
-            Body::InvalidateExit { range, .. } => {
-                self.invalidate_exit(ts, file, task.tid, fidelity, range)
+            Body::InvalidateExit { which, range } => {
+                self.invalidate_exit(ts, file, task.tid, fidelity, which, range, stack_id)
             }
             Body::MapPages { entry_ts, range } => {
                 let fault = PendingAlert {
@@ -295,19 +333,48 @@ impl Correlator {
                     pages: range,
                     map_fidelity: fidelity,
                     folios_removed: 0,
+                    stack_id,
                 };
                 self.fault_around(file, fault, out)
             }
             Body::SyscallEnter { op, range } => {
-                self.syscall_enter(ts, file, task, fidelity, op, range)
+                self.syscall_enter(ts, file, task, fidelity, op, range, out)
             }
             Body::SyscallExit { .. } => self.syscall_exit(ts, task.tid, out),
-            Body::FolioDelete { index, .. } => self.folio_delete(ts, file, index),
-            // Page-exact outcomes and refills are not correlated yet.
-            Body::PteInstall { .. }
-            | Body::FolioAdd { .. }
-            | Body::FsRemoveEnter { .. }
-            | Body::FsRemoveExit { .. } => {}
+            Body::FolioDelete {
+                index,
+                pfn,
+                still_mapped,
+            } => self.folio_delete(ts, file, index, pfn, still_mapped),
+            Body::PteInstall { range } => {
+                let install = Install {
+                    ts,
+                    task,
+                    stack_id,
+                    fidelity,
+                    in_gap: false,
+                };
+                self.pte_install(file, install, range)
+            }
+            Body::FolioAdd { range, uptodate } => {
+                let refill = Refill {
+                    ts,
+                    task,
+                    range,
+                    uptodate,
+                    stack_id,
+                    fidelity,
+                    folio_deleted: None,
+                    pages_deleted: Vec::new(),
+                };
+                self.folio_add(file, refill)
+            }
+            Body::FsRemoveEnter { fs } => {
+                self.fs_remove(ts, file, task.tid, fidelity, fs, stack_id, false)
+            }
+            Body::FsRemoveExit { fs } => {
+                self.fs_remove(ts, file, task.tid, fidelity, fs, stack_id, true)
+            }
         }
     }
 
@@ -368,6 +435,9 @@ impl Correlator {
             by_syscall,
             pending: Vec::new(),
             gap_candidates: Vec::new(),
+            unmapped: None,
+            punch_stack: None,
+            ptes: Default::default(),
         });
         self.stats.windows_opened += 1;
         self.stats.open_windows += 1;
@@ -390,21 +460,34 @@ impl Correlator {
         // Entered after the last call returned, and no call followed.
         w.gap_candidates.clear();
         let pending = std::mem::take(&mut w.pending);
-        self.stats.alerts += pending.len() as u64;
-        out.extend(pending.into_iter().map(|p| w.alert(p, self.folio_source)));
+        let (folio_source, pte_source) = (self.folio_source, self.pte_source);
+        let before = out.len();
+        out.extend(
+            pending
+                .into_iter()
+                .map(|p| w.alert(p, folio_source, pte_source)),
+        );
+        out.extend(w.settle_ptes(folio_source, &mut self.stats.classes.a));
+        self.stats.alerts += (out.len() - before) as u64;
+        // Outcomes are settled; a retained window only matches late calls.
+        w.ptes.clear();
+        self.stats.windows_by_op.count(w.op);
         fw.retained.push_back(w);
         self.expiries.push_back((self.clock, file));
         self.stats.windows_closed += 1;
         self.stats.open_windows -= 1;
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn invalidate_enter(
         &mut self,
         ts: u64,
         file: FileId,
         task: Task,
         fidelity: Fidelity,
+        which: Invalidator,
         range: PageRange,
+        stack_id: Option<u32>,
         out: &mut Vec<Alert>,
     ) {
         let tid = task.tid;
@@ -425,7 +508,7 @@ impl Correlator {
             }
         };
         let op = self.syscall_op(tid);
-        match resumed {
+        let id = match resumed {
             Some(id) => {
                 if let Some(w) = self.window_mut(file, id) {
                     if w.closed_ts.is_some() {
@@ -438,25 +521,75 @@ impl Correlator {
                     }
                 }
                 self.note_in_syscall(tid, file, id);
+                id
             }
-            None => {
-                self.open_window(ts, file, task, fidelity, range, op, false);
+            None => self.open_window(ts, file, task.clone(), fidelity, range, op, false),
+        };
+        let Some(w) = self.window_mut(file, id) else {
+            return;
+        };
+        w.transition(None, stack_id);
+        if which == Invalidator::Unmap {
+            w.unmapped = Some(w.unmapped.map_or(range, |u| u.union(&range)));
+        }
+        let unmapped = w.unmapped;
+        let fw = self.files.entry(file).or_default();
+        if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
+            b.transition(fidelity, stack_id);
+            match which {
+                Invalidator::Unmap => {
+                    b.unmapped = Some(b.unmapped.map_or(range, |u| u.union(&range)));
+                }
+                Invalidator::Truncate | Invalidator::ShmemUndo => b.range = b.range.union(&range),
             }
+            return;
+        }
+        // Class B opens at the first truncate of an invalidating syscall.
+        if which == Invalidator::Unmap || op == Op::Unknown {
+            return;
+        }
+        fw.refills.push(RefillWindow {
+            window_id: id,
+            task,
+            op,
+            opened_ts: ts,
+            range,
+            unmapped,
+            truncate_exit_ts: None,
+            fs_exit: None,
+            fidelity,
+            punch_stack: stack_id,
+            close_stack: None,
+            refills: Vec::new(),
+        });
+        if let Some(sc) = self.syscalls.get_mut(&tid)
+            && !sc.refill_files.contains(&file)
+        {
+            sc.refill_files.push(file);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn invalidate_exit(
         &mut self,
         ts: u64,
         file: FileId,
         tid: u32,
         fidelity: Fidelity,
+        which: Invalidator,
         range: PageRange,
+        stack_id: Option<u32>,
     ) {
         let gap = self.cfg.op_gap_ns;
         let Some(fw) = self.files.get_mut(&file) else {
             return;
         };
+        if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
+            b.transition(fidelity, stack_id);
+            if which != Invalidator::Unmap {
+                b.truncate_exit_ts = Some(ts);
+            }
+        }
         // An exit whose entry we never saw (probe attached mid-call) has no
         // window, or finds it already closed: nothing to end.
         let Some(w) = fw
@@ -467,6 +600,7 @@ impl Correlator {
             return;
         };
         w.absorb(range, fidelity);
+        w.transition(None, stack_id);
         w.depth = w.depth.saturating_sub(1);
         if w.depth == 0 && !w.by_syscall {
             w.closed_ts = Some(ts);
@@ -498,7 +632,8 @@ impl Correlator {
                 break;
             }
             if w.meets(entry, exit, &fault.pages) == Some(true) {
-                settled.push(w.alert(fault.clone(), self.folio_source));
+                // Its PTE outcomes were settled with the window.
+                settled.push(w.alert(fault.clone(), self.folio_source, false));
             }
         }
         settled.reverse();
@@ -506,6 +641,7 @@ impl Correlator {
         out.extend(settled);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn syscall_enter(
         &mut self,
         ts: u64,
@@ -514,16 +650,22 @@ impl Correlator {
         fidelity: Fidelity,
         op: Op,
         range: PageRange,
+        out: &mut Vec<Alert>,
     ) {
         let tid = task.tid;
-        // A previous syscall whose exit was lost is simply superseded.
-        self.syscalls.insert(
+        // A previous syscall whose exit was lost is simply superseded; its
+        // class-B windows can grow no more.
+        let previous = self.syscalls.insert(
             tid,
             Syscall {
                 op,
                 windows: Vec::new(),
+                refill_files: Vec::new(),
             },
         );
+        if let Some(sc) = previous {
+            self.end_refills(tid, &sc, out);
+        }
         if !(self.cfg.syscall_windows && op.invalidates() && !file.is_unknown()) {
             return;
         }
@@ -560,7 +702,7 @@ impl Correlator {
         let Some(sc) = self.syscalls.remove(&tid) else {
             return;
         };
-        for (file, id) in sc.windows {
+        for &(file, id) in &sc.windows {
             let Some(w) = self.window_mut(file, id) else {
                 continue;
             };
@@ -571,21 +713,148 @@ impl Correlator {
             }
             self.final_close(file, id, out);
         }
+        self.end_refills(tid, &sc, out);
     }
 
-    fn folio_delete(&mut self, ts: u64, file: FileId, index: u64) {
+    /// The task's syscall is over: no later block removal can move the close
+    /// of its class-B windows, so they are evaluated now.
+    fn end_refills(&mut self, tid: u32, sc: &Syscall, out: &mut Vec<Alert>) {
+        for &file in &sc.refill_files {
+            let Some(fw) = self.files.get_mut(&file) else {
+                continue;
+            };
+            let Some(pos) = fw.refills.iter().position(|b| b.tid() == tid) else {
+                continue;
+            };
+            let b = fw.refills.remove(pos);
+            if fw.is_empty() {
+                self.files.remove(&file);
+            }
+            let alerts = b.evaluate(file, &mut self.stats.classes.b);
+            self.stats.alerts += alerts.len() as u64;
+            out.extend(alerts);
+        }
+    }
+
+    fn folio_delete(
+        &mut self,
+        ts: u64,
+        file: FileId,
+        index: u64,
+        pfn: u64,
+        still_mapped: Option<bool>,
+    ) {
         self.folio_source = true;
         let Some(fw) = self.files.get_mut(&file) else {
+            if still_mapped == Some(true) {
+                self.stats.classes.a.still_mapped_unattributed += 1;
+            }
             return;
         };
         // Only windows that have not final-closed: deletions after close +
         // op gap, or after the operation's syscall returned, are some later
         // operation's.
+        let mut attributed = false;
         for w in &mut fw.active {
             for p in w.pending.iter_mut().chain(w.gap_candidates.iter_mut()) {
                 if p.counts_deletion(index, ts) {
                     p.folios_removed += 1;
                 }
+            }
+            let removal = match still_mapped {
+                Some(true) => Removal::StillMapped {
+                    deleted_ts: ts,
+                    pfn,
+                    punch_stack: w.punch_stack,
+                },
+                Some(false) => Removal::Unmapped,
+                None => Removal::Unreadable,
+            };
+            attributed |= w.ptes.folio_deleted(index, ts, removal);
+        }
+        if still_mapped == Some(true) && !attributed {
+            self.stats.classes.a.still_mapped_unattributed += 1;
+        }
+        for b in &mut fw.refills {
+            b.folio_deleted(index, ts);
+        }
+    }
+
+    /// Class A: PTEs installed by the event's task. They belong to the first
+    /// window they fall into (in time and pages), for sure or, when it is
+    /// tentatively closed, if its operation resumes.
+    fn pte_install(&mut self, file: FileId, install: Install, range: PageRange) {
+        self.pte_source = true;
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        let ts = install.ts;
+        let mut target = None;
+        for (i, w) in fw.active.iter().enumerate() {
+            match w.meets(ts, ts, &range) {
+                Some(true) => {
+                    target = Some((i, false));
+                    break;
+                }
+                Some(false) if target.is_none() => target = Some((i, true)),
+                _ => {}
+            }
+        }
+        if let Some((i, in_gap)) = target {
+            fw.active[i].record_install(Install { in_gap, ..install }, &range);
+            return;
+        }
+        // Arrived after its window final-closed (late): inside the window,
+        // but removals were already settled without it.
+        for w in fw.retained.iter().rev() {
+            if w.final_ts.is_some_and(|f| f < ts) {
+                break;
+            }
+            if w.meets(ts, ts, &range) == Some(true)
+                && let Some(span) = intersect(&range, &w.pages)
+            {
+                let n = walked(&span).count() as u64;
+                self.stats.classes.a.ptes_in_window += n;
+                self.stats.classes.a.unknown += n;
+                break;
+            }
+        }
+    }
+
+    /// Class B: a folio entered the page cache of the file.
+    fn folio_add(&mut self, file: FileId, refill: Refill) {
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        for b in &mut fw.refills {
+            b.folio_added(refill.clone());
+        }
+    }
+
+    /// The filesystem's block removal for a punch: its last exit closes the
+    /// punching task's class-B window.
+    #[allow(clippy::too_many_arguments)]
+    fn fs_remove(
+        &mut self,
+        ts: u64,
+        file: FileId,
+        tid: u32,
+        fidelity: Fidelity,
+        fs: FsRemover,
+        stack_id: Option<u32>,
+        exit: bool,
+    ) {
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        if let Some(w) = fw.active.iter_mut().find(|w| w.tid() == tid) {
+            w.transition(None, stack_id);
+        }
+        if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
+            b.transition(fidelity, stack_id);
+            if exit {
+                b.fs_exit = Some((fs, ts));
+                b.close_stack = b.punch_stack;
             }
         }
     }

@@ -835,3 +835,714 @@ fn alerts_wait_for_final_close_then_advance_releases_them() {
     assert_eq!(c.stats().open_windows, 0);
     assert_eq!(c.buffered(), 0);
 }
+
+// ---- Class A (page-exact PTE outcomes) and class B (refills in a punch) ----
+
+use crate::event::FsRemover;
+
+fn with_stack(mut e: Event, id: u32) -> Event {
+    e.stack_id = Some(id);
+    e
+}
+
+fn install(ts: u64, f: FileId, tid: u32, range: PageRange) -> Event {
+    ev(ts, f, tid, Body::PteInstall { range })
+}
+
+fn delete(ts: u64, f: FileId, index: u64, still_mapped: Option<bool>) -> Event {
+    ev(
+        ts,
+        f,
+        1,
+        Body::FolioDelete {
+            index,
+            pfn: 0x1000 + index,
+            still_mapped,
+        },
+    )
+}
+
+fn add(ts: u64, f: FileId, tid: u32, range: PageRange, uptodate: bool) -> Event {
+    ev(ts, f, tid, Body::FolioAdd { range, uptodate })
+}
+
+fn fs_enter(ts: u64, f: FileId, tid: u32) -> Event {
+    ev(
+        ts,
+        f,
+        tid,
+        Body::FsRemoveEnter {
+            fs: FsRemover::Ext4Extents,
+        },
+    )
+}
+
+fn fs_exit(ts: u64, f: FileId, tid: u32) -> Event {
+    ev(
+        ts,
+        f,
+        tid,
+        Body::FsRemoveExit {
+            fs: FsRemover::Ext4Extents,
+        },
+    )
+}
+
+/// An ext4 hole punch as the kernel performs it, inside its syscall:
+/// fallocate enter at t, unmap of the whole pages `unmapped` 1-10 us,
+/// truncate of `truncated` 11-20 us (stack 77 at its entry), block removal
+/// 30-40 us (stack 88 at its exit), fallocate exit at 50 us.
+fn ext4_punch(
+    t: u64,
+    f: FileId,
+    tid: u32,
+    unmapped: PageRange,
+    truncated: PageRange,
+) -> Vec<Event> {
+    vec![
+        sys_enter(t, f, tid, Op::PunchHole, truncated),
+        enter(t + US, f, tid, Invalidator::Unmap, unmapped),
+        exit(t + 10 * US, f, tid, Invalidator::Unmap, unmapped),
+        with_stack(
+            enter(t + 11 * US, f, tid, Invalidator::Truncate, truncated),
+            77,
+        ),
+        exit(t + 20 * US, f, tid, Invalidator::Truncate, truncated),
+        fs_enter(t + 30 * US, f, tid),
+        with_stack(fs_exit(t + 40 * US, f, tid), 88),
+        sys_exit(t + 50 * US, f, tid, Op::PunchHole),
+    ]
+}
+
+fn sorted(mut events: Vec<Event>) -> Vec<Event> {
+    events.sort_by_key(|e| e.ts);
+    events
+}
+
+fn of_kind(alerts: &[Alert], kind: AlertKind) -> Vec<&Alert> {
+    alerts.iter().filter(|a| a.kind == kind).collect()
+}
+
+#[test]
+fn stale_pte_when_a_pte_installed_in_the_window_outlives_its_folio() {
+    let f = file(40);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.extend([
+        // Fault-around between the unmap and the truncate, installing 20-23.
+        map(
+            T0 + 10 * US + 500,
+            T0 + 10 * US + 900,
+            f,
+            301,
+            pages(16, 31),
+        ),
+        with_stack(install(T0 + 10 * US + 700, f, 301, pages(20, 23)), 5),
+        // The truncate removes them: 21 still mapped, 20 and 22 clean, 23
+        // with an unreadable mapcount.
+        delete(T0 + 12 * US, f, 20, Some(false)),
+        delete(T0 + 13 * US, f, 21, Some(true)),
+        delete(T0 + 14 * US, f, 22, Some(false)),
+        delete(T0 + 15 * US, f, 23, None),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    let stale = of_kind(&alerts, AlertKind::StalePte);
+    assert_eq!(stale.len(), 1, "{alerts:#?}");
+    let a = stale[0];
+    assert!(a.kind.is_critical());
+    assert_eq!(a.ts, T0 + 10 * US + 700);
+    assert_eq!(a.map_entry_ts, a.ts);
+    assert_eq!(a.file, f);
+    assert_eq!(a.task, task(301));
+    assert_eq!(a.pages, pages(21, 21));
+    assert_eq!(
+        a.window,
+        WindowInfo {
+            id: 1,
+            op: Op::PunchHole,
+            pages: r,
+            task: task(300),
+            opened_ts: T0 + US,
+            closed_ts: Some(T0 + 20 * US),
+            open_for_ns: 9 * US + 700,
+        }
+    );
+    assert_eq!(a.fidelity, Fidelity::Fentry);
+    assert_eq!(
+        a.stale,
+        Some(Stale::Pte {
+            deleted_ts: T0 + 13 * US,
+            pfn: 0x1000 + 21
+        })
+    );
+    assert_eq!(
+        a.evidence.stack_ids,
+        StackIds {
+            victim: Some(5),
+            punch: Some(77)
+        }
+    );
+    assert_eq!((a.folios_removed, a.ptes), (None, None));
+    // The fault-around alert carries the page-exact counts of its PTEs.
+    let race = of_kind(&alerts, AlertKind::PteInPunchWindow);
+    assert_eq!(race.len(), 1);
+    assert_eq!(
+        race[0].ptes,
+        Some(PteCounts {
+            installed: 4,
+            rezapped: 2,
+            stale: 1,
+            still_mapped: 0,
+            unknown: 1
+        })
+    );
+    assert_eq!(race[0].folios_removed, Some(4));
+    assert_eq!(
+        stats.classes.a,
+        ClassA {
+            ptes_in_window: 4,
+            rezapped: 2,
+            stale_pte: 1,
+            still_mapped_after_window: 0,
+            unknown: 1,
+            still_mapped_unattributed: 0,
+        }
+    );
+    assert_eq!(stats.classes.critical(), 1);
+    assert_eq!(stats.alerts, 2);
+    assert_eq!(stats.windows_by_op.get(Op::PunchHole), 1);
+}
+
+#[test]
+fn pages_left_in_the_cache_are_still_mapped_after_the_window_not_alerts() {
+    // A partial page at the punch's edge keeps its folio, and its PTE
+    // legitimately: classified, never an alert.
+    let f = file(41);
+    let mut events = ext4_punch(T0, f, 300, pages(21, 34), pages(20, 35));
+    events.extend([
+        install(T0 + 15 * US, f, 301, pages(20, 21)),
+        delete(T0 + 16 * US, f, 21, Some(false)),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    assert!(of_kind(&alerts, AlertKind::StalePte).is_empty());
+    assert_eq!(stats.classes.a.ptes_in_window, 2);
+    assert_eq!(stats.classes.a.rezapped, 1);
+    assert_eq!(stats.classes.a.still_mapped_after_window, 1);
+
+    // Without any removal source, "not removed" is not known.
+    let g = file(42);
+    let mut events = ext4_punch(T0, g, 300, pages(21, 34), pages(20, 35));
+    events.push(install(T0 + 15 * US, g, 301, pages(20, 21)));
+    let (_, stats) = run(sorted(events));
+    assert_eq!(stats.classes.a.still_mapped_after_window, 0);
+    assert_eq!(stats.classes.a.unknown, 2);
+    // Unless the agent vouches that the source is attached.
+    let mut c = Correlator::new(Config::default());
+    c.expect_folio_deletes();
+    let mut out = Vec::new();
+    let mut events = ext4_punch(T0, g, 300, pages(21, 34), pages(20, 35));
+    events.push(install(T0 + 15 * US, g, 301, pages(20, 21)));
+    for e in sorted(events) {
+        c.push(e, &mut out);
+    }
+    c.flush(&mut out);
+    assert_eq!(c.stats().classes.a.still_mapped_after_window, 2);
+}
+
+#[test]
+fn installs_outside_the_window_in_time_or_pages_are_not_counted() {
+    let f = file(43);
+    let mut events = ext4_punch(T0, f, 300, pages(20, 35), pages(20, 35));
+    events.extend([
+        install(T0 - US, f, 301, pages(20, 23)), // before it opened
+        install(T0 + 5 * US, f, 301, pages(36, 40)), // beside it
+        install(T0 + 5 * US, file(44), 301, pages(20, 23)), // another file
+        install(T0 + 60 * US, f, 301, pages(20, 23)), // after its syscall
+        delete(T0 + 61 * US, f, 20, Some(true)),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    assert!(alerts.is_empty());
+    assert_eq!(stats.classes.a.ptes_in_window, 0);
+    // The removal with a PTE on it that no window install accounts for.
+    assert_eq!(stats.classes.a.still_mapped_unattributed, 1);
+    // Only the window's own pages of an overlapping install count.
+    let mut events = ext4_punch(T0, f, 300, pages(20, 35), pages(20, 35));
+    events.push(install(T0 + 5 * US, f, 301, pages(30, 40)));
+    let (_, stats) = run(sorted(events));
+    assert_eq!(stats.classes.a.ptes_in_window, 6);
+}
+
+#[test]
+fn removal_before_the_install_does_not_settle_it() {
+    let f = file(45);
+    let mut events = ext4_punch(T0, f, 300, pages(20, 35), pages(20, 35));
+    events.extend([
+        delete(T0 + 12 * US, f, 25, Some(true)),
+        install(T0 + 13 * US, f, 301, pages(25, 25)),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    assert!(of_kind(&alerts, AlertKind::StalePte).is_empty());
+    assert_eq!(stats.classes.a.still_mapped_after_window, 1);
+    assert_eq!(stats.classes.a.still_mapped_unattributed, 1);
+}
+
+#[test]
+fn two_tasks_mapping_one_page_and_reinstalls_by_one_task() {
+    let f = file(46);
+    let mut events = ext4_punch(T0, f, 300, pages(20, 35), pages(20, 35));
+    events.extend([
+        with_stack(install(T0 + 11 * US, f, 301, pages(20, 20)), 1),
+        // The same task again before any removal: one PTE, the newer install.
+        with_stack(install(T0 + 12 * US, f, 301, pages(20, 20)), 2),
+        with_stack(install(T0 + 12 * US, f, 302, pages(20, 20)), 3),
+        delete(T0 + 14 * US, f, 20, Some(true)),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    let stale = of_kind(&alerts, AlertKind::StalePte);
+    let got: Vec<_> = stale
+        .iter()
+        .map(|a| (a.task.tid, a.ts, a.evidence.stack_ids.victim))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(301, T0 + 12 * US, Some(2)), (302, T0 + 12 * US, Some(3))]
+    );
+    assert_eq!(stats.classes.a.ptes_in_window, 2);
+    assert_eq!(stats.classes.a.stale_pte, 2);
+}
+
+#[test]
+fn install_in_the_gap_counts_only_if_the_operation_resumes() {
+    let (f, g) = (file(47), file(48));
+    let r = pages(0, 9);
+    let mut events = Vec::new();
+    for (x, resumes) in [(f, true), (g, false)] {
+        events.extend([
+            enter(T0, x, 300 + x.ino as u32, Invalidator::Unmap, r),
+            exit(T0 + 10 * US, x, 300 + x.ino as u32, Invalidator::Unmap, r),
+            install(T0 + 100 * US, x, 400, pages(0, 1)),
+            delete(T0 + 200 * US, x, 0, Some(true)),
+        ]);
+        if resumes {
+            events.extend([
+                enter(T0 + MS, x, 300 + x.ino as u32, Invalidator::Truncate, r),
+                exit(
+                    T0 + MS + 10 * US,
+                    x,
+                    300 + x.ino as u32,
+                    Invalidator::Truncate,
+                    r,
+                ),
+            ]);
+        }
+    }
+    let (alerts, stats) = run(sorted(events));
+    let stale = of_kind(&alerts, AlertKind::StalePte);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].file, f);
+    assert_eq!(stats.classes.a.ptes_in_window, 2);
+    assert_eq!(stats.classes.a.still_mapped_after_window, 1);
+    // The gap install on g was in no window; its removal is unaccounted.
+    assert_eq!(stats.classes.a.still_mapped_unattributed, 1);
+}
+
+#[test]
+fn install_record_after_its_window_final_closed_is_unknown() {
+    let f = file(49);
+    let mut c = Correlator::new(Config::default());
+    let mut out = Vec::new();
+    for e in ext4_punch(T0, f, 300, pages(0, 63), pages(0, 63)) {
+        c.push(e, &mut out);
+    }
+    c.advance(T0 + 100 * MS, &mut out);
+    assert_eq!(c.stats().windows_closed, 1);
+    c.push(install(T0 + 15 * US, f, 301, pages(0, 3)), &mut out);
+    c.flush(&mut out);
+    assert_eq!(c.stats().late_events, 1);
+    assert_eq!(c.stats().classes.a.ptes_in_window, 4);
+    assert_eq!(c.stats().classes.a.unknown, 4);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn shmem_undo_is_an_invalidator_and_opens_an_unbounded_class_b_window() {
+    // tmpfs punch: unmap, then shmem_undo_range; no block removal exists.
+    let f = file(50);
+    let r = pages(8, 15);
+    let events = vec![
+        sys_enter(T0, f, 300, Op::PunchHole, r),
+        enter(T0 + US, f, 300, Invalidator::Unmap, r),
+        exit(T0 + 5 * US, f, 300, Invalidator::Unmap, r),
+        install(T0 + 6 * US, f, 301, pages(8, 9)),
+        with_stack(enter(T0 + 7 * US, f, 300, Invalidator::ShmemUndo, r), 66),
+        delete(T0 + 8 * US, f, 8, Some(true)),
+        delete(T0 + 9 * US, f, 9, Some(false)),
+        add(T0 + 10 * US, f, 302, pages(12, 12), false),
+        exit(T0 + 12 * US, f, 300, Invalidator::ShmemUndo, r),
+        sys_exit(T0 + 20 * US, f, 300, Op::PunchHole),
+    ];
+    let (alerts, stats) = run(events);
+    let stale = of_kind(&alerts, AlertKind::StalePte);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].pages, pages(8, 8));
+    assert_eq!(stale[0].window.op, Op::PunchHole);
+    assert_eq!(stale[0].window.closed_ts, Some(T0 + 12 * US));
+    assert_eq!(stale[0].evidence.stack_ids.punch, Some(66));
+    assert_eq!(stats.classes.a.rezapped, 1);
+    assert_eq!(
+        stats.classes.b,
+        ClassB {
+            windows: 1,
+            unbounded: 1,
+            ..ClassB::default()
+        }
+    );
+    assert!(of_kind(&alerts, AlertKind::StaleData).is_empty());
+}
+
+#[test]
+fn windows_by_op_counts_final_closed_windows() {
+    let mut events = Vec::new();
+    let ops = [
+        Op::PunchHole,
+        Op::PunchHole,
+        Op::ZeroRange,
+        Op::CollapseRange,
+        Op::InsertRange,
+        Op::Ftruncate,
+        Op::Truncate,
+    ];
+    for (i, op) in ops.iter().enumerate() {
+        let f = file(60 + i as u64);
+        let t = T0 + i as u64 * MS;
+        events.push(sys_enter(t, f, 300, *op, pages(0, 9)));
+        events.extend(punch(t + US, f, 300, pages(0, 9)));
+        events.push(sys_exit(t + 30 * US, f, 300, *op));
+    }
+    // No syscall at all: unknown.
+    events.extend(punch(T0 + 20 * MS, file(70), 301, pages(0, 9)));
+    let (_, stats) = run(sorted(events));
+    let by: Vec<_> = stats.windows_by_op.by_op().to_vec();
+    assert_eq!(
+        by,
+        vec![
+            ("punch_hole", 2),
+            ("zero_range", 1),
+            ("collapse_range", 1),
+            ("insert_range", 1),
+            ("ftruncate", 1),
+            ("truncate", 1),
+            ("unknown", 1),
+        ]
+    );
+    assert_eq!(stats.windows_by_op.total(), stats.windows_closed);
+}
+
+#[test]
+fn stale_data_for_a_disk_read_between_truncate_and_block_removal() {
+    let f = file(80);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    // A reader fills pages 24-27 from disk after the truncate, before the
+    // blocks are freed (ext4 on 5.10: no invalidate_lock on reads).
+    events.push(with_stack(
+        add(T0 + 25 * US, f, 400, pages(24, 27), false),
+        12,
+    ));
+    let (alerts, stats) = run(sorted(events));
+    let stale = of_kind(&alerts, AlertKind::StaleData);
+    assert_eq!(stale.len(), 1, "{alerts:#?}");
+    let a = stale[0];
+    assert!(a.kind.is_critical());
+    assert_eq!(a.ts, T0 + 25 * US);
+    assert_eq!(a.task, task(400));
+    assert_eq!(a.pages, pages(24, 27));
+    assert_eq!(
+        a.window,
+        WindowInfo {
+            id: 1,
+            op: Op::PunchHole,
+            pages: r,
+            task: task(300),
+            opened_ts: T0 + 11 * US,
+            closed_ts: Some(T0 + 40 * US),
+            open_for_ns: 14 * US,
+        }
+    );
+    assert_eq!(
+        a.stale,
+        Some(Stale::Data {
+            truncate_exit_ts: Some(T0 + 20 * US),
+            fs_remove: FsRemover::Ext4Extents,
+            fs_remove_exit_ts: T0 + 40 * US,
+        })
+    );
+    assert_eq!(
+        a.evidence.stack_ids,
+        StackIds {
+            victim: Some(12),
+            punch: Some(88)
+        }
+    );
+    assert_eq!(a.fidelity, Fidelity::Fentry);
+    assert_eq!(
+        stats.classes.b,
+        ClassB {
+            windows: 1,
+            unbounded: 0,
+            refills: 1,
+            survived: 1,
+            stale_data: 1,
+        }
+    );
+    assert_eq!(stats.classes.critical(), 1);
+}
+
+#[test]
+fn refill_the_truncate_removes_again_did_not_survive() {
+    let f = file(81);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.extend([
+        // Read in ahead of the truncate's walk, which then removes it.
+        add(T0 + 12 * US, f, 400, pages(30, 30), false),
+        delete(T0 + 18 * US, f, 30, Some(false)),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    assert!(of_kind(&alerts, AlertKind::StaleData).is_empty());
+    assert_eq!(stats.classes.b.refills, 1);
+    assert_eq!(stats.classes.b.survived, 0);
+    assert_eq!(stats.classes.b.stale_data, 0);
+}
+
+#[test]
+fn refill_after_the_block_removal_is_fine() {
+    let f = file(82);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    // After the blocks were freed (still inside the syscall, and after it).
+    events.push(add(T0 + 45 * US, f, 400, pages(24, 24), false));
+    events.push(add(T0 + 55 * US, f, 400, pages(25, 25), false));
+    let (alerts, stats) = run(sorted(events));
+    assert!(alerts.is_empty());
+    assert_eq!(stats.classes.b.windows, 1);
+    assert_eq!(stats.classes.b.refills, 0);
+}
+
+#[test]
+fn uptodate_refill_is_not_stale_data() {
+    let f = file(83);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.push(add(T0 + 25 * US, f, 400, pages(24, 24), true));
+    let (alerts, stats) = run(sorted(events));
+    assert!(alerts.is_empty());
+    assert_eq!(stats.classes.b.refills, 1);
+    assert_eq!(stats.classes.b.survived, 1);
+    assert_eq!(stats.classes.b.stale_data, 0);
+}
+
+#[test]
+fn without_a_block_removal_record_class_b_is_not_evaluated() {
+    let f = file(84);
+    let r = pages(20, 35);
+    let events: Vec<Event> = ext4_punch(T0, f, 300, r, r)
+        .into_iter()
+        .filter(|e| {
+            !matches!(
+                e.body,
+                Body::FsRemoveEnter { .. } | Body::FsRemoveExit { .. }
+            )
+        })
+        .chain([add(T0 + 25 * US, f, 400, pages(24, 24), false)])
+        .collect();
+    let (alerts, stats) = run(sorted(events));
+    assert!(alerts.is_empty());
+    assert_eq!(
+        stats.classes.b,
+        ClassB {
+            windows: 1,
+            unbounded: 1,
+            ..ClassB::default()
+        }
+    );
+}
+
+#[test]
+fn edge_pages_and_the_punchers_own_reads_are_not_stale_data() {
+    // Unaligned punch: the truncate covers partial pages 19 and 36, the
+    // unmap only the whole pages 20-35, whose blocks alone are freed.
+    let f = file(85);
+    let mut events = ext4_punch(T0, f, 300, pages(20, 35), pages(19, 36));
+    events.extend([
+        // Another task reads the partial edge page.
+        add(T0 + 22 * US, f, 400, pages(19, 19), false),
+        // The puncher zeroes the other edge through the cache.
+        add(T0 + 23 * US, f, 300, pages(36, 36), false),
+        // The puncher's own read of a whole page (not a race either).
+        add(T0 + 24 * US, f, 300, pages(30, 30), false),
+        // A large folio straddling the edge: only its whole pages count.
+        add(T0 + 25 * US, f, 400, pages(16, 23), false),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    let stale = of_kind(&alerts, AlertKind::StaleData);
+    let got: Vec<_> = stale.iter().map(|a| (a.task.tid, a.pages)).collect();
+    assert_eq!(got, vec![(400, pages(20, 23))]);
+    assert_eq!(stats.classes.b.refills, 4);
+    assert_eq!(stats.classes.b.survived, 4);
+    assert_eq!(stats.classes.b.stale_data, 1);
+}
+
+#[test]
+fn class_b_needs_an_invalidating_syscall() {
+    // No syscall record: the operation's end is unknown, so no class B.
+    let f = file(86);
+    let r = pages(20, 35);
+    let events: Vec<Event> = ext4_punch(T0, f, 300, r, r)
+        .into_iter()
+        .filter(|e| !matches!(e.body, Body::SyscallEnter { .. } | Body::SyscallExit { .. }))
+        .chain([add(T0 + 25 * US, f, 400, pages(24, 24), false)])
+        .collect();
+    let (alerts, stats) = run(sorted(events));
+    assert!(alerts.is_empty());
+    assert_eq!(stats.classes.b, ClassB::default());
+}
+
+#[test]
+fn several_block_removals_close_class_b_at_the_last_exit() {
+    let f = file(87);
+    let r = pages(20, 35);
+    let mut events: Vec<Event> = ext4_punch(T0, f, 300, r, r)
+        .into_iter()
+        .filter(|e| !matches!(e.body, Body::SyscallExit { .. }))
+        .collect();
+    events.extend([
+        // Between the first removal's exit and the second's entry.
+        add(T0 + 42 * US, f, 400, pages(33, 33), false),
+        fs_enter(T0 + 45 * US, f, 300),
+        fs_exit(T0 + 48 * US, f, 300),
+        // After the last exit.
+        add(T0 + 49 * US, f, 400, pages(34, 34), false),
+        sys_exit(T0 + 60 * US, f, 300, Op::PunchHole),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    let stale = of_kind(&alerts, AlertKind::StaleData);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].pages, pages(33, 33));
+    assert_eq!(stale[0].window.closed_ts, Some(T0 + 48 * US));
+    // The last transition with a stack was the first exit's.
+    assert_eq!(stale[0].evidence.stack_ids.punch, Some(88));
+    assert_eq!(stats.classes.b.refills, 1);
+}
+
+#[test]
+fn large_folio_refill_removed_at_its_head_is_gone_whole() {
+    let f = file(88);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.extend([
+        add(T0 + 12 * US, f, 400, pages(24, 27), false),
+        delete(T0 + 15 * US, f, 24, Some(false)),
+        // Split: only page 29 of this one is removed.
+        add(T0 + 12 * US, f, 401, pages(28, 31), false),
+        delete(T0 + 16 * US, f, 29, Some(false)),
+        add(T0 + 12 * US, f, 402, pages(32, 35), false),
+        delete(T0 + 16 * US, f, 32, Some(false)),
+        delete(T0 + 16 * US, f, 35, Some(false)),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    let got: Vec<_> = of_kind(&alerts, AlertKind::StaleData)
+        .iter()
+        .map(|a| (a.task.tid, a.pages))
+        .collect();
+    assert_eq!(got, vec![(401, pages(28, 31))]);
+    assert_eq!(stats.classes.b.refills, 3);
+    assert_eq!(stats.classes.b.survived, 1);
+}
+
+#[test]
+fn class_b_of_a_syscall_that_never_returned_is_evaluated_at_the_end() {
+    let f = file(89);
+    let r = pages(20, 35);
+    let mut events: Vec<Event> = ext4_punch(T0, f, 300, r, r)
+        .into_iter()
+        .filter(|e| !matches!(e.body, Body::SyscallExit { .. }))
+        .collect();
+    events.push(add(T0 + 25 * US, f, 400, pages(24, 24), false));
+    let (alerts, stats) = run(sorted(events.clone()));
+    assert_eq!(of_kind(&alerts, AlertKind::StaleData).len(), 1);
+    assert_eq!(stats.classes.b.windows, 1);
+    // A lost exit superseded by the task's next syscall ends it too.
+    events.push(sys_enter(T0 + 5 * MS, file(90), 300, Op::Ftruncate, r));
+    events.push(sys_exit(T0 + 6 * MS, file(90), 300, Op::Ftruncate));
+    let mut c = Correlator::new(Config::default());
+    let mut out = Vec::new();
+    for e in sorted(events) {
+        c.push(e, &mut out);
+    }
+    c.advance(T0 + 100 * MS, &mut out);
+    assert_eq!(of_kind(&out, AlertKind::StaleData).len(), 1);
+    assert!(
+        c.files.values().all(|fw| fw.refills.is_empty()),
+        "class-B state must not linger"
+    );
+    c.advance(T0 + 2_000 * MS, &mut out);
+    assert!(c.files.is_empty());
+}
+
+#[test]
+fn classes_are_the_same_under_out_of_order_delivery_within_the_horizon() {
+    // Ten punches on five files, each with a stale PTE, a rezapped one, a
+    // surviving disk read and a truncated-away read; CPUs deliver with up to
+    // 20 ms of skew.
+    let mut events = Vec::new();
+    for i in 0..10u64 {
+        let f = file(100 + i % 5);
+        let t = T0 + i * 3 * MS;
+        let tid = 300 + i as u32;
+        events.extend(ext4_punch(t, f, tid, pages(0, 31), pages(0, 31)));
+        events.extend([
+            install(t + 10 * US + 500, f, 900, pages(4, 5)),
+            delete(t + 12 * US, f, 4, Some(true)),
+            delete(t + 13 * US, f, 5, Some(false)),
+            add(t + 12 * US, f, 901, pages(8, 8), false),
+            delete(t + 14 * US, f, 8, Some(false)),
+            add(t + 25 * US, f, 902, pages(9, 9), false),
+        ]);
+    }
+    let events = sorted(events);
+    let (expected, expected_stats) = run(events.clone());
+    assert_eq!(of_kind(&expected, AlertKind::StalePte).len(), 10);
+    assert_eq!(of_kind(&expected, AlertKind::StaleData).len(), 10);
+    assert_eq!(expected_stats.classes.a.rezapped, 10);
+    assert_eq!(expected_stats.classes.b.refills, 20);
+    assert_eq!(expected_stats.classes.b.survived, 10);
+    let key = |a: &Alert| {
+        (
+            a.kind.as_str(),
+            a.file.ino,
+            a.window.task.tid,
+            a.task.tid,
+            a.pages,
+        )
+    };
+    let mut want: Vec<_> = expected.iter().map(key).collect();
+    want.sort();
+    for seed in 1..10u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut arrivals: Vec<(u64, Event)> = events
+            .iter()
+            .map(|e| {
+                let cpu = rng.next() % 4;
+                ((e.ts + (cpu * 7 + seed) % 20 * MS), e.clone())
+            })
+            .collect();
+        arrivals.sort_by_key(|(t, _)| *t);
+        let (alerts, stats) = run(arrivals.into_iter().map(|(_, e)| e));
+        let mut got: Vec<_> = alerts.iter().map(key).collect();
+        got.sort();
+        assert_eq!(got, want, "seed {seed}");
+        assert_eq!(stats.classes, expected_stats.classes, "seed {seed}");
+        assert_eq!(stats.late_events, 0, "seed {seed}");
+    }
+}

@@ -2,7 +2,10 @@
 
 use std::collections::VecDeque;
 
-use super::alert::{Alert, AlertKind, WindowInfo};
+use super::alert::{Alert, AlertKind, Evidence, StackIds, Stale, WindowInfo};
+use super::classes::ClassA;
+use super::pte::{Install, Outcome, PteLedger, intersect};
+use super::refill::RefillWindow;
 use crate::event::{Fidelity, FileId, Op, PageRange, Task};
 
 /// A fault-around that fell into a window, waiting for the window to
@@ -15,6 +18,7 @@ pub(crate) struct PendingAlert {
     pub pages: PageRange,
     pub map_fidelity: Fidelity,
     pub folios_removed: u64,
+    pub stack_id: Option<u32>,
 }
 
 impl PendingAlert {
@@ -49,6 +53,12 @@ pub(crate) struct Window {
     /// Fault-arounds that entered while the window was tentatively closed: they
     /// are inside the operation only if the same task re-enters.
     pub gap_candidates: Vec<PendingAlert>,
+    /// Union of the window's unmap ranges (whole pages of a punch).
+    pub unmapped: Option<PageRange>,
+    /// Stack of the invalidating task's last transition record that had one.
+    pub punch_stack: Option<u32>,
+    /// Class A: PTEs installed inside the window, page by page.
+    pub ptes: PteLedger,
 }
 
 impl Window {
@@ -76,6 +86,86 @@ impl Window {
         self.closed_ts = None;
         let promoted = std::mem::take(&mut self.gap_candidates);
         self.pending.extend(promoted);
+        self.ptes.promote_gap();
+    }
+
+    pub fn transition(&mut self, fidelity: Option<Fidelity>, stack_id: Option<u32>) {
+        if let Some(f) = fidelity {
+            self.fidelity = self.fidelity.min(f);
+        }
+        if stack_id.is_some() {
+            self.punch_stack = stack_id;
+        }
+    }
+
+    /// A PTE install that `meets` this window (`in_gap`: only tentatively).
+    pub fn record_install(&mut self, install: Install, range: &PageRange) {
+        if let Some(span) = intersect(range, &self.pages) {
+            self.ptes.record(install, span);
+        }
+    }
+
+    fn info(&self, at_ts: u64) -> WindowInfo {
+        WindowInfo {
+            id: self.id,
+            op: self.op,
+            pages: self.pages,
+            task: self.task.clone(),
+            opened_ts: self.opened_ts,
+            closed_ts: self.closed_ts,
+            open_for_ns: at_ts.saturating_sub(self.opened_ts),
+        }
+    }
+
+    /// At final close: every PTE installed inside the window gets its
+    /// outcome counted, and each stale one becomes an alert.
+    pub fn settle_ptes(&self, folio_source: bool, a: &mut ClassA) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for (page, install, outcome) in self.ptes.settle(folio_source) {
+            if install.in_gap {
+                // Not in the window after all: a removal with a PTE still on
+                // it is accounted for by no window install.
+                if matches!(outcome, Outcome::Stale { .. }) {
+                    a.still_mapped_unattributed += 1;
+                }
+                continue;
+            }
+            a.ptes_in_window += 1;
+            match outcome {
+                Outcome::Rezapped => a.rezapped += 1,
+                Outcome::StillMappedAfterWindow => a.still_mapped_after_window += 1,
+                Outcome::Unknown => a.unknown += 1,
+                Outcome::Stale {
+                    deleted_ts,
+                    pfn,
+                    punch_stack,
+                } => {
+                    a.stale_pte += 1;
+                    alerts.push(Alert {
+                        kind: AlertKind::StalePte,
+                        ts: install.ts,
+                        map_entry_ts: install.ts,
+                        file: self.file,
+                        task: install.task.clone(),
+                        pages: PageRange::new(page, page),
+                        window: self.info(install.ts),
+                        fidelity: install.fidelity.min(self.fidelity),
+                        map_fidelity: install.fidelity,
+                        window_fidelity: self.fidelity,
+                        folios_removed: None,
+                        ptes: None,
+                        stale: Some(Stale::Pte { deleted_ts, pfn }),
+                        evidence: Evidence {
+                            stack_ids: StackIds {
+                                victim: install.stack_id,
+                                punch: punch_stack,
+                            },
+                        },
+                    });
+                }
+            }
+        }
+        alerts
     }
 
     pub fn absorb(&mut self, range: PageRange, fidelity: Fidelity) {
@@ -83,27 +173,34 @@ impl Window {
         self.fidelity = self.fidelity.min(fidelity);
     }
 
-    pub fn alert(&self, p: PendingAlert, folio_source: bool) -> Alert {
+    /// `pte_source`: PTE installer records exist, so a fault-around that ran
+    /// over an interval (not a tracepoint point) can be given page-exact
+    /// counts from this window's ledger.
+    pub fn alert(&self, p: PendingAlert, folio_source: bool, pte_source: bool) -> Alert {
+        let ptes = (pte_source && p.map_entry_ts < p.ts).then(|| {
+            self.ptes
+                .counts_for(p.task.tid, p.map_entry_ts, p.ts, &p.pages, folio_source)
+        });
         Alert {
             kind: AlertKind::PteInPunchWindow,
             ts: p.ts,
             map_entry_ts: p.map_entry_ts,
             file: self.file,
+            window: self.info(p.ts),
             task: p.task,
             pages: p.pages,
-            window: WindowInfo {
-                id: self.id,
-                op: self.op,
-                pages: self.pages,
-                task: self.task.clone(),
-                opened_ts: self.opened_ts,
-                closed_ts: self.closed_ts,
-                open_for_ns: p.ts.saturating_sub(self.opened_ts),
-            },
             fidelity: p.map_fidelity.min(self.fidelity),
             map_fidelity: p.map_fidelity,
             window_fidelity: self.fidelity,
             folios_removed: folio_source.then_some(p.folios_removed),
+            ptes,
+            stale: None,
+            evidence: Evidence {
+                stack_ids: StackIds {
+                    victim: p.stack_id,
+                    punch: self.punch_stack,
+                },
+            },
         }
     }
 }
@@ -116,10 +213,13 @@ pub(crate) struct FileWindows {
     /// Final-closed windows kept for late or long fault-arounds, in
     /// final-close order (ascending `final_ts`).
     pub retained: VecDeque<Window>,
+    /// Class-B windows of punching tasks whose syscall has not returned; at
+    /// most one per task.
+    pub refills: Vec<RefillWindow>,
 }
 
 impl FileWindows {
     pub fn is_empty(&self) -> bool {
-        self.active.is_empty() && self.retained.is_empty()
+        self.active.is_empty() && self.retained.is_empty() && self.refills.is_empty()
     }
 }

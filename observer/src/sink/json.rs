@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Startup, UtcTime, unix_ns};
-use crate::correlator::Alert;
+use super::{Frames, Startup, UtcTime, unix_ns};
+use crate::correlator::{Alert, AlertKind, PteCounts, Stale};
 use crate::event::{PageRange, Task};
 
 /// Appends `s` as a JSON string literal. Control characters become `\u00XX`
@@ -64,11 +64,48 @@ pub fn push_task(out: &mut String, task: &Task) {
     out.push('}');
 }
 
-/// One alert as a JSON object, without the newline.
-pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64) -> String {
+fn push_opt_u32(out: &mut String, n: Option<u32>) {
+    push_opt_u64(out, n.map(u64::from));
+}
+
+fn push_frames(out: &mut String, frames: Option<&[String]>) {
+    let Some(frames) = frames else {
+        out.push_str("null");
+        return;
+    };
+    out.push('[');
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(out, f);
+    }
+    out.push(']');
+}
+
+fn push_ptes(out: &mut String, ptes: Option<&PteCounts>) {
+    let Some(p) = ptes else {
+        out.push_str("null");
+        return;
+    };
+    let _ = write!(
+        out,
+        "{{\"installed\":{},\"rezapped\":{},\"stale\":{},\"still_mapped\":{},\"unknown\":{}}}",
+        p.installed, p.rezapped, p.stale, p.still_mapped, p.unknown
+    );
+}
+
+/// One alert as a JSON object, without the newline. `pte_in_punch_window`
+/// alerts have `map_pages` and `outcome`; the critical kinds have
+/// `severity`, `message`, `pte` or `refill`, and `evidence` instead.
+pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &Frames) -> String {
     let mut s = String::with_capacity(640);
     s.push_str("{\"type\":\"alert\",\"kind\":");
     push_str(&mut s, a.kind.as_str());
+    if let Some(message) = a.kind.message() {
+        s.push_str(",\"severity\":\"critical\",\"message\":");
+        push_str(&mut s, message);
+    }
     s.push_str(",\"time\":");
     push_str(
         &mut s,
@@ -87,11 +124,13 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64) -> String 
     push_task(&mut s, &a.task);
     s.push_str(",\"pages\":");
     push_pages(&mut s, &a.pages);
-    let _ = write!(
-        s,
-        ",\"map_pages\":{{\"entry_ns\":{},\"exit_ns\":{}}}",
-        a.map_entry_ts, a.ts
-    );
+    if a.kind == AlertKind::PteInPunchWindow {
+        let _ = write!(
+            s,
+            ",\"map_pages\":{{\"entry_ns\":{},\"exit_ns\":{}}}",
+            a.map_entry_ts, a.ts
+        );
+    }
     let w = &a.window;
     let _ = write!(s, ",\"window\":{{\"id\":{},\"op\":", w.id);
     push_str(&mut s, w.op.as_str());
@@ -102,15 +141,58 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64) -> String 
     let _ = write!(s, ",\"opened_ns\":{},\"closed_ns\":", w.opened_ts);
     push_opt_u64(&mut s, w.closed_ts);
     let _ = write!(s, ",\"open_for_ns\":{}}}", w.open_for_ns);
+    let victim_fidelity = match a.kind {
+        AlertKind::PteInPunchWindow => "map_pages_fidelity",
+        AlertKind::StalePte | AlertKind::StaleData => "victim_fidelity",
+    };
     let _ = write!(
         s,
-        ",\"fidelity\":\"{}\",\"map_pages_fidelity\":\"{}\",\"window_fidelity\":\"{}\"",
+        ",\"fidelity\":\"{}\",\"{victim_fidelity}\":\"{}\",\"window_fidelity\":\"{}\"",
         a.fidelity.as_str(),
         a.map_fidelity.as_str(),
         a.window_fidelity.as_str()
     );
-    s.push_str(",\"outcome\":{\"folios_removed\":");
-    push_opt_u64(&mut s, a.folios_removed);
+    match a.stale {
+        None => {
+            s.push_str(",\"outcome\":{\"folios_removed\":");
+            push_opt_u64(&mut s, a.folios_removed);
+            s.push_str(",\"ptes\":");
+            push_ptes(&mut s, a.ptes.as_ref());
+            s.push_str("}}");
+            return s;
+        }
+        Some(Stale::Pte { deleted_ts, pfn }) => {
+            let _ = write!(
+                s,
+                ",\"pte\":{{\"installed_ns\":{},\"deleted_ns\":{deleted_ts},\"pfn\":{pfn}}}",
+                a.ts
+            );
+        }
+        Some(Stale::Data {
+            truncate_exit_ts,
+            fs_remove,
+            fs_remove_exit_ts,
+        }) => {
+            let _ = write!(
+                s,
+                ",\"refill\":{{\"added_ns\":{},\"uptodate\":false,\"truncate_exit_ns\":",
+                a.ts
+            );
+            push_opt_u64(&mut s, truncate_exit_ts);
+            s.push_str(",\"fs_remove\":");
+            push_str(&mut s, fs_remove.as_str());
+            let _ = write!(s, ",\"fs_remove_exit_ns\":{fs_remove_exit_ts}}}");
+        }
+    }
+    let ids = a.evidence.stack_ids;
+    s.push_str(",\"evidence\":{\"stack_ids\":{\"victim\":");
+    push_opt_u32(&mut s, ids.victim);
+    s.push_str(",\"punch\":");
+    push_opt_u32(&mut s, ids.punch);
+    s.push_str("},\"victim_stack\":");
+    push_frames(&mut s, frames.victim.as_deref());
+    s.push_str(",\"punch_stack\":");
+    push_frames(&mut s, frames.punch.as_deref());
     s.push_str("}}");
     s
 }
@@ -149,7 +231,7 @@ pub fn startup(st: &Startup) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::tests::sample_alert;
+    use crate::sink::tests::{sample_alert, sample_stale_data, sample_stale_pte};
     use crate::sink::{StartupProbe, StartupRefusal};
 
     #[test]
@@ -166,7 +248,12 @@ mod tests {
     #[test]
     fn alert_renders_every_field() {
         let offset = 1_764_072_001_000_000_000 - 5_000_000_000;
-        let line = alert(&sample_alert(), Some("/mnt/x/racer.dat"), offset);
+        let line = alert(
+            &sample_alert(),
+            Some("/mnt/x/racer.dat"),
+            offset,
+            &Frames::default(),
+        );
         assert_eq!(
             line,
             concat!(
@@ -178,7 +265,74 @@ mod tests {
                 r#""task":{"pid":1234,"tid":1236,"comm":"racer"},"opened_ns":5000000000,"#,
                 r#""closed_ns":5000050000,"open_for_ns":38000},"#,
                 r#""fidelity":"fentry","map_pages_fidelity":"fentry","window_fidelity":"fentry","#,
-                r#""outcome":{"folios_removed":3}}"#
+                r#""outcome":{"folios_removed":3,"ptes":null}}"#
+            )
+        );
+        let mut a = sample_alert();
+        a.ptes = Some(PteCounts {
+            installed: 16,
+            rezapped: 13,
+            stale: 1,
+            still_mapped: 2,
+            unknown: 0,
+        });
+        assert!(alert(&a, None, 0, &Frames::default()).ends_with(concat!(
+            r#""outcome":{"folios_removed":3,"ptes":{"installed":16,"rezapped":13,"#,
+            r#""stale":1,"still_mapped":2,"unknown":0}}}"#
+        )));
+    }
+
+    #[test]
+    fn stale_pte_renders_every_field() {
+        let offset = 1_764_072_001_000_000_000 - 5_000_000_000;
+        let frames = Frames {
+            victim: Some(vec!["set_pte_range+0x0/0x1c0".into(), "x\"y".into()]),
+            punch: None,
+        };
+        let line = alert(
+            &sample_stale_pte(),
+            Some("/mnt/x/racer.dat"),
+            offset,
+            &frames,
+        );
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"type":"alert","kind":"stale_pte","severity":"critical","#,
+                r#""message":"pte now points to a freed page","#,
+                r#""time":"2025-11-25T12:00:01.000036000Z","#,
+                r#""ts_ns":5000036000,"dev":"7:0","ino":131,"path":"/mnt/x/racer.dat","#,
+                r#""task":{"pid":1234,"tid":1240,"comm":"racer"},"pages":{"start":21,"end":21},"#,
+                r#""window":{"id":7,"op":"punch_hole","pages":{"start":20,"end":35},"#,
+                r#""task":{"pid":1234,"tid":1236,"comm":"racer"},"opened_ns":5000000000,"#,
+                r#""closed_ns":5000050000,"open_for_ns":36000},"#,
+                r#""fidelity":"fentry","victim_fidelity":"fentry","window_fidelity":"fentry","#,
+                r#""pte":{"installed_ns":5000036000,"deleted_ns":5000045000,"pfn":74565},"#,
+                r#""evidence":{"stack_ids":{"victim":4,"punch":9},"#,
+                r#""victim_stack":["set_pte_range+0x0/0x1c0","x\"y"],"punch_stack":null}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn stale_data_renders_every_field() {
+        let line = alert(&sample_stale_data(), None, 0, &Frames::default());
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"type":"alert","kind":"stale_data","severity":"critical","#,
+                r#""message":"the cache holds data from blocks the punch then freed","#,
+                r#""time":"1970-01-01T00:00:05.000060000Z","#,
+                r#""ts_ns":5000060000,"dev":"7:0","ino":131,"path":null,"#,
+                r#""task":{"pid":1234,"tid":1240,"comm":"reader"},"pages":{"start":24,"end":27},"#,
+                r#""window":{"id":7,"op":"punch_hole","pages":{"start":20,"end":35},"#,
+                r#""task":{"pid":1234,"tid":1236,"comm":"racer"},"opened_ns":5000010000,"#,
+                r#""closed_ns":5000090000,"open_for_ns":50000},"#,
+                r#""fidelity":"fentry","victim_fidelity":"fentry","window_fidelity":"fentry","#,
+                r#""refill":{"added_ns":5000060000,"uptodate":false,"truncate_exit_ns":5000040000,"#,
+                r#""fs_remove":"ext4_ext_remove_space","fs_remove_exit_ns":5000090000},"#,
+                r#""evidence":{"stack_ids":{"victim":11,"punch":null},"#,
+                r#""victim_stack":null,"punch_stack":null}}"#
             )
         );
     }
@@ -190,11 +344,11 @@ mod tests {
         a.window.closed_ts = None;
         a.folios_removed = None;
         a.task.comm = "a\"b\n".into();
-        let line = alert(&a, None, 0);
+        let line = alert(&a, None, 0, &Frames::default());
         assert!(line.contains(r#""path":null"#));
         assert!(line.contains(r#""pages":{"start":20,"end":"EOF"}"#));
         assert!(line.contains(r#""closed_ns":null"#));
-        assert!(line.contains(r#""outcome":{"folios_removed":null}"#));
+        assert!(line.contains(r#""outcome":{"folios_removed":null,"ptes":null}"#));
         assert!(line.contains(r#""comm":"a\"b\u000a""#));
         assert!(!line.contains('\n'));
         assert!(line.contains(r#""time":"1970-01-01T00:00:05.000038000Z""#));

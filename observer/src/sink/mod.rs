@@ -12,6 +12,36 @@ use anyhow::Result;
 use crate::correlator::Alert;
 pub use summary::{Lost, Summary, Verdict};
 
+/// Symbolized kernel stacks of an alert's two sides, innermost frame first.
+/// Only critical alerts carry them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frames {
+    pub victim: Option<Vec<String>>,
+    pub punch: Option<Vec<String>>,
+}
+
+impl Frames {
+    /// Resolves a critical alert's stack ids with `resolve_stack` (stack id
+    /// to frames, `None` when the id cannot be resolved). Other alerts are
+    /// many and get none, so the resolver is not even asked.
+    pub fn of(alert: &Alert, resolve_stack: &dyn Fn(u32) -> Option<Vec<String>>) -> Frames {
+        if !alert.kind.is_critical() {
+            return Frames::default();
+        }
+        let ids = alert.evidence.stack_ids;
+        Frames {
+            victim: ids.victim.and_then(resolve_stack),
+            punch: ids.punch.and_then(resolve_stack),
+        }
+    }
+}
+
+/// The resolver for when no stack can be read: replays (the recording has
+/// no `STACKS` map) and agents without symbols.
+pub fn no_stacks(_stack_id: u32) -> Option<Vec<String>> {
+    None
+}
+
 /// How one kernel function ended up observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StartupProbe {
@@ -77,11 +107,12 @@ impl Sink {
         self.emit(&record)
     }
 
-    /// `path` is the file's name when the agent could resolve it.
-    pub fn alert(&mut self, alert: &Alert, path: Option<&str>) -> Result<()> {
+    /// `path` is the file's name when the agent could resolve it; `frames`
+    /// the symbolized stacks (see [`Frames::of`]).
+    pub fn alert(&mut self, alert: &Alert, path: Option<&str>, frames: &Frames) -> Result<()> {
         let record = match self.format {
-            Format::Text => text::alert(alert, path, self.boot_to_realtime_ns),
-            Format::Json => json::alert(alert, path, self.boot_to_realtime_ns),
+            Format::Text => text::alert(alert, path, self.boot_to_realtime_ns, frames),
+            Format::Json => json::alert(alert, path, self.boot_to_realtime_ns, frames),
         };
         self.emit(&record)
     }
@@ -183,7 +214,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::{AlertKind, WindowInfo};
+    use crate::correlator::{AlertKind, Evidence, StackIds, Stale, WindowInfo};
     use crate::event::{Fidelity, FileId, Op, PageRange, Task};
     use std::sync::{Arc, Mutex};
 
@@ -311,7 +342,73 @@ mod tests {
             map_fidelity: Fidelity::Fentry,
             window_fidelity: Fidelity::Fentry,
             folios_removed: Some(3),
+            ptes: None,
+            stale: None,
+            evidence: Evidence::default(),
         }
+    }
+
+    /// A `stale_pte` alert as the correlator makes it.
+    pub(crate) fn sample_stale_pte() -> Alert {
+        let mut a = sample_alert();
+        a.kind = AlertKind::StalePte;
+        a.ts = 5_000_036_000;
+        a.map_entry_ts = a.ts;
+        a.pages = PageRange::new(21, 21);
+        a.window.open_for_ns = 36_000;
+        a.folios_removed = None;
+        a.stale = Some(Stale::Pte {
+            deleted_ts: 5_000_045_000,
+            pfn: 0x12345,
+        });
+        a.evidence = Evidence {
+            stack_ids: StackIds {
+                victim: Some(4),
+                punch: Some(9),
+            },
+        };
+        a
+    }
+
+    /// A `stale_data` alert as the correlator makes it.
+    pub(crate) fn sample_stale_data() -> Alert {
+        let mut a = sample_alert();
+        a.kind = AlertKind::StaleData;
+        a.ts = 5_000_060_000;
+        a.map_entry_ts = a.ts;
+        a.task.comm = "reader".into();
+        a.pages = PageRange::new(24, 27);
+        a.window.opened_ts = 5_000_010_000;
+        a.window.closed_ts = Some(5_000_090_000);
+        a.window.open_for_ns = 50_000;
+        a.folios_removed = None;
+        a.stale = Some(Stale::Data {
+            truncate_exit_ts: Some(5_000_040_000),
+            fs_remove: crate::event::FsRemover::Ext4Extents,
+            fs_remove_exit_ts: 5_000_090_000,
+        });
+        a.evidence = Evidence {
+            stack_ids: StackIds {
+                victim: Some(11),
+                punch: None,
+            },
+        };
+        a
+    }
+
+    #[test]
+    fn frames_are_resolved_for_critical_alerts_only() {
+        let resolve = |id: u32| Some(vec![format!("frame{id}")]);
+        assert_eq!(Frames::of(&sample_alert(), &resolve), Frames::default());
+        let f = Frames::of(&sample_stale_pte(), &resolve);
+        assert_eq!(f.victim, Some(vec!["frame4".to_string()]));
+        assert_eq!(f.punch, Some(vec!["frame9".to_string()]));
+        let f = Frames::of(&sample_stale_data(), &resolve);
+        assert_eq!(f.punch, None, "no stack id, nothing to resolve");
+        assert_eq!(
+            Frames::of(&sample_stale_pte(), &no_stacks),
+            Frames::default()
+        );
     }
 
     #[test]
@@ -320,10 +417,15 @@ mod tests {
         // Monotonic 5 s maps to 2025-11-25T12:00:01.
         let offset = 1_764_072_001_000_000_000 - 5_000_000_000;
         let mut sink = Sink::new(Format::Text, Box::new(buf.clone()), offset);
-        sink.alert(&sample_alert(), Some("/mnt/x/racer.dat"))
-            .unwrap();
+        sink.alert(
+            &sample_alert(),
+            Some("/mnt/x/racer.dat"),
+            &Frames::default(),
+        )
+        .unwrap();
         let mut sink = Sink::new(Format::Json, Box::new(buf.clone()), offset);
-        sink.alert(&sample_alert(), None).unwrap();
+        sink.alert(&sample_alert(), None, &Frames::default())
+            .unwrap();
         sink.summary(&Summary::default()).unwrap();
         let written = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = written.lines().collect();
@@ -337,7 +439,9 @@ mod tests {
     #[test]
     fn write_errors_propagate() {
         let mut sink = Sink::new(Format::Json, Box::new(Broken), 0);
-        let err = sink.alert(&sample_alert(), None).unwrap_err();
+        let err = sink
+            .alert(&sample_alert(), None, &Frames::default())
+            .unwrap_err();
         assert_eq!(
             err.downcast_ref::<std::io::Error>().map(|e| e.kind()),
             Some(std::io::ErrorKind::BrokenPipe)

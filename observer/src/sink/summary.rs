@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::json::push_str;
+use crate::correlator::Classes;
 
 /// Events that never reached a verdict, by the stage that dropped them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,14 +36,22 @@ pub struct Summary {
     /// window: by design, not a loss.
     pub filtered: u64,
     pub windows: u64,
+    /// Final-closed windows by operation, every op listed (zeros too).
+    pub windows_by_op: Vec<(String, u64)>,
     pub alerts: u64,
     /// Alerts left after the user's filter.
     pub alerts_shown: u64,
+    /// Class A (page-exact PTE outcomes) and class B (refills inside a
+    /// punch) counts, from all events, filtered or not.
+    pub classes: Classes,
 }
 
 /// What the run allows one to conclude.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
+    /// A PTE outlived its folio (`stale_pte`) or the cache kept data of freed
+    /// blocks (`stale_data`): the race did damage.
+    Critical,
     /// At least one fault-around installed PTEs inside an invalidation window.
     RaceObserved,
     /// Windows and fault-arounds never met, and nothing was lost.
@@ -56,6 +65,7 @@ pub enum Verdict {
 impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
+            Verdict::Critical => "critical",
             Verdict::RaceObserved => "race_observed",
             Verdict::NoRace => "no_race",
             Verdict::Inconclusive => "inconclusive",
@@ -65,6 +75,9 @@ impl Verdict {
 
     fn explain(self) -> &'static str {
         match self {
+            Verdict::Critical => {
+                "a PTE outlived its folio, or the page cache kept data of freed blocks"
+            }
             Verdict::RaceObserved => "fault-around installed PTEs inside invalidation windows",
             Verdict::NoRace => "no fault-around met an invalidation window",
             Verdict::Inconclusive => "no alert, but events were lost: a race may have gone unseen",
@@ -75,7 +88,9 @@ impl Verdict {
 
 impl Summary {
     pub fn verdict(&self) -> Verdict {
-        if self.alerts > 0 {
+        if self.classes.critical() > 0 {
+            Verdict::Critical
+        } else if self.alerts > 0 {
             Verdict::RaceObserved
         } else if self.lost.total() > 0 {
             Verdict::Inconclusive
@@ -112,11 +127,43 @@ impl Summary {
             "  filtered         {} (kernel pre-filter, not a loss)",
             self.filtered
         );
-        let _ = writeln!(s, "  windows          {}", self.windows);
+        let ops: Vec<String> = self
+            .windows_by_op
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        if ops.is_empty() {
+            let _ = writeln!(s, "  windows          {}", self.windows);
+        } else {
+            let _ = writeln!(
+                s,
+                "  windows          {} ({})",
+                self.windows,
+                ops.join(", ")
+            );
+        }
         let _ = writeln!(
             s,
             "  alerts           {} ({} shown)",
             self.alerts, self.alerts_shown
+        );
+        let (a, b) = (&self.classes.a, &self.classes.b);
+        let _ = writeln!(
+            s,
+            "  class a (ptes)   in window {}: rezapped {}, stale_pte {}, \
+             still_mapped_after_window {}, unknown {}; still mapped unattributed {}",
+            a.ptes_in_window,
+            a.rezapped,
+            a.stale_pte,
+            a.still_mapped_after_window,
+            a.unknown,
+            a.still_mapped_unattributed
+        );
+        let _ = writeln!(
+            s,
+            "  class b (refill) windows {} (unbounded {}): refills {}, survived {}, stale_data {}",
+            b.windows, b.unbounded, b.refills, b.survived, b.stale_data
         );
         let _ = write!(
             s,
@@ -152,14 +199,35 @@ impl Summary {
         let _ = write!(
             s,
             ",\"lost\":{{\"ringbuf_full\":{},\"unresolved\":{},\"late\":{}}}\
-             ,\"filtered\":{},\"windows\":{},\"alerts\":{},\"alerts_shown\":{},\"verdict\":\"{}\"}}",
+             ,\"filtered\":{},\"windows\":{},\"windows_by_op\":",
             self.lost.ringbuf_full,
             self.lost.unresolved,
             self.lost.late,
             self.filtered,
             self.windows,
+        );
+        counts(&mut s, &self.windows_by_op);
+        let (a, b) = (&self.classes.a, &self.classes.b);
+        let _ = write!(
+            s,
+            ",\"alerts\":{},\"alerts_shown\":{}\
+             ,\"classes\":{{\"a\":{{\"ptes_in_window\":{},\"rezapped\":{},\"stale_pte\":{}\
+             ,\"still_mapped_after_window\":{},\"unknown\":{},\"still_mapped_unattributed\":{}}}\
+             ,\"b\":{{\"windows\":{},\"unbounded\":{},\"refills\":{},\"survived\":{}\
+             ,\"stale_data\":{}}}}},\"verdict\":\"{}\"}}",
             self.alerts,
             self.alerts_shown,
+            a.ptes_in_window,
+            a.rezapped,
+            a.stale_pte,
+            a.still_mapped_after_window,
+            a.unknown,
+            a.still_mapped_unattributed,
+            b.windows,
+            b.unbounded,
+            b.refills,
+            b.survived,
+            b.stale_data,
             self.verdict().as_str()
         );
         s
@@ -174,6 +242,7 @@ fn finite(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::correlator::{ClassA, ClassB};
 
     fn sample() -> Summary {
         Summary {
@@ -187,8 +256,26 @@ mod tests {
             },
             filtered: 900,
             windows: 4,
+            windows_by_op: vec![("punch_hole".into(), 3), ("ftruncate".into(), 1)],
             alerts: 3,
             alerts_shown: 2,
+            classes: Classes {
+                a: ClassA {
+                    ptes_in_window: 40,
+                    rezapped: 30,
+                    stale_pte: 0,
+                    still_mapped_after_window: 8,
+                    unknown: 2,
+                    still_mapped_unattributed: 0,
+                },
+                b: ClassB {
+                    windows: 4,
+                    unbounded: 1,
+                    refills: 2,
+                    survived: 1,
+                    stale_data: 0,
+                },
+            },
         }
     }
 
@@ -201,7 +288,11 @@ mod tests {
                 r#""events":{"map_pages":120,"unmap_enter":4},"#,
                 r#""kernel_emitted":{"map_pages":121,"unmap_enter":4},"#,
                 r#""lost":{"ringbuf_full":1,"unresolved":0,"late":2},"#,
-                r#""filtered":900,"windows":4,"alerts":3,"alerts_shown":2,"verdict":"race_observed"}"#
+                r#""filtered":900,"windows":4,"windows_by_op":{"punch_hole":3,"ftruncate":1},"#,
+                r#""alerts":3,"alerts_shown":2,"classes":{"a":{"ptes_in_window":40,"rezapped":30,"#,
+                r#""stale_pte":0,"still_mapped_after_window":8,"unknown":2,"still_mapped_unattributed":0},"#,
+                r#""b":{"windows":4,"unbounded":1,"refills":2,"survived":1,"stale_data":0}},"#,
+                r#""verdict":"race_observed"}"#
             )
         );
         let empty = Summary {
@@ -213,7 +304,11 @@ mod tests {
             concat!(
                 r#"{"type":"summary","duration_s":0.000,"events":{},"kernel_emitted":{},"#,
                 r#""lost":{"ringbuf_full":0,"unresolved":0,"late":0},"#,
-                r#""filtered":0,"windows":0,"alerts":0,"alerts_shown":0,"verdict":"no_windows"}"#
+                r#""filtered":0,"windows":0,"windows_by_op":{},"alerts":0,"alerts_shown":0,"#,
+                r#""classes":{"a":{"ptes_in_window":0,"rezapped":0,"stale_pte":0,"#,
+                r#""still_mapped_after_window":0,"unknown":0,"still_mapped_unattributed":0},"#,
+                r#""b":{"windows":0,"unbounded":0,"refills":0,"survived":0,"stale_data":0}},"#,
+                r#""verdict":"no_windows"}"#
             )
         );
     }
@@ -227,8 +322,11 @@ mod tests {
              \x20 kernel emitted   map_pages 121, unmap_enter 4\n\
              \x20 lost             ringbuf_full 1, unresolved 0, late 2\n\
              \x20 filtered         900 (kernel pre-filter, not a loss)\n\
-             \x20 windows          4\n\
+             \x20 windows          4 (punch_hole 3, ftruncate 1)\n\
              \x20 alerts           3 (2 shown)\n\
+             \x20 class a (ptes)   in window 40: rezapped 30, stale_pte 0, \
+             still_mapped_after_window 8, unknown 2; still mapped unattributed 0\n\
+             \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0\n\
              \x20 verdict          race_observed: fault-around installed PTEs inside invalidation windows"
         );
     }
@@ -236,6 +334,17 @@ mod tests {
     #[test]
     fn verdicts() {
         let mut s = sample();
+        assert_eq!(s.verdict(), Verdict::RaceObserved);
+        s.classes.b.stale_data = 1;
+        assert_eq!(s.verdict(), Verdict::Critical);
+        assert!(s.to_text().ends_with(
+            "verdict          critical: a PTE outlived its folio, or the page cache kept data of freed blocks"
+        ));
+        assert!(s.to_json().ends_with(r#""verdict":"critical"}"#));
+        s.classes.b.stale_data = 0;
+        s.classes.a.stale_pte = 2;
+        assert_eq!(s.verdict(), Verdict::Critical);
+        s.classes.a.stale_pte = 0;
         assert_eq!(s.verdict(), Verdict::RaceObserved);
         s.alerts = 0;
         assert_eq!(s.verdict(), Verdict::Inconclusive);

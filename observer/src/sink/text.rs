@@ -2,9 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Startup, UtcTime, unix_ns};
-use crate::correlator::Alert;
-use crate::event::Task;
+use super::{Frames, Startup, UtcTime, unix_ns};
+use crate::correlator::{Alert, AlertKind, Stale};
+use crate::event::{PageRange, Task};
 
 /// Task names and paths are user-controlled: control characters are shown as
 /// `\xNN` so that one alert stays one line.
@@ -37,10 +37,22 @@ pub fn duration(ns: u64) -> String {
     }
 }
 
+fn pages(r: &PageRange) -> String {
+    if r.start == r.end {
+        format!("page {}", r.start)
+    } else {
+        format!("pages {r}")
+    }
+}
+
 /// `12:00:01.123456 PTE-IN-PUNCH-WINDOW dev 7:0 ino 131 /mnt/x/racer.dat pages
 /// 16-31 by racer[1234/1240] | window #7 punch_hole pages 20-35 by
 /// racer[1234/1236] open 38us | fentry | removed 3`, on one line.
-pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64) -> String {
+///
+/// Critical alerts (`STALE-PTE`, `STALE-DATA`) end in `CRITICAL: <what it
+/// means> (<detail>)`, followed by the stacks of both sides on indented lines
+/// when stack ids were captured.
+pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &Frames) -> String {
     let when = UtcTime::from_unix_ns(unix_ns(a.ts, boot_to_realtime_ns)).time_of_day_us();
     let mut s = String::with_capacity(200);
     let _ = write!(
@@ -57,32 +69,95 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64) -> String 
     let w = &a.window;
     let _ = write!(
         s,
-        " pages {} by {} | window #{} {} pages {} by {} open {}",
-        a.pages,
+        " {} by {}{} | window #{} {} pages {} by {} open {}",
+        pages(&a.pages),
         task(&a.task),
+        if a.kind == AlertKind::StaleData {
+            " read from disk"
+        } else {
+            ""
+        },
         w.id,
         w.op.as_str(),
         w.pages,
         task(&w.task),
         duration(w.open_for_ns)
     );
+    if let Some(Stale::Data {
+        truncate_exit_ts,
+        fs_remove,
+        fs_remove_exit_ts,
+    }) = a.stale
+    {
+        let since = |ts: u64| duration(ts.saturating_sub(w.opened_ts));
+        if let Some(t) = truncate_exit_ts {
+            let _ = write!(s, ", truncated +{}", since(t));
+        }
+        let _ = write!(
+            s,
+            ", {} done +{}",
+            fs_remove.as_str(),
+            since(fs_remove_exit_ts)
+        );
+    }
     if w.closed_ts.is_none() {
         s.push_str(" (never closed)");
     }
     let _ = write!(s, " | {}", a.fidelity.as_str());
     if a.map_fidelity != a.window_fidelity {
+        let side = if a.kind.is_critical() {
+            "victim"
+        } else {
+            "map_pages"
+        };
         let _ = write!(
             s,
-            " (map_pages {}, window {})",
+            " ({side} {}, window {})",
             a.map_fidelity.as_str(),
             a.window_fidelity.as_str()
         );
+    }
+    if let Some(message) = a.kind.message() {
+        let _ = write!(s, " | CRITICAL: {message}");
+        if let Some(Stale::Pte { deleted_ts, pfn }) = a.stale {
+            let _ = write!(
+                s,
+                " (removed {} after the install, pfn {pfn:#x})",
+                duration(deleted_ts.saturating_sub(a.ts))
+            );
+        }
+        let ids = a.evidence.stack_ids;
+        for (side, id, frames) in [
+            ("victim", ids.victim, &frames.victim),
+            ("punch", ids.punch, &frames.punch),
+        ] {
+            let Some(id) = id else { continue };
+            match frames {
+                Some(frames) => {
+                    let _ = write!(s, "\n  {side} stack (id {id}):");
+                    for f in frames {
+                        let _ = write!(s, "\n    {}", printable(f));
+                    }
+                }
+                None => {
+                    let _ = write!(s, "\n  {side} stack (id {id}): not symbolized");
+                }
+            }
+        }
+        return s;
     }
     match a.folios_removed {
         Some(n) => {
             let _ = write!(s, " | removed {n}");
         }
         None => s.push_str(" | removed n/a"),
+    }
+    if let Some(p) = a.ptes {
+        let _ = write!(
+            s,
+            " | ptes {}: rezapped {}, stale {}, still mapped {}, unknown {}",
+            p.installed, p.rezapped, p.stale, p.still_mapped, p.unknown
+        );
     }
     s
 }
@@ -107,8 +182,9 @@ pub fn startup(st: &Startup) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::correlator::PteCounts;
     use crate::event::{Fidelity, PageRange};
-    use crate::sink::tests::sample_alert;
+    use crate::sink::tests::{sample_alert, sample_stale_data, sample_stale_pte};
     use crate::sink::{StartupProbe, StartupRefusal};
 
     const OFFSET: i64 = 1_764_072_001_000_000_000 - 5_000_000_000;
@@ -118,7 +194,7 @@ mod tests {
         let mut a = sample_alert();
         a.ts = 5_123_456_789;
         assert_eq!(
-            alert(&a, Some("/mnt/x/racer.dat"), OFFSET),
+            alert(&a, Some("/mnt/x/racer.dat"), OFFSET, &Frames::default()),
             "12:00:01.123456 PTE-IN-PUNCH-WINDOW dev 7:0 ino 131 /mnt/x/racer.dat pages 16-31 \
              by racer[1234/1240] | window #7 punch_hole pages 20-35 by racer[1234/1236] open 38us \
              | fentry | removed 3"
@@ -134,7 +210,7 @@ mod tests {
         a.window.closed_ts = None;
         a.folios_removed = None;
         a.task.comm = "evil\nname".into();
-        let line = alert(&a, None, OFFSET);
+        let line = alert(&a, None, OFFSET, &Frames::default());
         assert!(
             line.contains("ino 131 pages 16-31 by evil\\x0aname[1234/1240]"),
             "{line}"
@@ -143,6 +219,68 @@ mod tests {
         assert!(line.contains("open 38us (never closed)"));
         assert!(line.ends_with("| tracepoint (map_pages fentry, window tracepoint) | removed n/a"));
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn alert_line_with_page_exact_counts() {
+        let mut a = sample_alert();
+        a.ptes = Some(PteCounts {
+            installed: 16,
+            rezapped: 13,
+            stale: 1,
+            still_mapped: 2,
+            unknown: 0,
+        });
+        let line = alert(&a, None, OFFSET, &Frames::default());
+        assert!(
+            line.ends_with(
+                "| removed 3 | ptes 16: rezapped 13, stale 1, still mapped 2, unknown 0"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn stale_pte_lines_with_stacks() {
+        let frames = Frames {
+            victim: Some(vec![
+                "set_pte_range+0x0/0x1c0".into(),
+                "filemap_map_pages+0x3a1/0x6c0".into(),
+            ]),
+            punch: None,
+        };
+        let text = alert(
+            &sample_stale_pte(),
+            Some("/mnt/x/racer.dat"),
+            OFFSET,
+            &frames,
+        );
+        assert_eq!(
+            text,
+            "12:00:01.000036 STALE-PTE dev 7:0 ino 131 /mnt/x/racer.dat page 21 by \
+             racer[1234/1240] | window #7 punch_hole pages 20-35 by racer[1234/1236] open 36us \
+             | fentry | CRITICAL: pte now points to a freed page (removed 9us after the install, \
+             pfn 0x12345)\n\
+             \x20 victim stack (id 4):\n\
+             \x20   set_pte_range+0x0/0x1c0\n\
+             \x20   filemap_map_pages+0x3a1/0x6c0\n\
+             \x20 punch stack (id 9): not symbolized"
+        );
+    }
+
+    #[test]
+    fn stale_data_line() {
+        let mut a = sample_stale_data();
+        a.map_fidelity = Fidelity::Kprobe;
+        a.fidelity = Fidelity::Kprobe;
+        assert_eq!(
+            alert(&a, None, OFFSET, &Frames::default()),
+            "12:00:01.000060 STALE-DATA dev 7:0 ino 131 pages 24-27 by reader[1234/1240] read \
+             from disk | window #7 punch_hole pages 20-35 by racer[1234/1236] open 50us, \
+             truncated +30us, ext4_ext_remove_space done +80us | kprobe (victim kprobe, window \
+             fentry) | CRITICAL: the cache holds data from blocks the punch then freed\n\
+             \x20 victim stack (id 11): not symbolized"
+        );
     }
 
     #[test]
