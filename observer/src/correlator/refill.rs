@@ -149,6 +149,13 @@ impl RefillWindow {
             if r.uptodate || r.task.tid == self.tid() {
                 continue;
             }
+            // btrfs reads map their extents under the extent-range lock the
+            // punch holds through btrfs_replace_file_extents: a folio added
+            // inside the window is read only after the blocks are gone, so it
+            // holds the hole, not freed data.
+            if fs_remove == FsRemover::Btrfs {
+                continue;
+            }
             let Some(stale) = full
                 .and_then(|f| intersect(&span, &f))
                 .and_then(|s| r.surviving(&s, bound))

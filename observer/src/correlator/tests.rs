@@ -1546,3 +1546,31 @@ fn classes_are_the_same_under_out_of_order_delivery_within_the_horizon() {
         assert_eq!(stats.late_events, 0, "seed {seed}");
     }
 }
+
+#[test]
+fn btrfs_refill_inside_the_punch_is_not_stale_data() {
+    let f = file(81);
+    let r = pages(20, 35);
+    // The same punch, but bounded by btrfs's block removal: a folio added
+    // inside it is read under the extent lock the punch holds, after the
+    // extents were replaced.
+    let mut events: Vec<Event> = ext4_punch(T0, f, 300, r, r)
+        .into_iter()
+        .map(|mut e| {
+            match &mut e.body {
+                Body::FsRemoveEnter { fs } | Body::FsRemoveExit { fs } => *fs = FsRemover::Btrfs,
+                _ => {}
+            }
+            e
+        })
+        .collect();
+    events.push(add(T0 + 25 * US, f, 400, pages(24, 27), false));
+    let (alerts, stats) = run(sorted(events));
+    assert!(
+        of_kind(&alerts, AlertKind::StaleData).is_empty(),
+        "{alerts:#?}"
+    );
+    assert_eq!(stats.classes.b.refills, 1);
+    assert_eq!(stats.classes.b.survived, 1);
+    assert_eq!(stats.classes.b.stale_data, 0);
+}
