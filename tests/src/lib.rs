@@ -312,10 +312,13 @@ pub struct RacerReport {
     pub ino: u64,
     pub pages: u64,
     pub punch_pages: u64,
-    /// "punch", "zero" or "truncate".
+    /// racer's --op: "punch", "zero", "collapse", "insert", "truncate",
+    /// "truncate-path", "madv-remove", "clone" or "dedupe".
     pub op: String,
     pub punches: u64,
     pub faults: u64,
+    /// Buffered reads by the reader threads (0 without --readers).
+    pub reads: u64,
     /// Inclusive page index range covering every invalidated range.
     pub punched_start: u64,
     pub punched_end: u64,
@@ -346,6 +349,8 @@ impl RacerReport {
             op: v.get_str("op")?.to_string(),
             punches: v.get_u64("punches")?,
             faults: v.get_u64("faults")?,
+            // Optional: absent before --readers existed.
+            reads: v.get_u64("reads").unwrap_or(0),
             punched_start: punched.get_u64("start")?,
             punched_end: punched.get_u64("end")?,
             duration_s: v.get_f64("duration_s")?,
@@ -794,6 +799,151 @@ pub mod workload {
             off,
             len,
         )
+    }
+
+    /// `fallocate(FALLOC_FL_COLLAPSE_RANGE)`: removes the range and shifts
+    /// the rest of the file down; the file shrinks by `len`.
+    pub fn collapse_range(file: &File, off: u64, len: u64) -> io::Result<()> {
+        fallocate(file, libc::FALLOC_FL_COLLAPSE_RANGE, off, len)
+    }
+
+    /// `fallocate(FALLOC_FL_INSERT_RANGE)`: inserts a hole at `off`, shifting
+    /// the rest of the file up; the file grows by `len`.
+    pub fn insert_range(file: &File, off: u64, len: u64) -> io::Result<()> {
+        fallocate(file, libc::FALLOC_FL_INSERT_RANGE, off, len)
+    }
+
+    /// `_IOW(0x94, 13, struct file_clone_range)`.
+    const FICLONERANGE: libc::c_ulong = 0x4020_940d;
+    /// `_IOWR(0x94, 54, struct file_dedupe_range)`.
+    const FIDEDUPERANGE: libc::c_ulong = 0xc018_9436;
+
+    /// `ioctl(dest, FICLONERANGE)`: makes `dest[dest_off..+len]` share the
+    /// blocks of `src[src_off..+len]` (reflink).
+    pub fn clone_range(
+        src: &File,
+        src_off: u64,
+        dest: &File,
+        dest_off: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        #[repr(C)]
+        struct FileCloneRange {
+            src_fd: i64,
+            src_offset: u64,
+            src_length: u64,
+            dest_offset: u64,
+        }
+        let arg = FileCloneRange {
+            src_fd: i64::from(src.as_raw_fd()),
+            src_offset: src_off,
+            src_length: len,
+            dest_offset: dest_off,
+        };
+        // SAFETY: the ioctl reads a struct file_clone_range we own.
+        let r = unsafe { libc::ioctl(dest.as_raw_fd(), FICLONERANGE as _, &arg) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `ioctl(src, FIDEDUPERANGE)` with one destination: shares the blocks
+    /// of identical ranges. Returns the bytes deduplicated; a range whose
+    /// data differ is not an error (0 bytes).
+    pub fn dedupe_range(
+        src: &File,
+        src_off: u64,
+        dest: &File,
+        dest_off: u64,
+        len: u64,
+    ) -> io::Result<u64> {
+        #[repr(C)]
+        struct FileDedupeRange {
+            src_offset: u64,
+            src_length: u64,
+            dest_count: u16,
+            reserved1: u16,
+            reserved2: u32,
+            // struct file_dedupe_range_info info[1]
+            dest_fd: i64,
+            dest_offset: u64,
+            bytes_deduped: u64,
+            status: i32,
+            reserved: u32,
+        }
+        let mut arg = FileDedupeRange {
+            src_offset: src_off,
+            src_length: len,
+            dest_count: 1,
+            reserved1: 0,
+            reserved2: 0,
+            dest_fd: i64::from(dest.as_raw_fd()),
+            dest_offset: dest_off,
+            bytes_deduped: 0,
+            status: 0,
+            reserved: 0,
+        };
+        // SAFETY: the ioctl reads the header and one info record, and writes
+        // the info record's results, all inside `arg`.
+        let r = unsafe { libc::ioctl(src.as_raw_fd(), FIDEDUPERANGE as _, &mut arg) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if arg.status < 0 {
+            return Err(io::Error::from_raw_os_error(-arg.status));
+        }
+        Ok(arg.bytes_deduped)
+    }
+
+    /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
+    pub fn map_shared_write(file: &File, len: usize) -> io::Result<*mut u8> {
+        // SAFETY: a fresh mapping chosen by the kernel.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(p.cast())
+        }
+    }
+
+    /// `madvise(MADV_REMOVE)` on part of a shared writable file mapping:
+    /// the kernel punches a hole in the file behind it.
+    pub fn madv_remove(addr: *mut u8, len: usize) -> io::Result<()> {
+        // SAFETY: the range lies in a shared writable mapping owned by the
+        // caller; REMOVE frees the file's blocks, which the caller wants.
+        let r = unsafe { libc::madvise(addr.cast(), len, libc::MADV_REMOVE) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `readahead(2)`: starts reading the range into the page cache.
+    pub fn readahead(file: &File, off: u64, len: u64) -> io::Result<()> {
+        // SAFETY: plain syscall on a valid fd.
+        let r = unsafe { libc::readahead(file.as_raw_fd(), off as libc::off64_t, len as usize) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `pread(2)` into `buf`; returns the bytes read (short at EOF).
+    pub fn pread(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        file.read_at(buf, off)
     }
 
     /// `mmap(addr, len, PROT_READ, MAP_SHARED [| MAP_FIXED], fd, 0)`.

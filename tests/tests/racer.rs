@@ -109,6 +109,64 @@ fn truncate_on_ext4() {
     assert_eq!(r.punched_end, PAGES - 1);
 }
 
+/// Every invalidator on XFS (reflink) and ext4, with readers: the ops the
+/// file system has run and leave the file at its size; the others exit 77
+/// with one line, and `--probe` says the same without running.
+#[test]
+#[ignore = "needs root: loop mounts; run by cargo xtask test"]
+fn every_op_on_xfs_and_ext4() {
+    const OPS: &[&str] = &[
+        "punch",
+        "zero",
+        "collapse",
+        "insert",
+        "truncate",
+        "truncate-path",
+        "madv-remove",
+        "clone",
+        "dedupe",
+    ];
+    for fs in [FsType::Xfs, FsType::Ext4] {
+        let m = loop_mount(fs);
+        let file = m.path().join("race");
+        for op in OPS {
+            let unsupported = fs == FsType::Ext4 && ["clone", "dedupe"].contains(op);
+            let probe = run(
+                racer_bin(),
+                &["--file", file.to_str().unwrap(), "--op", op, "--probe"],
+            );
+            assert!(probe.stdout.is_empty(), "--probe printed: {probe:?}");
+            if unsupported {
+                assert_eq!(probe.status.code(), Some(77), "{fs} {op}: {probe:?}");
+                let full = run(
+                    racer_bin(),
+                    &[
+                        "--file",
+                        file.to_str().unwrap(),
+                        "--op",
+                        op,
+                        "--duration",
+                        "0.2",
+                    ],
+                );
+                assert_eq!(full.status.code(), Some(77), "{fs} {op}: {full:?}");
+                let err = String::from_utf8(full.stderr).unwrap();
+                assert!(
+                    err.starts_with("racer: ")
+                        && err.ends_with("(the file system does not support it)\n"),
+                    "{err:?}"
+                );
+                assert_eq!(err.lines().count(), 1);
+                continue;
+            }
+            assert!(probe.status.success(), "{fs} {op} --probe: {probe:?}");
+            let r = race(&file, &["--op", op, "--readers", "1"]);
+            check(&r, &file, op);
+            assert!(r.reads > 0, "{fs} {op}: no reads: {r:?}");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs root: loop mounts; run by cargo xtask test"]
 fn faultbench_on_xfs() {

@@ -112,7 +112,11 @@ impl FsRun {
         }
         let startup = self.of_type("startup");
         assert_eq!(startup.len(), 1);
-        let core = ["unmap_mapping_range", "truncate_inode_pages_range", "filemap_map_pages"];
+        let core = [
+            "unmap_mapping_range",
+            "truncate_inode_pages_range",
+            "filemap_map_pages",
+        ];
         let probes = startup[0]["probes"].as_array().unwrap();
         for f in core {
             let p = probes

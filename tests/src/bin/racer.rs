@@ -1,23 +1,31 @@
-//! racer: provoke fault-around (filemap_map_pages) on file ranges that are
-//! being invalidated by fallocate(PUNCH_HOLE / ZERO_RANGE) or truncate.
+//! racer: provoke fault-around (filemap_map_pages) and buffered reads on file
+//! ranges that are being invalidated, by any of the kernel's invalidators.
 //!
 //! Fault threads each own a MAP_SHARED, PROT_READ mapping of the whole file and
 //! loop { MADV_DONTNEED; read one byte per page }, so every read fault on a
 //! not-yet-mapped page runs do_fault_around() → filemap_map_pages(), which maps
-//! up to 16 cached pages around the fault without taking the invalidate lock.
+//! up to 16 cached pages around the fault without taking the invalidate lock
+//! (class A: a PTE installed inside the invalidation window).
+//! Reader threads (--readers) loop { pread() or readahead() the range being
+//! invalidated right now }, so that a read can bring pages back into the cache
+//! between the invalidation and the filesystem's block removal (class B).
 //! Punch threads loop { invalidate a random range; pwrite it back } so there is
 //! always fresh page cache in the ranges being invalidated.
 //!
 //! Prints one JSON line on stdout at the end:
 //! {"file":…,"dev":"MAJ:MIN","ino":N,"pages":N,"punch_pages":N,"op":"punch",
-//!  "punches":N,"faults":N,"punched":{"start":N,"end":N},"duration_s":F,"seed":N}
+//!  "punches":N,"faults":N,"reads":N,"punched":{"start":N,"end":N},"duration_s":F,"seed":N}
+//!
+//! Exit status: 0 when done, 77 when the file system does not support the
+//! operation (EOPNOTSUPP and the like: nothing was raced), 1 on any other error.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,14 +33,30 @@ use clap::{Parser, ValueEnum};
 use observer_tests::json::quote;
 use observer_tests::workload::{self, Lcg, os_error};
 
+/// Exit status when the file system does not support the operation.
+const EXIT_UNSUPPORTED: u8 = 77;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Op {
     /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
     Punch,
     /// fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
     Zero,
+    /// fallocate(FALLOC_FL_COLLAPSE_RANGE), then the lost tail written back
+    Collapse,
+    /// fallocate(FALLOC_FL_INSERT_RANGE), then the hole written; the file is
+    /// cut back (ftruncate) to its size once it has doubled, and at the end
+    Insert,
     /// ftruncate down to the range start, then back to full size
     Truncate,
+    /// truncate(2) by path down to the range start, then back to full size
+    TruncatePath,
+    /// madvise(MADV_REMOVE) on a shared writable mapping (a punch)
+    MadvRemove,
+    /// ioctl(FICLONERANGE) from a second file onto the range (reflink)
+    Clone,
+    /// ioctl(FIDEDUPERANGE) of the range against a second, identical file
+    Dedupe,
 }
 
 impl Op {
@@ -40,8 +64,31 @@ impl Op {
         match self {
             Op::Punch => "punch",
             Op::Zero => "zero",
+            Op::Collapse => "collapse",
+            Op::Insert => "insert",
             Op::Truncate => "truncate",
+            Op::TruncatePath => "truncate-path",
+            Op::MadvRemove => "madv-remove",
+            Op::Clone => "clone",
+            Op::Dedupe => "dedupe",
         }
+    }
+
+    /// Ops that shrink the file for a moment: faulters may touch a page
+    /// beyond EOF and get SIGBUS.
+    fn shrinks(self) -> bool {
+        matches!(self, Op::Truncate | Op::TruncatePath | Op::Collapse)
+    }
+
+    /// Ops that change the file size and must not run concurrently with
+    /// each other (their size bookkeeping assumes one at a time).
+    fn resizes(self) -> bool {
+        self.shrinks() || self == Op::Insert
+    }
+
+    /// Ops that need a second file with the same contents.
+    fn needs_source(self) -> bool {
+        matches!(self, Op::Clone | Op::Dedupe)
     }
 }
 
@@ -74,6 +121,15 @@ struct Args {
     /// How ranges are invalidated.
     #[arg(long, value_enum, default_value_t = Op::Punch)]
     op: Op,
+    /// Threads reading the range being invalidated with pread() and
+    /// readahead() (buffered reads that refill the page cache).
+    #[arg(long, default_value_t = 0, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=1024))]
+    readers: u64,
+    /// Only check that the file system supports --op: create the file, run
+    /// one invalidation without other threads, exit 0 (or 77), print nothing.
+    #[arg(long)]
+    probe: bool,
     /// Seed of the range chooser (default: time and pid based).
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
@@ -152,14 +208,101 @@ fn install_sigbus_handler() -> Result<(), String> {
 
 // --- threads ----------------------------------------------------------------
 
+/// Why the run failed; `unsupported` when the file system refuses the
+/// operation itself (exit status 77).
+#[derive(Debug)]
+struct Failure {
+    msg: String,
+    unsupported: bool,
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Self {
+        Failure {
+            msg,
+            unsupported: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(msg: &str) -> Self {
+        msg.to_string().into()
+    }
+}
+
+/// An invalidating call failed: `what` on the file, with a hint when the
+/// file system lacks the operation.
+fn op_failure(what: &str, path: &str, e: &std::io::Error) -> Failure {
+    let unsupported = matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS)
+    );
+    let hint = if unsupported {
+        " (the file system does not support it)"
+    } else {
+        ""
+    };
+    Failure {
+        msg: format!("{what} on {path}: {}{hint}", os_error(e)),
+        unsupported,
+    }
+}
+
 struct Shared {
     file: File,
     path: String,
+    /// NUL-terminated `path`, for truncate(2).
+    cpath: std::ffi::CString,
     op: Op,
     page: usize,
     pages: u64,
     punch_pages: u64,
     stop: AtomicBool,
+    /// First page + 1 of the range being invalidated now (0: none yet).
+    current: AtomicU64,
+    /// Serialises the ops that change the file size.
+    resize: Mutex<()>,
+    /// Clone/dedupe source: same size, same contents.
+    source: Option<File>,
+    /// MADV_REMOVE: a shared writable mapping of the whole file.
+    rw_map: AtomicPtr<u8>,
+}
+
+impl Shared {
+    fn file_pages(&self) -> Result<u64, Failure> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {}", self.path, os_error(&e)))?
+            .len();
+        Ok(len / self.page as u64)
+    }
+
+    fn set_len(&self, pages: u64) -> Result<(), Failure> {
+        self.file
+            .set_len(pages * self.page as u64)
+            .map_err(|e| op_failure("ftruncate", &self.path, &e))
+    }
+
+    fn truncate_path(&self, pages: u64) -> Result<(), Failure> {
+        // SAFETY: cpath is a valid NUL-terminated path.
+        let r = unsafe { libc::truncate(self.cpath.as_ptr(), (pages * self.page as u64) as i64) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(op_failure(
+                "truncate",
+                &self.path,
+                &std::io::Error::last_os_error(),
+            ))
+        }
+    }
+
+    fn fill(&self, first: u64, count: u64) -> Result<(), Failure> {
+        workload::fill_pages(&self.file, self.page, first, count)
+            .map_err(|e| format!("cannot write {}: {}", self.path, os_error(&e)).into())
+    }
 }
 
 #[derive(Default)]
@@ -170,7 +313,7 @@ struct PunchStats {
 }
 
 /// Invalidates random ranges and refills them until told to stop (at least once).
-fn punch_loop(sh: &Shared, seed: u64) -> Result<PunchStats, String> {
+fn punch_loop(sh: &Shared, seed: u64) -> Result<PunchStats, Failure> {
     let page = sh.page as u64;
     let mut rng = Lcg::new(seed);
     let mut st = PunchStats {
@@ -178,52 +321,120 @@ fn punch_loop(sh: &Shared, seed: u64) -> Result<PunchStats, String> {
         ..Default::default()
     };
     loop {
-        let start = rng.below(sh.pages - sh.punch_pages + 1);
+        // Collapse needs the range to end before EOF.
+        let room = match sh.op {
+            Op::Collapse => sh.pages.saturating_sub(sh.punch_pages).max(1),
+            _ => sh.pages - sh.punch_pages + 1,
+        };
+        let start = rng.below(room);
         let (off, len) = (start * page, sh.punch_pages * page);
-        // Last page index invalidated by this operation (inclusive).
-        let end = match sh.op {
+        sh.current.store(start + 1, Ordering::Relaxed);
+        let _resizing = sh
+            .op
+            .resizes()
+            .then(|| sh.resize.lock().unwrap_or_else(|e| e.into_inner()));
+        // Last page index invalidated by this operation (inclusive), and the
+        // pages to write back afterwards.
+        let (end, refill) = match sh.op {
             Op::Punch => {
-                workload::punch_hole(&sh.file, off, len).map_err(|e| {
-                    format!(
-                        "fallocate(FALLOC_FL_PUNCH_HOLE) on {}: {}",
-                        sh.path,
-                        os_error(&e)
-                    )
-                })?;
-                start + sh.punch_pages - 1
+                workload::punch_hole(&sh.file, off, len)
+                    .map_err(|e| op_failure("fallocate(FALLOC_FL_PUNCH_HOLE)", &sh.path, &e))?;
+                (start + sh.punch_pages - 1, (start, sh.punch_pages))
             }
             Op::Zero => {
-                workload::zero_range(&sh.file, off, len).map_err(|e| {
-                    let hint = if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                        " (the file system cannot zero ranges; try --op punch)"
-                    } else {
-                        ""
-                    };
-                    format!(
-                        "fallocate(FALLOC_FL_ZERO_RANGE) on {}: {}{hint}",
-                        sh.path,
-                        os_error(&e)
-                    )
-                })?;
-                start + sh.punch_pages - 1
+                workload::zero_range(&sh.file, off, len)
+                    .map_err(|e| op_failure("fallocate(FALLOC_FL_ZERO_RANGE)", &sh.path, &e))?;
+                (start + sh.punch_pages - 1, (start, sh.punch_pages))
+            }
+            Op::MadvRemove => {
+                let base = sh.rw_map.load(Ordering::Relaxed);
+                // SAFETY: the mapping covers the whole file, [off, off + len)
+                // lies inside it.
+                let at = unsafe { base.add(off as usize) };
+                workload::madv_remove(at, len as usize)
+                    .map_err(|e| op_failure("madvise(MADV_REMOVE)", &sh.path, &e))?;
+                (start + sh.punch_pages - 1, (start, sh.punch_pages))
+            }
+            Op::Collapse => {
+                let before = sh.file_pages()?;
+                if start + sh.punch_pages >= before {
+                    // Cannot collapse through EOF; restore and retry.
+                    sh.set_len(sh.pages)?;
+                    sh.fill(0, sh.pages)?;
+                    continue;
+                }
+                workload::collapse_range(&sh.file, off, len)
+                    .map_err(|e| op_failure("fallocate(FALLOC_FL_COLLAPSE_RANGE)", &sh.path, &e))?;
+                // The tail moved down: write back what fell off the end.
+                let now = before - sh.punch_pages;
+                (sh.pages - 1, (now, sh.pages.saturating_sub(now)))
+            }
+            Op::Insert => {
+                workload::insert_range(&sh.file, off, len)
+                    .map_err(|e| op_failure("fallocate(FALLOC_FL_INSERT_RANGE)", &sh.path, &e))?;
+                if sh.file_pages()? >= 2 * sh.pages {
+                    sh.set_len(sh.pages)?;
+                }
+                (sh.pages - 1, (start, sh.punch_pages))
             }
             Op::Truncate => {
                 // Shrinking drops the page cache (and PTEs) of the whole tail.
-                sh.file
-                    .set_len(off)
-                    .and_then(|()| sh.file.set_len(sh.pages * page))
-                    .map_err(|e| format!("ftruncate {}: {}", sh.path, os_error(&e)))?;
-                sh.pages - 1
+                sh.set_len(start)?;
+                sh.set_len(sh.pages)?;
+                (sh.pages - 1, (start, sh.pages - start))
+            }
+            Op::TruncatePath => {
+                sh.truncate_path(start)?;
+                sh.truncate_path(sh.pages)?;
+                (sh.pages - 1, (start, sh.pages - start))
+            }
+            Op::Clone => {
+                let src = sh.source.as_ref().ok_or("clone without a source file")?;
+                workload::clone_range(src, off, &sh.file, off, len)
+                    .map_err(|e| op_failure("ioctl(FICLONERANGE)", &sh.path, &e))?;
+                (start + sh.punch_pages - 1, (start, sh.punch_pages))
+            }
+            Op::Dedupe => {
+                let src = sh.source.as_ref().ok_or("dedupe without a source file")?;
+                workload::dedupe_range(src, off, &sh.file, off, len)
+                    .map_err(|e| op_failure("ioctl(FIDEDUPERANGE)", &sh.path, &e))?;
+                (start + sh.punch_pages - 1, (start, sh.punch_pages))
             }
         };
         // Refill so the next fault-around finds cached pages in the range.
-        workload::fill_pages(&sh.file, sh.page, start, end - start + 1)
-            .map_err(|e| format!("cannot write {}: {}", sh.path, os_error(&e)))?;
+        sh.fill(refill.0, refill.1)?;
         st.punches += 1;
         st.lo = st.lo.min(start);
         st.hi = st.hi.max(end);
         if sh.stop.load(Ordering::Relaxed) {
             return Ok(st);
+        }
+    }
+}
+
+/// Reads the range being invalidated (or a random one before the first
+/// invalidation) until told to stop, alternating pread() and readahead();
+/// returns the reads made.
+fn read_loop(sh: &Shared, file: &File, seed: u64) -> Result<u64, Failure> {
+    let page = sh.page as u64;
+    let mut rng = Lcg::new(seed);
+    let mut buf = vec![0u8; (sh.punch_pages * page) as usize];
+    let mut reads = 0u64;
+    loop {
+        let start = match sh.current.load(Ordering::Relaxed) {
+            0 => rng.below(sh.pages - sh.punch_pages + 1),
+            n => n - 1,
+        };
+        let off = start * page;
+        let r = if reads.is_multiple_of(2) {
+            workload::pread(file, &mut buf, off).map(drop)
+        } else {
+            workload::readahead(file, off, sh.punch_pages * page)
+        };
+        r.map_err(|e| format!("cannot read {}: {}", sh.path, os_error(&e)))?;
+        reads += 1;
+        if sh.stop.load(Ordering::Relaxed) {
+            return Ok(reads);
         }
     }
 }
@@ -336,18 +547,23 @@ fn absolute(path: &Path) -> PathBuf {
     })
 }
 
-fn run(args: Args) -> Result<String, String> {
+fn run(args: Args) -> Result<String, Failure> {
     if !(args.duration.is_finite() && args.duration >= 0.0) {
         return Err(format!(
             "--duration must be a non-negative number of seconds, not {}",
             args.duration
-        ));
+        )
+        .into());
     }
     if args.punch_pages > args.pages {
         return Err(format!(
             "--punch-pages ({}) must not exceed --pages ({})",
             args.punch_pages, args.pages
-        ));
+        )
+        .into());
+    }
+    if args.op == Op::Collapse && args.punch_pages >= args.pages {
+        return Err("--op collapse needs --punch-pages below --pages".into());
     }
     let page = workload::page_size();
     PAGE_SIZE.store(page, Ordering::Relaxed);
@@ -366,15 +582,45 @@ fn run(args: Args) -> Result<String, String> {
     let abs = absolute(&args.file);
     let seed = args.seed.unwrap_or_else(default_seed);
 
+    // Clone and dedupe take their blocks from a twin file next to it.
+    let source = if args.op.needs_source() {
+        let mut name = args.file.clone().into_os_string();
+        name.push(".src");
+        let src_path = PathBuf::from(name);
+        let src = workload::create(&src_path)
+            .and_then(|f| {
+                f.set_len(args.pages * page as u64)?;
+                workload::fill_pages(&f, page, 0, args.pages)?;
+                f.sync_all()?;
+                Ok(f)
+            })
+            .map_err(|e| format!("cannot create {}: {}", src_path.display(), os_error(&e)))?;
+        Some(src)
+    } else {
+        None
+    };
+    let cpath = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{shown}: path contains a NUL byte"))?;
+
     let sh = Arc::new(Shared {
         file,
         path: abs.display().to_string(),
+        cpath,
         op: args.op,
         page,
         pages: args.pages,
         punch_pages: args.punch_pages,
         stop: AtomicBool::new(false),
+        current: AtomicU64::new(0),
+        resize: Mutex::new(()),
+        source,
+        rw_map: AtomicPtr::new(std::ptr::null_mut()),
     });
+    if args.op == Op::MadvRemove {
+        let p = workload::map_shared_write(&sh.file, args.pages as usize * page)
+            .map_err(|e| format!("cannot mmap {shown} writable: {}", os_error(&e)))?;
+        sh.rw_map.store(p, Ordering::Relaxed);
+    }
 
     let slots = args.fault_threads;
     let base = if slots > 0 {
@@ -382,7 +628,7 @@ fn run(args: Args) -> Result<String, String> {
     } else {
         std::ptr::null_mut()
     };
-    if args.op == Op::Truncate && slots > 0 {
+    if args.op.shrinks() && slots > 0 {
         let flags: &'static [AtomicBool] =
             Box::leak((0..slots).map(|_| AtomicBool::new(false)).collect());
         PATCHED.store(flags.as_ptr().cast_mut(), Ordering::Release);
@@ -413,6 +659,25 @@ fn run(args: Args) -> Result<String, String> {
             .map_err(spawn_err)?;
         faulters.push(h);
     }
+    let mut readers = Vec::new();
+    for i in 0..args.readers {
+        let sh = Arc::clone(&sh);
+        // Each reader has its own open file (and so its own readahead state).
+        let file =
+            File::open(&args.file).map_err(|e| format!("cannot open {shown}: {}", os_error(&e)))?;
+        let s = seed ^ (i + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let h = thread::Builder::new()
+            .name("racer-read".into())
+            .spawn(move || {
+                let r = read_loop(&sh, &file, s);
+                if r.is_err() {
+                    sh.stop.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .map_err(spawn_err)?;
+        readers.push(h);
+    }
     let mut punchers = Vec::new();
     for i in 0..args.punch_threads {
         let sh = Arc::clone(&sh);
@@ -439,19 +704,9 @@ fn run(args: Args) -> Result<String, String> {
     }
     sh.stop.store(true, Ordering::Relaxed);
 
-    let mut first_err = None;
-    let mut faults = 0u64;
-    for h in faulters {
-        match h.join() {
-            Ok(Ok(n)) => faults += n,
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(_) => {
-                first_err.get_or_insert("a fault thread panicked".to_string());
-            }
-        }
-    }
+    // A puncher's failure names the cause; a faulter or reader failing
+    // afterwards (e.g. on the shrunk file) is a consequence.
+    let mut first_err: Option<Failure> = None;
     let (mut punches, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
     for h in punchers {
         match h.join() {
@@ -464,7 +719,31 @@ fn run(args: Args) -> Result<String, String> {
                 first_err.get_or_insert(e);
             }
             Err(_) => {
-                first_err.get_or_insert("a punch thread panicked".to_string());
+                first_err.get_or_insert("a punch thread panicked".into());
+            }
+        }
+    }
+    let mut faults = 0u64;
+    for h in faulters {
+        match h.join() {
+            Ok(Ok(n)) => faults += n,
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e.into());
+            }
+            Err(_) => {
+                first_err.get_or_insert("a fault thread panicked".into());
+            }
+        }
+    }
+    let mut reads = 0u64;
+    for h in readers {
+        match h.join() {
+            Ok(Ok(n)) => reads += n,
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert("a reader thread panicked".into());
             }
         }
     }
@@ -472,12 +751,16 @@ fn run(args: Args) -> Result<String, String> {
     if let Some(e) = first_err {
         return Err(e);
     }
+    // Insert grows the file; every operation ends at the full size.
+    if args.op == Op::Insert {
+        sh.set_len(args.pages)?;
+    }
 
     Ok(format!(
         concat!(
             r#"{{"file":{},"dev":"{}:{}","ino":{},"pages":{},"punch_pages":{},"op":"{}","#,
-            r#""punches":{},"faults":{},"punched":{{"start":{},"end":{}}},"duration_s":{:.3},"#,
-            r#""seed":{}}}"#
+            r#""punches":{},"faults":{},"reads":{},"punched":{{"start":{},"end":{}}},"#,
+            r#""duration_s":{:.3},"seed":{}}}"#
         ),
         quote(&abs.to_string_lossy()),
         libc::major(meta.dev()),
@@ -488,6 +771,7 @@ fn run(args: Args) -> Result<String, String> {
         args.op.as_str(),
         punches,
         faults,
+        reads,
         lo,
         hi,
         elapsed,
@@ -496,15 +780,28 @@ fn run(args: Args) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let probe = args.probe;
+    if probe {
+        args.duration = 0.0;
+        args.fault_threads = 0;
+        args.readers = 0;
+        args.punch_threads = 1;
+    }
     match run(args) {
         Ok(line) => {
-            println!("{line}");
+            if !probe {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("racer: {}", e.replace('\n', " "));
-            ExitCode::FAILURE
+            eprintln!("racer: {}", e.msg.replace('\n', " "));
+            if e.unsupported {
+                ExitCode::from(EXIT_UNSUPPORTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
