@@ -625,7 +625,7 @@ fn guest_runs(dir: &Path, params: Params) -> Result<(Vec<Run>, Probes)> {
 // The observer process
 // ---------------------------------------------------------------------------
 
-struct Observer {
+pub(crate) struct Observer {
     /// None once reaped, so Drop knows there is nothing left to stop.
     child: Option<Child>,
     stderr: Receiver<String>,
@@ -636,7 +636,9 @@ struct Observer {
 }
 
 impl Observer {
-    fn start(bin: &Path, flags: &[&str], out: &Path) -> Result<Self> {
+    /// Starts `bin --json --output OUT FLAGS...` and waits until it is
+    /// ready (or fails).
+    pub(crate) fn start(bin: &Path, flags: &[&str], out: &Path) -> Result<Self> {
         // A stale file would let a crashed run pass for a good one.
         let _ = fs::remove_file(out);
         let mut child = Command::new(bin)
@@ -711,6 +713,14 @@ impl Observer {
         // Alert records can pile up under --punch; nothing else needs them.
         let _ = fs::remove_file(&self.out);
         Ok(parsed)
+    }
+
+    /// SIGINTs the observer and waits for it; returns its exit status and
+    /// everything it printed on stderr. Its output file is left alone.
+    pub(crate) fn finish(mut self) -> Result<(ExitStatus, Vec<String>)> {
+        self.signal(libc::SIGINT);
+        let status = self.reap(STOP_TIMEOUT)?;
+        Ok((status, std::mem::take(&mut self.log)))
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -1375,7 +1385,7 @@ fn get_f64(v: &json::Value, path: &[&str]) -> Result<f64> {
         .with_context(|| format!("{} is not a number", path.join(".")))
 }
 
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -1403,7 +1413,7 @@ fn json_num(x: f64, decimals: usize) -> String {
 
 /// Just enough JSON reading for the one-line records of faultbench and the
 /// observer (xtask has no serde).
-mod json {
+pub(crate) mod json {
     #[derive(Debug, Clone, PartialEq)]
     pub enum Value {
         Null,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build_cmd;
+mod matrix;
 mod setup;
 mod util;
 mod vm;
@@ -59,6 +60,10 @@ enum Cmd {
     /// Build, then measure the observer's overhead on a fault-around-heavy
     /// workload: bare, observer, observer --full-stream, alternating.
     Bench(bench::BenchArgs),
+    /// The truth table: every invalidator and the race workloads under the
+    /// observer, per kernel (Debian 5.10, 6.1, 6.12 under qemu; the host)
+    /// and filesystem (xfs, ext4, btrfs, tmpfs).
+    Matrix(Box<matrix::MatrixArgs>),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +90,7 @@ fn real_main() -> Result<()> {
             build_cmd::build(&ws, false)?;
             bench::run(args)
         }
+        Cmd::Matrix(args) => matrix::run(&ws, *args),
     }
 }
 

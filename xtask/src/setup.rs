@@ -15,6 +15,7 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "xfsprogs",
     "e2fsprogs",
+    "btrfs-progs",
     "cpio",
     "xz-utils",
     "zstd",

@@ -5,11 +5,17 @@
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
-# racer: the racer under the observer on each of FILESYSTEMS.
+# steps: each line of /etc/xtask/steps ("NAME FS SECONDS RACER-ARGS...")
+#   runs the racer on /mnt/FS under its own observer; results /results/NAME.*
 # bench: faultbench bare / under the observer, on /mnt/xfs (see bench()).
 MODE=@MODE@
-FILESYSTEMS="@FILESYSTEMS@"
-DURATION=@DURATION@
+# "FS:/dev/vdX ..." for the block filesystems; /dev/vda is the results disk.
+DEVICES="@DEVICES@"
+# 1: also mount a tmpfs on /mnt/tmpfs.
+TMPFS=@TMPFS@
+# 1: keep only the startup record, the summary, the alert counts by kind and
+# a few alerts of each kind instead of every alert (see trim()).
+TRIM=@TRIM@
 BENCH_ROUNDS=@BENCH_ROUNDS@
 BENCH_PAGES=@BENCH_PAGES@
 BENCH_FAULT_ROUNDS=@BENCH_FAULT_ROUNDS@
@@ -70,9 +76,19 @@ mount_fs() {
 		fail "mount -t $1 $2 /mnt/$1"
 	fi
 }
-mount_fs xfs /dev/vda
-mount_fs ext4 /dev/vdb
-wait_dev /dev/vdc || fail "/dev/vdc (results disk) never appeared"
+for d in $DEVICES; do
+	mount_fs "${d%%:*}" "${d#*:}"
+done
+if [ "$TMPFS" = 1 ]; then
+	mkdir -p /mnt/tmpfs
+	if mount -t tmpfs -o size=256m tmpfs /mnt/tmpfs; then
+		log "mounted tmpfs on /mnt/tmpfs"
+	else
+		fail "mount -t tmpfs tmpfs /mnt/tmpfs"
+	fi
+fi
+wait_dev /dev/vda || fail "/dev/vda (results disk) never appeared"
+cat /proc/filesystems >/results/filesystems
 
 # Runs in the background while the observer runs in the foreground: a
 # background job of a non-interactive shell starts with SIGINT ignored, so
@@ -144,33 +160,84 @@ under_observer() {
 	return $rc
 }
 
+# racer_run NAME FS SECONDS RACER-ARGS: one racer run (racer arguments split
+# by the shell); its report goes to /results/NAME.racer.json, its exit status
+# (77: the filesystem lacks the operation) to NAME.racer.rc.
 racer_run() {
-	fs=$1
-	r=/results/$fs
+	local name=$1 fs=$2 secs=$3 args=$4 r=/results/$1 rc
 	if [ -x /bin/racer ]; then
-		log "[$fs] racer --file /mnt/$fs/racer.dat --duration $DURATION"
-		racer --file "/mnt/$fs/racer.dat" --duration "$DURATION" @RACER_ARGS@ \
+		log "[$name] racer --file /mnt/$fs/racer.dat --duration $secs $args"
+		racer --file "/mnt/$fs/racer.dat" --duration "$secs" $args \
 			>"$r.racer.json" 2>"$r.racer.log" </dev/null
 		rc=$?
 		echo $rc >"$r.racer.rc"
-		log "[$fs] racer exited with status $rc"
+		case $rc in
+		0) note "[$name] racer done" ;;
+		77) log "[$name] not supported: $(cat "$r.racer.log")" ;;
+		*) log "[$name] racer exited with status $rc: $(cat "$r.racer.log")" ;;
+		esac
 	else
-		log "[$fs] no racer in the initramfs; idling ${DURATION}s"
-		sleep "$DURATION"
+		log "[$name] no racer in the initramfs; idling ${secs}s"
+		sleep "$secs"
 	fi
 }
 
-racer_scenario() {
-	for fs in $FILESYSTEMS; do
-		r=/results/$fs
+# trim PREFIX: PREFIX.alerts.json → PREFIX.observer.json (startup record and
+# summary), PREFIX.kinds ("COUNT KIND" lines) and PREFIX.samples.json (the
+# first 3 alerts of each kind); the alerts file goes.
+trim() {
+	local r=$1 k
+	[ -e "$r.alerts.json" ] || return
+	head -n 1 "$r.alerts.json" >"$r.observer.json"
+	tail -n 1 "$r.alerts.json" >>"$r.observer.json"
+	grep '"type":"alert"' "$r.alerts.json" | grep -o '"kind":"[a-z_]*"' |
+		sed 's/"kind":"\(.*\)"/\1/' | sort | uniq -c >"$r.kinds"
+	: >"$r.samples.json"
+	for k in $(awk '{ print $2 }' "$r.kinds"); do
+		grep -m 3 "\"kind\":\"$k\"" "$r.alerts.json" >>"$r.samples.json"
+	done
+	rm -f "$r.alerts.json"
+}
+
+steps_scenario() {
+	local name fs secs args r rc t0
+	while read -r name fs secs args <&3; do
+		[ -n "$name" ] || continue
+		r=/results/$name
+		t0=$(cut -d' ' -f1 /proc/uptime)
 		if ! grep -q " /mnt/$fs " /proc/mounts; then
-			fail "[$fs] not mounted; skipped"
+			fail "[$name] /mnt/$fs not mounted; skipped"
 			continue
 		fi
-		under_observer "$fs" "$r" "" racer_run "$fs"
+		# An operation the filesystem lacks needs no observer run.
+		if [ -x /bin/racer ]; then
+			racer --file "/mnt/$fs/racer.dat" --probe $args \
+				>/dev/null 2>"$r.racer.log" </dev/null
+			if [ $? = 77 ]; then
+				echo 77 >"$r.racer.rc"
+				log "[$name] not supported: $(cat "$r.racer.log")"
+				rm -f "/mnt/$fs/racer.dat" "/mnt/$fs/racer.dat.src"
+				echo "$t0 $(cut -d' ' -f1 /proc/uptime)" >"$r.uptime"
+				save
+				continue
+			fi
+		fi
+		under_observer "$name" "$r" "" racer_run "$name" "$fs" "$secs" "$args"
 		rc=$?
-		log "[$fs] observer exited with status $rc; $(cat "$r.alerts.json" 2>/dev/null | grep -c '"type":"alert"') alerts"
-	done
+		log "[$name] observer exited with status $rc; $(grep -c '"type":"alert"' "$r.alerts.json" 2>/dev/null) alerts"
+		[ "$TRIM" = 1 ] && trim "$r"
+		rm -f "/mnt/$fs/racer.dat" "/mnt/$fs/racer.dat.src"
+		echo "$t0 $(cut -d' ' -f1 /proc/uptime)" >"$r.uptime"
+		save
+	done 3</etc/xtask/steps
+}
+
+# Writes /results to the results disk now, so that a guest that hangs in a
+# later step (killed by the host) still hands back the finished ones. Only
+# with TRIM: the results are small then.
+save() {
+	[ "$TRIM" = 1 ] || return 0
+	tar -cf /dev/vda -C /results . && sync
 }
 
 # faultbench PREFIX [--punch]: one measured run; its report line goes to
@@ -270,7 +337,7 @@ bench() {
 
 case $MODE in
 bench) bench ;;
-*) racer_scenario ;;
+*) steps_scenario ;;
 esac
 
 cut -d' ' -f1 /proc/modules >/results/modules
@@ -278,7 +345,7 @@ ls /sys/kernel/btf >/results/btf 2>&1
 dmesg >/results/dmesg
 echo ok >/results/done
 log "writing results"
-tar -cf /dev/vdc -C /results . || log "FAILED: tar to /dev/vdc"
+tar -cf /dev/vda -C /results . || log "FAILED: tar to /dev/vda"
 sync
 log "powering off"
 poweroff -f

@@ -26,18 +26,55 @@ pub struct Contents<'a> {
     pub observer: &'a Path,
     pub extra_bins: &'a [std::path::PathBuf],
     pub observer_args: &'a str,
+    /// `FS:/dev/vdX ...` (see `qemu::Disks::guest_devices`).
+    pub devices: &'a str,
+    /// Also mount a tmpfs on /mnt/tmpfs.
+    pub tmpfs: bool,
     pub scenario: &'a Scenario<'a>,
+}
+
+/// One racer run under its own observer, in the guest.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Prefix of its result files (`NAME.racer.json`, `NAME.alerts.json`,
+    /// ...): letters, digits, `.`, `_` and `-`.
+    pub name: String,
+    /// Filesystem (mounted on /mnt/FS) whose racer.dat it races on.
+    pub fs: String,
+    pub seconds: f64,
+    /// More racer arguments, split by the guest shell.
+    pub racer_args: String,
+}
+
+impl Step {
+    fn line(&self) -> Result<String> {
+        let word = |w: &str| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !word(&self.name) || !word(&self.fs) {
+            bail!("bad step name {:?} or filesystem {:?}", self.name, self.fs);
+        }
+        if self.racer_args.contains(['\n', '\r']) {
+            bail!("step {}: racer arguments span lines", self.name);
+        }
+        Ok(format!(
+            "{} {} {} {}\n",
+            self.name, self.fs, self.seconds, self.racer_args
+        ))
+    }
 }
 
 /// What /init does once the disks are mounted.
 pub enum Scenario<'a> {
-    /// The racer (if any; else an idle wait) under the observer, on each
-    /// filesystem in turn.
-    Racer {
+    /// Each step in turn: the racer (if any; else an idle wait) under the
+    /// observer. With `trim`, only the observer's startup record, summary
+    /// and alert counts by kind are kept, not every alert.
+    Steps {
         racer: Option<&'a Path>,
-        filesystems: &'a [String],
-        duration: u64,
-        racer_args: &'a str,
+        steps: &'a [Step],
+        trim: bool,
     },
     /// The guest side of `cargo xtask bench --kernel`: faultbench bare and
     /// under the observer, alternating, on the XFS disk.
@@ -74,10 +111,10 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
         .context("adding busybox (apt-get install busybox-static)")?;
     add_binary(&mut cpio, c.observer, "/bin/observer").context("adding the observer")?;
     match *c.scenario {
-        Scenario::Racer {
+        Scenario::Steps {
             racer: Some(racer), ..
         } => add_binary(&mut cpio, racer, "/bin/racer").context("adding the racer")?,
-        Scenario::Racer { racer: None, .. } => {}
+        Scenario::Steps { racer: None, .. } => {}
         Scenario::Bench { faultbench, .. } => {
             add_binary(&mut cpio, faultbench, "/bin/faultbench").context("adding faultbench")?
         }
@@ -100,8 +137,15 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
         names.push(m.name.as_str());
     }
 
-    let init = init_script(c.scenario, &names);
+    let init = init_script(c, &names);
     cpio.file("init", 0o755, init.into_bytes());
+    let mut steps = String::new();
+    if let Scenario::Steps { steps: list, .. } = c.scenario {
+        for step in *list {
+            steps.push_str(&step.line()?);
+        }
+    }
+    cpio.file("etc/xtask/steps", 0o644, steps.into_bytes());
     // The observer's command line lives in its own script so that it can be
     // exec'd in the foreground with a known pid (see init.sh). Its first
     // argument is the prefix of its output files, the rest more flags.
@@ -126,20 +170,18 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
 }
 
 /// /init: init.sh with its placeholders filled in.
-fn init_script(scenario: &Scenario, modules: &[&str]) -> String {
-    // Racer values in bench mode and the reverse are never read.
-    let mut vars: Vec<(&str, String)> = vec![("MODULES", modules.join(" "))];
-    match *scenario {
-        Scenario::Racer {
-            filesystems,
-            duration,
-            racer_args,
-            ..
-        } => vars.extend([
-            ("MODE", "racer".into()),
-            ("FILESYSTEMS", filesystems.join(" ")),
-            ("DURATION", duration.to_string()),
-            ("RACER_ARGS", racer_args.into()),
+fn init_script(c: &Contents, modules: &[&str]) -> String {
+    let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+    // Step values in bench mode and the reverse are never read.
+    let mut vars: Vec<(&str, String)> = vec![
+        ("MODULES", modules.join(" ")),
+        ("DEVICES", c.devices.to_string()),
+        ("TMPFS", flag(c.tmpfs)),
+    ];
+    match *c.scenario {
+        Scenario::Steps { trim, .. } => vars.extend([
+            ("MODE", "steps".into()),
+            ("TRIM", flag(trim)),
             ("BENCH_ROUNDS", "0".into()),
             ("BENCH_PAGES", "0".into()),
             ("BENCH_FAULT_ROUNDS", "0".into()),
@@ -153,9 +195,7 @@ fn init_script(scenario: &Scenario, modules: &[&str]) -> String {
             ..
         } => vars.extend([
             ("MODE", "bench".into()),
-            ("FILESYSTEMS", "xfs".into()),
-            ("DURATION", "0".into()),
-            ("RACER_ARGS", String::new()),
+            ("TRIM", "0".into()),
             ("BENCH_ROUNDS", rounds.to_string()),
             ("BENCH_PAGES", pages.to_string()),
             ("BENCH_FAULT_ROUNDS", fault_rounds.to_string()),
@@ -318,13 +358,17 @@ mod tests {
     /// Every placeholder filled, and the result parses as a shell script.
     #[test]
     fn init_script_is_complete() {
-        let fs = ["xfs".to_owned(), "ext4".to_owned()];
+        let steps = [Step {
+            name: "xfs.punch".into(),
+            fs: "xfs".into(),
+            seconds: 1.5,
+            racer_args: "--op punch --readers 2".into(),
+        }];
         for scenario in [
-            Scenario::Racer {
+            Scenario::Steps {
                 racer: None,
-                filesystems: &fs,
-                duration: 4,
-                racer_args: "--threads 2",
+                steps: &steps,
+                trim: true,
             },
             Scenario::Bench {
                 faultbench: Path::new("/bin/true"),
@@ -334,7 +378,17 @@ mod tests {
                 budget_ms: 3000,
             },
         ] {
-            let init = init_script(&scenario, &["xfs", "virtio_blk"]);
+            let contents = Contents {
+                release: "6.12.0",
+                modules: &[],
+                observer: Path::new("/bin/true"),
+                extra_bins: &[],
+                observer_args: "",
+                devices: "xfs:/dev/vdb ext4:/dev/vdc",
+                tmpfs: true,
+                scenario: &scenario,
+            };
+            let init = init_script(&contents, &["xfs", "virtio_blk"]);
             for (i, _) in init.match_indices('@') {
                 let rest = &init.as_bytes()[i + 1..];
                 let n = rest
@@ -348,10 +402,11 @@ mod tests {
                 );
             }
             let mode = match scenario {
-                Scenario::Racer { .. } => "MODE=racer\n",
+                Scenario::Steps { .. } => "MODE=steps\n",
                 Scenario::Bench { .. } => "MODE=bench\n",
             };
             assert!(init.contains(mode));
+            assert!(init.contains("DEVICES=\"xfs:/dev/vdb ext4:/dev/vdc\"\n"));
             let Ok(mut child) = Command::new("sh")
                 .arg("-n")
                 .stdin(std::process::Stdio::piped())
@@ -367,6 +422,25 @@ mod tests {
                 .unwrap();
             assert!(child.wait().unwrap().success(), "sh -n rejects /init");
         }
+    }
+
+    #[test]
+    fn step_lines() {
+        let mut step = Step {
+            name: "ext4.race1".into(),
+            fs: "ext4".into(),
+            seconds: 6.0,
+            racer_args: "--op punch --readers 2".into(),
+        };
+        assert_eq!(
+            step.line().unwrap(),
+            "ext4.race1 ext4 6 --op punch --readers 2\n"
+        );
+        step.racer_args = "a\nb".into();
+        assert!(step.line().is_err());
+        step.racer_args.clear();
+        step.name = "a b".into();
+        assert!(step.line().is_err());
     }
 
     #[test]

@@ -25,12 +25,13 @@ pub fn prepare(ws: &Workspace, spec: &str) -> Result<Kernel> {
     let cache = ws.root.join(".cache").join("kernels");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
 
-    let release = resolve(spec, &cache)?;
+    let apt = Apt::for_spec(ws, spec)?;
+    let release = resolve(spec, &cache, &apt)?;
     let dir = cache.join(&release);
     if dir.join(".complete").exists() {
         say(format!("kernel {release}: using cached {}", dir.display()));
     } else {
-        let deb = download(&release, &cache)?;
+        let deb = download(&release, &cache, &apt)?;
         extract(&deb, &dir)?;
     }
     let kernel = Kernel {
@@ -48,6 +49,107 @@ pub fn prepare(ws: &Workspace, spec: &str) -> Result<Kernel> {
     Ok(kernel)
 }
 
+/// Debian suites other than the host's (bookworm) that a kernel series
+/// comes from, with their apt sources.
+struct ExtraSuite {
+    /// Kernel series, e.g. `5.10`.
+    series: &'static str,
+    name: &'static str,
+    sources: &'static str,
+}
+
+const EXTRA_SUITES: &[ExtraSuite] = &[ExtraSuite {
+    series: "5.10",
+    name: "bullseye",
+    sources: "deb http://deb.debian.org/debian bullseye main\n\
+              deb http://deb.debian.org/debian-security bullseye-security main\n",
+}];
+
+/// How to ask apt about kernel packages: the host's own configuration, or
+/// a private sources list and package lists under `.cache/apt/SUITE` that
+/// leave the host's apt state alone. apt verifies the suite's signatures
+/// with the keyrings Debian 12 ships (debian-archive-keyring).
+struct Apt {
+    /// `-o` options for apt-get and apt-cache; empty for the host's apt.
+    options: Vec<String>,
+    /// `(suite, lists directory)` for a private suite.
+    private: Option<(&'static str, PathBuf)>,
+}
+
+impl Apt {
+    fn for_spec(ws: &Workspace, spec: &str) -> Result<Self> {
+        let release = spec.strip_prefix("linux-image-").unwrap_or(spec);
+        let Some(suite) = EXTRA_SUITES.iter().find(|s| {
+            release == s.series
+                || release
+                    .strip_prefix(s.series)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('-'))
+        }) else {
+            return Ok(Self {
+                options: Vec::new(),
+                private: None,
+            });
+        };
+        let dir = ws.root.join(".cache").join("apt").join(suite.name);
+        let lists = dir.join("lists");
+        fs::create_dir_all(lists.join("partial"))
+            .with_context(|| format!("creating {}", lists.display()))?;
+        let sources = dir.join("sources.list");
+        if fs::read_to_string(&sources).ok().as_deref() != Some(suite.sources) {
+            fs::write(&sources, suite.sources)
+                .with_context(|| format!("writing {}", sources.display()))?;
+        }
+        let options = [
+            format!("Dir::Etc::sourcelist={}", sources.display()),
+            "Dir::Etc::sourceparts=-".to_string(),
+            format!("Dir::State::Lists={}", lists.display()),
+            // No binary caches: the host's pkgcache.bin must not end up
+            // describing another suite.
+            "Dir::Cache::pkgcache=".to_string(),
+            "Dir::Cache::srcpkgcache=".to_string(),
+            "Acquire::Languages=none".to_string(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_string(), o])
+        .collect();
+        Ok(Self {
+            options,
+            private: Some((suite.name, lists)),
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(&self.options);
+        cmd
+    }
+
+    /// Whether the private lists hold any package index yet.
+    fn has_lists(&self) -> bool {
+        let Some((_, lists)) = &self.private else {
+            return true;
+        };
+        fs::read_dir(lists).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        })
+    }
+
+    fn update(&self) -> Result<()> {
+        if let Some((suite, lists)) = &self.private {
+            say(format!(
+                "apt: fetching the {suite} package lists into {}",
+                lists.display()
+            ));
+        }
+        run(self
+            .command("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    }
+}
+
 fn is_series(spec: &str) -> bool {
     let mut parts = spec.split('.');
     let ok =
@@ -55,7 +157,7 @@ fn is_series(spec: &str) -> bool {
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
-fn resolve(spec: &str, cache: &Path) -> Result<String> {
+fn resolve(spec: &str, cache: &Path, apt: &Apt) -> Result<String> {
     if !is_series(spec) {
         let release = spec.strip_prefix("linux-image-").unwrap_or(spec);
         return Ok(if release.ends_with("-cloud-amd64") {
@@ -69,13 +171,20 @@ fn resolve(spec: &str, cache: &Path) -> Result<String> {
         r"^linux-image-{}\.[0-9].*-cloud-amd64$",
         spec.replace('.', r"\.")
     );
-    let mut found = apt_search(&pattern)?;
+    // Private lists are fetched once and kept; the host's are the host's.
+    if !apt.has_lists()
+        && crate::util::is_root()
+        && let Err(e) = apt.update()
+    {
+        say(format!("apt-get update failed: {e:#}"));
+    }
+    let mut found = apt_search(apt, &pattern)?;
     if found.is_empty() && crate::util::is_root() {
         say("no kernel packages in the apt lists; running apt-get update");
-        run(Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        found = apt_search(&pattern)?;
+        match apt.update() {
+            Ok(()) => found = apt_search(apt, &pattern)?,
+            Err(e) => say(format!("apt-get update failed: {e:#}")),
+        }
     }
     if let Some(newest) = found
         .into_iter()
@@ -104,8 +213,11 @@ fn resolve(spec: &str, cache: &Path) -> Result<String> {
     }
 }
 
-fn apt_search(pattern: &str) -> Result<Vec<String>> {
-    let out = output(Command::new("apt-cache").args(["search", "--names-only", pattern]))?;
+fn apt_search(apt: &Apt, pattern: &str) -> Result<Vec<String>> {
+    let out = output(
+        apt.command("apt-cache")
+            .args(["search", "--names-only", pattern]),
+    )?;
     Ok(out
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -121,7 +233,7 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
-fn download(release: &str, cache: &Path) -> Result<PathBuf> {
+fn download(release: &str, cache: &Path, apt: &Apt) -> Result<PathBuf> {
     let package = format!("linux-image-{release}");
     let prefix = format!("{package}_");
     let find = |dir: &Path| -> Result<Option<PathBuf>> {
@@ -146,7 +258,7 @@ fn download(release: &str, cache: &Path) -> Result<PathBuf> {
     // seeing half-written files.
     let tmp = cache.join(format!(".download-{}", process::id()));
     fs::create_dir_all(&tmp)?;
-    let mut cmd = Command::new("apt-get");
+    let mut cmd = apt.command("apt-get");
     // As root, apt drops to the _apt user to download and then complains
     // that _apt cannot write to our directory; stay root instead.
     if crate::util::is_root() {
@@ -188,6 +300,23 @@ fn extract(deb: &Path, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `kernel` can mount `fs`: built in or shipped as a module (for
+/// tmpfs: CONFIG_TMPFS in its config, assumed when the config is missing).
+pub fn offers(kernel: &Kernel, fs: &str) -> Result<bool> {
+    if fs == "tmpfs" {
+        let config = kernel
+            .vmlinuz
+            .with_file_name(format!("config-{}", kernel.release));
+        return Ok(match fs::read_to_string(&config) {
+            Ok(text) => text.lines().any(|l| l == "CONFIG_TMPFS=y"),
+            Err(_) => true,
+        });
+    }
+    let name = normalize(fs);
+    Ok(builtin_modules(&kernel.moddir)?.contains(&name)
+        || index_modules(&kernel.moddir.join("kernel"))?.contains_key(&name))
 }
 
 pub struct Module {
@@ -429,7 +558,15 @@ mod tests {
         assert!(is_series("6.1"));
         assert!(!is_series("6.1.0-50"));
         assert_eq!(
-            resolve("6.1.0-50", Path::new("/nonexistent")).unwrap(),
+            resolve(
+                "6.1.0-50",
+                Path::new("/nonexistent"),
+                &Apt {
+                    options: Vec::new(),
+                    private: None
+                }
+            )
+            .unwrap(),
             "6.1.0-50-cloud-amd64"
         );
     }

@@ -1,9 +1,13 @@
 //! `cargo xtask vm`: runs the observer and the racer in a Debian cloud
-//! kernel under qemu, on XFS and ext4, and brings the results back.
+//! kernel under qemu, on XFS, ext4, btrfs and tmpfs, and brings the results
+//! back. One boot runs a list of steps (a filesystem and racer arguments),
+//! each under its own observer run; `cargo xtask matrix` builds on it.
 
 mod initramfs;
 mod kernel;
 mod qemu;
+
+pub use initramfs::Step;
 
 use std::{
     env, fs,
@@ -20,17 +24,17 @@ use crate::{
     util::{Workspace, output, say},
 };
 
-const FILESYSTEMS: &[&str] = &["xfs", "ext4"];
+pub const FILESYSTEMS: &[&str] = &["xfs", "ext4", "btrfs", "tmpfs"];
 /// Marks an output directory as ours, so that it may be emptied next time.
 const OUT_MARKER: &str = ".xtask-vm";
 
 #[derive(Args)]
 pub struct VmArgs {
-    /// Kernel series (6.12 or 6.1: newest Debian cloud package) or an exact
-    /// release such as 6.1.0-50-cloud-amd64.
+    /// Kernel series (6.12, 6.1 or 5.10: newest Debian cloud package; 5.10
+    /// comes from bullseye) or an exact release such as 6.1.0-50-cloud-amd64.
     #[arg(long)]
     kernel: String,
-    /// Filesystems to run the racer on, in order.
+    /// Filesystems to run the racer on, in order (xfs, ext4, btrfs, tmpfs).
     #[arg(long, value_delimiter = ',', default_value = "xfs,ext4")]
     fs: Vec<String>,
     /// Seconds the racer runs on each filesystem.
@@ -72,7 +76,7 @@ pub struct VmArgs {
     /// More kernel modules to load (their dependencies come along).
     #[arg(long = "module", value_delimiter = ',')]
     modules: Vec<String>,
-    /// Seconds before qemu is killed [default: 300 + duration per filesystem].
+    /// Seconds before qemu is killed [default: 300 + (20 + duration) per filesystem].
     #[arg(long)]
     timeout: Option<u64>,
     /// Keep the disk images and initramfs (in <out>/work) for inspection.
@@ -123,27 +127,151 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
         .unwrap_or_else(|| ws.target.join("vm").join(&args.kernel));
     let timeout = args
         .timeout
-        .unwrap_or(300 + args.duration * args.fs.len() as u64);
+        .unwrap_or(300 + (20 + args.duration) * args.fs.len() as u64);
+    // One step per filesystem, named after it: NAME.alerts.json etc.
+    let steps: Vec<Step> = args
+        .fs
+        .iter()
+        .map(|fs| Step {
+            name: fs.clone(),
+            fs: fs.clone(),
+            seconds: args.duration as f64,
+            racer_args: args.racer_args.clone(),
+        })
+        .collect();
     let out = boot_guest(
         ws,
         &Guest {
             kernel: &args.kernel,
             modules: &args.modules,
+            filesystems: &args.fs,
             observer: &observer,
             extra_bins: &args.extra_bins,
             observer_args: &args.observer_args,
-            scenario: &initramfs::Scenario::Racer {
+            scenario: &initramfs::Scenario::Steps {
                 racer: racer.as_deref(),
-                filesystems: &args.fs,
-                duration: args.duration,
-                racer_args: &args.racer_args,
+                steps: &steps,
+                trim: false,
             },
             out: &out,
             timeout: Duration::from_secs(timeout),
+            stall: None,
             keep_work: args.keep_work,
         },
-    )?;
+    )?
+    .dir;
     summarize(&out, &args.fs)
+}
+
+/// What `cargo xtask matrix` runs in one guest.
+pub struct StepsGuest<'a> {
+    /// As `cargo xtask vm --kernel`.
+    pub kernel: &'a str,
+    pub observer: &'a Path,
+    pub racer: &'a Path,
+    /// Filesystems to make and mount; every step's must be among them.
+    pub filesystems: &'a [String],
+    pub steps: &'a [Step],
+    /// Where the guest's results go; emptied first.
+    pub out: &'a Path,
+    pub timeout: Duration,
+}
+
+/// The kernel `spec` names, downloaded and unpacked if needed, and which of
+/// `filesystems` it can mount.
+pub fn kernel_filesystems(
+    ws: &Workspace,
+    spec: &str,
+    filesystems: &[String],
+) -> Result<(String, Vec<String>)> {
+    let kernel = kernel::prepare(ws, spec)?;
+    let mut offered = Vec::new();
+    for fs in filesystems {
+        if kernel::offers(&kernel, fs)? {
+            offered.push(fs.clone());
+        }
+    }
+    Ok((kernel.release, offered))
+}
+
+/// What a steps guest brought back.
+pub struct StepsOutcome {
+    /// See `steps`.
+    pub dir: PathBuf,
+    /// Whether the guest got through its list and powered off.
+    pub finished: bool,
+    /// Why the guest did not finish every step (it stalled or timed out;
+    /// the steps it finished are in `dir`), and kernel trouble from its
+    /// console (BUG, soft lockup, RCU stall, WARNING, Oops).
+    pub problems: Vec<String>,
+}
+
+/// Boots the guest in steps mode with trimmed results (see `trim()` in
+/// init.sh). The directory it returns holds what the guest brought back:
+/// `uname`, `filesystems`, and for each step NAME: `NAME.observer.json`
+/// (startup record and summary), `NAME.kinds`, `NAME.samples.json`,
+/// `NAME.observer.{log,rc}`, `NAME.ready`, `NAME.racer.{json,log,rc}`,
+/// `NAME.uptime`. Errors the guest reported are in `errors`, not returned.
+/// A guest that stops making progress for `stall` is killed; the steps it
+/// finished are kept.
+pub fn steps(ws: &Workspace, g: &StepsGuest, stall: Duration) -> Result<StepsOutcome> {
+    let booted = boot_guest(
+        ws,
+        &Guest {
+            kernel: g.kernel,
+            modules: &[],
+            filesystems: g.filesystems,
+            observer: g.observer,
+            extra_bins: &[],
+            observer_args: "",
+            scenario: &initramfs::Scenario::Steps {
+                racer: Some(g.racer),
+                steps: g.steps,
+                trim: true,
+            },
+            out: g.out,
+            timeout: g.timeout,
+            stall: Some(stall),
+            keep_work: false,
+        },
+    )?;
+    let finished = booted.problem.is_none();
+    let mut problems: Vec<String> = booted.problem.into_iter().collect();
+    problems.extend(kernel_trouble(&booted.dir.join("console.log")));
+    Ok(StepsOutcome {
+        dir: booted.dir,
+        finished,
+        problems,
+    })
+}
+
+/// Lines of a guest console that say the kernel itself is in trouble, at
+/// most one per kind.
+fn kernel_trouble(console: &Path) -> Vec<String> {
+    const SIGNS: &[&str] = &[
+        "BUG:",
+        "Oops",
+        "soft lockup",
+        "self-detected stall",
+        "WARNING:",
+        "Kernel panic",
+        "still mapped when deleted",
+    ];
+    let text = fs::read(console)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let mut found: Vec<String> = Vec::new();
+    for sign in SIGNS {
+        let hits: Vec<&str> = text.lines().filter(|l| l.contains(sign)).collect();
+        if let Some(first) = hits.first() {
+            found.push(format!(
+                "guest console: {} ({} such lines)",
+                first.trim(),
+                hits.len()
+            ));
+        }
+    }
+    found
 }
 
 /// What `cargo xtask bench --kernel` runs in the guest.
@@ -175,6 +303,7 @@ pub fn bench(ws: &Workspace, b: &BenchGuest) -> Result<PathBuf> {
         &Guest {
             kernel: b.kernel,
             modules: &[],
+            filesystems: &["xfs".to_string()],
             observer: b.observer,
             extra_bins: &[],
             observer_args: b.observer_args,
@@ -187,9 +316,11 @@ pub fn bench(ws: &Workspace, b: &BenchGuest) -> Result<PathBuf> {
             },
             out: b.out,
             timeout: b.timeout,
+            stall: None,
             keep_work: false,
         },
-    )?;
+    )?
+    .dir;
     if let Ok(errors) = fs::read_to_string(out.join("errors"))
         && !errors.trim().is_empty()
     {
@@ -206,32 +337,44 @@ struct Guest<'a> {
     kernel: &'a str,
     /// Modules to load beyond the disk and filesystem ones.
     modules: &'a [String],
+    /// Filesystems to mount: a disk each, tmpfs in memory.
+    filesystems: &'a [String],
     observer: &'a Path,
     extra_bins: &'a [PathBuf],
     observer_args: &'a str,
     scenario: &'a initramfs::Scenario<'a>,
     out: &'a Path,
     timeout: Duration,
+    /// Kill the guest when it makes no progress for this long, and keep
+    /// what it had finished (the steps scenario saves results after every
+    /// step); None: only `timeout` applies and a hung guest is an error.
+    stall: Option<Duration>,
     keep_work: bool,
 }
 
 /// Empties `g.out`, boots the kernel with an initramfs for `g.scenario`,
 /// and unpacks what the guest left on its results disk into `g.out`, which
 /// it returns canonicalized.
-fn boot_guest(ws: &Workspace, g: &Guest) -> Result<PathBuf> {
+fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
     prepare_out(g.out)?;
     let out = fs::canonicalize(g.out)?;
 
     let kernel = kernel::prepare(ws, g.kernel)?;
-    let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk", "xfs", "ext4"]
-        .map(String::from)
-        .to_vec();
+    // On 5.10 virtio_pci is a module too (pulling in virtio, virtio_ring).
+    let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk"].map(String::from).to_vec();
+    wanted.extend(
+        g.filesystems
+            .iter()
+            .filter(|fs| qemu::BLOCK_FILESYSTEMS.contains(&fs.as_str()))
+            .cloned(),
+    );
     wanted.extend(g.modules.iter().cloned());
     let modules = kernel::modules(&kernel, &wanted)?;
 
     let work = out.join("work");
     fs::create_dir_all(&work)?;
     let initramfs = work.join("initramfs.cpio");
+    let disks = qemu::make_disks(&work, g.filesystems)?;
     initramfs::build(
         &initramfs::Contents {
             release: &kernel.release,
@@ -239,11 +382,12 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<PathBuf> {
             observer: g.observer,
             extra_bins: g.extra_bins,
             observer_args: g.observer_args,
+            devices: &disks.guest_devices(),
+            tmpfs: g.filesystems.iter().any(|fs| fs == "tmpfs"),
             scenario: g.scenario,
         },
         &initramfs,
     )?;
-    let disks = qemu::make_disks(&work)?;
 
     let outcome = qemu::boot(&qemu::Boot {
         vmlinuz: &kernel.vmlinuz,
@@ -251,25 +395,49 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<PathBuf> {
         disks: &disks,
         console_log: &out.join("console.log"),
         timeout: g.timeout,
+        stall: g.stall,
     })?;
 
-    let extracted = extract_results(&disks.results, &out);
-    if !g.keep_work {
-        let _ = fs::remove_dir_all(&work);
-    }
-    if let qemu::Outcome::TimedOut = outcome {
-        tail_console(&out);
-        bail!(
+    let problem = match outcome {
+        qemu::Outcome::Exited => None,
+        qemu::Outcome::TimedOut => Some(format!(
             "the guest did not power off within {}s; see {}",
             g.timeout.as_secs(),
             out.join("console.log").display()
-        );
+        )),
+        qemu::Outcome::Stalled(last) => Some(format!(
+            "the guest made no progress for {}s after \"{last}\" and was killed; see {}",
+            g.stall.unwrap_or_default().as_secs(),
+            out.join("console.log").display()
+        )),
+    };
+    // A guest that did not finish left the results of the steps it did
+    // finish (the steps scenario saves them after every step).
+    let partial = problem.is_some() && g.stall.is_some();
+    let extracted = extract_results(&disks.results, &out, partial);
+    if !g.keep_work {
+        let _ = fs::remove_dir_all(&work);
+    }
+    if let Some(problem) = &problem {
+        tail_console(&out);
+        if !partial {
+            bail!("{problem}");
+        }
     }
     if let Err(e) = extracted {
-        tail_console(&out);
+        if problem.is_none() {
+            tail_console(&out);
+        }
         return Err(e);
     }
-    Ok(out)
+    Ok(Booted { dir: out, problem })
+}
+
+struct Booted {
+    /// The results, canonicalized.
+    dir: PathBuf,
+    /// Why the guest did not finish (only with `Guest::stall`).
+    problem: Option<String>,
 }
 
 fn pick(flag: Option<PathBuf>, var: &str, default: PathBuf) -> PathBuf {
@@ -300,17 +468,22 @@ fn prepare_out(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn extract_results(image: &Path, out: &Path) -> Result<()> {
+fn extract_results(image: &Path, out: &Path, partial: bool) -> Result<()> {
     // The guest wrote a bare tar to the raw disk; tar stops at its end
     // marker and ignores the zeroes after it.
-    output(
+    let untar = output(
         Command::new("tar")
             .args(["-xf"])
             .arg(image)
             .args(["--no-same-owner", "--no-overwrite-dir", "-C"])
             .arg(out),
-    )
-    .context("the results disk holds no tar: the guest never got to the end of /init")?;
+    );
+    if partial {
+        // Whatever the last save held; nothing at all if the guest never
+        // finished a step.
+        return untar.map(drop).or(Ok(()));
+    }
+    untar.context("the results disk holds no tar: the guest never got to the end of /init")?;
     if !out.join("done").exists() {
         bail!(
             "the results disk holds no results: the guest never got to the end of /init (see {})",
@@ -363,8 +536,11 @@ fn summarize(out: &Path, filesystems: &[String]) -> Result<()> {
             .map(|s| format!(" ({s})"))
             .unwrap_or_default();
         say(format!(
-            "  {fs:<5}    observer {ready}, exit status {rc}{stop}; {alerts}; racer exit status {racer}"
+            "  {fs:<6}   observer {ready}, exit status {rc}{stop}; {alerts}; racer exit status {racer}"
         ));
+    }
+    for trouble in kernel_trouble(&out.join("console.log")) {
+        say(format!("  warning: {trouble}"));
     }
     if let Some(errors) = read("errors").filter(|e| !e.is_empty()) {
         bail!("the guest reported: {}", errors.replace('\n', "; "));

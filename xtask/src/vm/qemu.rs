@@ -5,6 +5,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -15,37 +16,63 @@ use crate::util::{display, output, say};
 
 const MIB: u64 = 1 << 20;
 
+/// Filesystems that live on a disk of their own (tmpfs is mounted in the
+/// guest's memory).
+pub const BLOCK_FILESYSTEMS: &[&str] = &["xfs", "ext4", "btrfs"];
+
 pub struct Disks {
-    pub xfs: PathBuf,
-    pub ext4: PathBuf,
+    /// /dev/vda: the guest writes its results here as a bare tar.
     pub results: PathBuf,
+    /// `(filesystem, image)`, attached as /dev/vdb, /dev/vdc, ... in order.
+    pub filesystems: Vec<(String, PathBuf)>,
+}
+
+impl Disks {
+    /// `fs:/dev/vdX` words for init.sh, in attachment order.
+    pub fn guest_devices(&self) -> String {
+        self.filesystems
+            .iter()
+            .zip(b'b'..)
+            .map(|((fs, _), letter)| format!("{fs}:/dev/vd{}", letter as char))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// Fresh sparse images every run: a filesystem dirtied by a previous run
-/// (or a crashed guest) must not influence the next one.
-pub fn make_disks(dir: &Path) -> Result<Disks> {
-    let disks = Disks {
-        xfs: dir.join("xfs.img"),
-        ext4: dir.join("ext4.img"),
-        results: dir.join("results.img"),
+/// (or a crashed guest) must not influence the next one. One image per
+/// block filesystem in `filesystems` (others are skipped), in that order.
+pub fn make_disks(dir: &Path, filesystems: &[String]) -> Result<Disks> {
+    let results = dir.join("results.img");
+    // Sparse: only what the guest writes takes space.
+    sparse(&results, 512 * MIB)?;
+    let mut disks = Disks {
+        results,
+        filesystems: Vec::new(),
     };
-    sparse(&disks.xfs, 512 * MIB)?;
-    output(Command::new("mkfs.xfs").args(["-f", "-q"]).arg(&disks.xfs))
-        .context("mkfs.xfs (apt-get install xfsprogs)")?;
-    sparse(&disks.ext4, 256 * MIB)?;
-    output(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&disks.ext4),
-    )
-    .context("mkfs.ext4 (apt-get install e2fsprogs)")?;
-    sparse(&disks.results, 64 * MIB)?;
-    say(format!(
-        "disks: {} (512 MiB xfs), {} (256 MiB ext4), {} (64 MiB results)",
-        disks.xfs.display(),
-        disks.ext4.display(),
-        disks.results.display()
-    ));
+    let mut shown = vec![format!("{} (results)", disks.results.display())];
+    for fs in filesystems {
+        if !BLOCK_FILESYSTEMS.contains(&fs.as_str())
+            || disks.filesystems.iter().any(|(f, _)| f == fs)
+        {
+            continue;
+        }
+        let image = dir.join(format!("{fs}.img"));
+        // 512 MiB: mkfs.xfs wants 300 MB, and mke2fs picks its "small"
+        // profile (1 KiB blocks) below 512 MB; real ext4 has 4 KiB blocks.
+        sparse(&image, 512 * MIB)?;
+        let (mkfs, args, package): (&str, &[&str], &str) = match fs.as_str() {
+            // Debian 12's mkfs.xfs enables reflink (FICLONERANGE, dedupe).
+            "xfs" => ("mkfs.xfs", &["-f", "-q"], "xfsprogs"),
+            "ext4" => ("mkfs.ext4", &["-q", "-F"], "e2fsprogs"),
+            _ => ("mkfs.btrfs", &["-q", "-f"], "btrfs-progs"),
+        };
+        output(Command::new(mkfs).args(args).arg(&image))
+            .with_context(|| format!("{mkfs} (apt-get install {package})"))?;
+        shown.push(format!("{} ({fs})", image.display()));
+        disks.filesystems.push((fs.clone(), image));
+    }
+    say(format!("disks: {}", shown.join(", ")));
     Ok(disks)
 }
 
@@ -63,11 +90,16 @@ pub struct Boot<'a> {
     pub disks: &'a Disks,
     pub console_log: &'a Path,
     pub timeout: Duration,
+    /// Kill qemu when the guest prints no progress line (`xtask-vm: ...`)
+    /// for this long: a hung guest kernel must not hold up the whole run.
+    pub stall: Option<Duration>,
 }
 
 pub enum Outcome {
     Exited,
     TimedOut,
+    /// No progress line for `Boot::stall`; the last one is given.
+    Stalled(String),
 }
 
 /// Boots the guest and waits for it to power off, copying the serial
@@ -84,8 +116,10 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         // panic=-1 turns a guest panic into a reboot, which -no-reboot turns
         // into a qemu exit instead of a hang until the timeout.
         .args(["-append", "console=ttyS0 panic=-1 rdinit=/init"]);
-    // vda, vdb, vdc in this order: init.sh relies on it.
-    for disk in [&b.disks.xfs, &b.disks.ext4, &b.disks.results] {
+    // vda is the results disk, then the filesystems in order: init.sh gets
+    // the same order from Disks::guest_devices.
+    let disks = std::iter::once(&b.disks.results).chain(b.disks.filesystems.iter().map(|(_, p)| p));
+    for disk in disks {
         cmd.arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
     }
@@ -118,6 +152,9 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         }
         text
     });
+    // When the guest last said something, and what.
+    let progress = Arc::new(Mutex::new((Instant::now(), String::from("(nothing yet)"))));
+    let seen = Arc::clone(&progress);
     let console = thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = Vec::new();
@@ -125,7 +162,11 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
             let _ = log.write_all(&line);
             let text = String::from_utf8_lossy(&line);
             if let Some(i) = text.find("xtask-vm: ") {
-                say(format!("guest: {}", text[i + 10..].trim_end()));
+                let msg = text[i + 10..].trim_end().to_string();
+                say(format!("guest: {msg}"));
+                if let Ok(mut p) = seen.lock() {
+                    *p = (Instant::now(), msg);
+                }
             }
             line.clear();
         }
@@ -148,6 +189,21 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
             let _ = child.kill();
             let _ = child.wait();
             break Outcome::TimedOut;
+        }
+        if let Some(stall) = b.stall {
+            let (at, last) = progress
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_else(|_| (Instant::now(), String::new()));
+            if at.elapsed() > stall {
+                say(format!(
+                    "the guest printed nothing for {}s (last: {last}); killing qemu",
+                    stall.as_secs()
+                ));
+                let _ = child.kill();
+                let _ = child.wait();
+                break Outcome::Stalled(last);
+            }
         }
         thread::sleep(Duration::from_millis(100));
     };

@@ -1,0 +1,336 @@
+//! The truth table: `cargo xtask matrix` across Debian 5.10, 6.1 and 6.12
+//! (qemu, fentry) and the host kernel (tracepoints), on xfs, ext4, btrfs and
+//! tmpfs, with every invalidator. Asserts the cells whose value is
+//! understood from the kernel sources; every other cell is printed.
+//!
+//! Needs root and qemu, and takes about 20 minutes: run by `cargo xtask
+//! test`, which sets XTASK_BIN and XTASK_VM=1.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+/// racer --op → the window operation the observer must name for it. The
+/// last three reach the invalidation through madvise or an ioctl, which the
+/// observer cannot name: any window counts.
+const OP_WINDOWS: &[(&str, Option<&str>)] = &[
+    ("punch", Some("punch_hole")),
+    ("zero", Some("zero_range")),
+    ("collapse", Some("collapse_range")),
+    ("insert", Some("insert_range")),
+    ("truncate", Some("ftruncate")),
+    ("truncate-path", Some("truncate")),
+    ("madv-remove", None),
+    ("clone", None),
+    ("dedupe", None),
+];
+
+/// Operations each filesystem lacks, on every kernel here: ext4 and tmpfs
+/// have no ->remap_file_range (FICLONERANGE, FIDEDUPERANGE), btrfs does
+/// not collapse or insert ranges, shmem_fallocate only punches.
+const UNSUPPORTED: &[(&str, &[&str])] = &[
+    ("xfs", &[]),
+    ("ext4", &["clone", "dedupe"]),
+    ("btrfs", &["collapse", "insert"]),
+    ("tmpfs", &["zero", "collapse", "insert", "clone", "dedupe"]),
+];
+
+fn kernel<'a>(v: &'a Value, spec: &str) -> Option<&'a Value> {
+    v["kernels"].as_array()?.iter().find(|k| k["spec"] == spec)
+}
+
+fn cell<'a>(v: &'a Value, spec: &str, fs: &str) -> Option<&'a Value> {
+    kernel(v, spec)?["cells"]
+        .as_array()?
+        .iter()
+        .find(|c| c["fs"] == fs)
+}
+
+/// Every (kernel spec, cell).
+fn cells(v: &Value) -> Vec<(String, &Value)> {
+    let mut all = Vec::new();
+    for k in v["kernels"].as_array().into_iter().flatten() {
+        for c in k["cells"].as_array().into_iter().flatten() {
+            all.push((k["spec"].as_str().unwrap_or("?").to_string(), c));
+        }
+    }
+    all
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// A class counter of one cell (`class` "a" or "b"), or why it is missing.
+fn class(v: &Value, spec: &str, fs: &str, class: &str, key: &str) -> Result<u64, String> {
+    let cell = cell(v, spec, fs).ok_or_else(|| format!("{spec} {fs}: no such cell"))?;
+    if cell["classes"].is_null() {
+        let ran = cell["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["status"] == "ok"));
+        return Err(if ran {
+            format!("{spec} {fs}: observer lacks classes (its summary has no \"classes\")")
+        } else {
+            format!("{spec} {fs}: no step ran")
+        });
+    }
+    cell["classes"][class][key]
+        .as_u64()
+        .ok_or_else(|| format!("{spec} {fs}: classes.{class}.{key} missing"))
+}
+
+/// Fails unless the counter is positive (`positive`) or zero.
+fn expect(
+    v: &Value,
+    failures: &mut Vec<String>,
+    (spec, fs, c, key): (&str, &str, &str, &str),
+    positive: bool,
+    why: &str,
+) {
+    match class(v, spec, fs, c, key) {
+        Err(e) => failures.push(e),
+        Ok(0) if positive => {
+            failures.push(format!("{spec} {fs}: {c}.{key} is 0, expected > 0 ({why})"))
+        }
+        Ok(n) if !positive && n != 0 => {
+            failures.push(format!("{spec} {fs}: {c}.{key} is {n}, expected 0 ({why})"))
+        }
+        Ok(_) => {}
+    }
+}
+
+#[test]
+#[ignore = "needs root and qemu: run by cargo xtask test"]
+fn matrix_truth_table() {
+    let xtask = std::env::var_os("XTASK_BIN")
+        .expect("XTASK_BIN is unset: run the VM tests through `cargo xtask test`");
+    let dir: PathBuf = std::env::temp_dir().join("observer-matrix-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new(xtask)
+        .args(["matrix", "--out"])
+        .arg(&dir)
+        .status()
+        .expect("cannot run xtask matrix");
+    let text = std::fs::read_to_string(dir.join("matrix.json"))
+        .unwrap_or_else(|e| panic!("xtask matrix ({status}) wrote no matrix.json: {e}"));
+    let v: Value = serde_json::from_str(&text).expect("matrix.json is JSON");
+    let mut failures = Vec::new();
+    if !status.success() {
+        failures.push(format!("xtask matrix exited with {status}"));
+    }
+
+    // Every kernel ran, and booted what was asked for.
+    for (spec, release) in [
+        ("5.10", "5.10."),
+        ("6.1", "6.1."),
+        ("6.12", "6.12."),
+        ("host", ""),
+    ] {
+        let Some(k) = kernel(&v, spec) else {
+            failures.push(format!("kernel {spec} missing"));
+            continue;
+        };
+        if !k["error"].is_null() {
+            failures.push(format!("kernel {spec} did not run: {}", k["error"]));
+        }
+        let rel = k["release"].as_str().unwrap_or("");
+        if !rel.starts_with(release) {
+            failures.push(format!("kernel {spec} booted {rel:?}"));
+        }
+    }
+
+    for (spec, cell) in cells(&v) {
+        let fs = cell["fs"].as_str().unwrap_or("?");
+        if cell["offered"] != true {
+            failures.push(format!("{spec} {fs}: not offered"));
+            continue;
+        }
+        // The VMs use fentry on the core probes and watch the PTE
+        // installer; the host has tracepoints only.
+        let want = if spec == "host" {
+            "tracepoint"
+        } else {
+            "fentry"
+        };
+        for p in cell["probes"].as_array().into_iter().flatten() {
+            let f = p["function"].as_str().unwrap_or("");
+            let core = [
+                "unmap_mapping_range",
+                "truncate_inode_pages_range",
+                "filemap_map_pages",
+            ];
+            if core.contains(&f) && p["method"] != want {
+                failures.push(format!(
+                    "{spec} {fs}: {f} attached with {}, not {want}",
+                    p["method"]
+                ));
+            }
+        }
+        if spec != "host" && cell["pte_hook"] != true {
+            failures.push(format!(
+                "{spec} {fs}: no PTE-installer probe: class A is not page-exact"
+            ));
+        }
+        // Every step ran, and exactly the unsupported operations are n/a.
+        let na: &[&str] = UNSUPPORTED
+            .iter()
+            .find(|(f, _)| *f == fs)
+            .map_or(&[], |(_, ops)| ops);
+        let steps = cell["steps"].as_array().cloned().unwrap_or_default();
+        for s in &steps {
+            let name = &s["name"];
+            let workload = s["workload"].as_str().unwrap_or("");
+            match s["status"].as_str() {
+                Some("ok") if na.contains(&workload) => failures.push(format!(
+                    "{spec} {name}: ran, but {fs} should lack {workload}"
+                )),
+                Some("n/a") if !na.contains(&workload) => failures.push(format!(
+                    "{spec} {name}: {fs} refused {workload}: {}",
+                    s["detail"]
+                )),
+                Some("ok" | "n/a") => {}
+                _ => failures.push(format!("{spec} {name}: {}: {}", s["status"], s["detail"])),
+            }
+        }
+        if cell["windows_by_op"].is_null() && steps.iter().any(|s| s["status"] == "ok") {
+            failures.push(format!("{spec} {fs}: observer lacks windows_by_op"));
+        }
+        // Nothing may stay mapped past its removal from the page cache.
+        if !cell["classes"].is_null() && cell["classes"]["a"]["stale_pte"] != 0 {
+            failures.push(format!(
+                "{spec} {fs}: classes.a.stale_pte is {}, expected 0",
+                cell["classes"]["a"]["stale_pte"]
+            ));
+        }
+        let stale_pte_alerts = u64_of(&cell["alerts"]["stale_pte"]);
+        if stale_pte_alerts != 0 {
+            failures.push(format!("{spec} {fs}: {stale_pte_alerts} stale_pte alerts"));
+        }
+        // Each stale_data is one alert.
+        if spec != "host" && !cell["classes"].is_null() {
+            let counted = &cell["classes"]["b"]["stale_data"];
+            let alerts = u64_of(&cell["alerts"]["stale_data"]);
+            if counted.as_u64() != Some(alerts) {
+                failures.push(format!(
+                    "{spec} {fs}: classes.b.stale_data {counted} but {alerts} stale_data alerts"
+                ));
+            }
+        }
+    }
+
+    // Class A: fault-around maps pages inside the window on ext4 (no lock
+    // around map_pages) and on xfs from 6.4 on; xfs 5.10 and 6.1 wrap
+    // filemap_map_pages in the MMAPLOCK the punch holds exclusively.
+    let positive = true;
+    for spec in ["5.10", "6.1", "6.12"] {
+        let why = "ext4 takes no lock around fault-around";
+        expect(
+            &v,
+            &mut failures,
+            (spec, "ext4", "a", "ptes_in_window"),
+            positive,
+            why,
+        );
+    }
+    let why = "xfs_filemap_map_pages is gone since 6.4";
+    expect(
+        &v,
+        &mut failures,
+        ("6.12", "xfs", "a", "ptes_in_window"),
+        positive,
+        why,
+    );
+    for spec in ["5.10", "6.1"] {
+        let why = "xfs_filemap_map_pages takes the MMAPLOCK";
+        expect(
+            &v,
+            &mut failures,
+            (spec, "xfs", "a", "ptes_in_window"),
+            !positive,
+            why,
+        );
+    }
+    // Class B: on 5.10 ext4 buffered reads take no lock against the punch
+    // and refill freed blocks between truncate_pagecache_range and
+    // ext4_ext_remove_space; 6.1 and 6.12 take invalidate_lock shared when
+    // creating page cache; xfs reads take the IOLOCK the punch holds.
+    let why = "5.10 reads take no invalidate_lock";
+    expect(
+        &v,
+        &mut failures,
+        ("5.10", "ext4", "b", "stale_data"),
+        positive,
+        why,
+    );
+    let why = "xfs reads take the IOLOCK";
+    expect(
+        &v,
+        &mut failures,
+        ("5.10", "xfs", "b", "stale_data"),
+        !positive,
+        why,
+    );
+    for spec in ["6.1", "6.12"] {
+        for fs in ["ext4", "xfs"] {
+            let why = "reads take invalidate_lock shared";
+            expect(
+                &v,
+                &mut failures,
+                (spec, fs, "b", "stale_data"),
+                !positive,
+                why,
+            );
+        }
+    }
+
+    // Every invalidator opened windows somewhere, at least one for every
+    // other operation it made, under its own name. madvise and the ioctls
+    // are counted as "unknown" by the observer, which also sees a few dozen
+    // unrelated "unknown" windows per run: those must stand out of the
+    // cell's noise (the fewest "unknown" windows of any run there).
+    for (op, window_op) in OP_WINDOWS {
+        let mut seen = Vec::new();
+        let mut ok = false;
+        for (spec, cell) in cells(&v) {
+            let steps: Vec<&Value> = cell["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["status"] == "ok")
+                .collect();
+            let noise = steps
+                .iter()
+                .map(|s| u64_of(&s["summary"]["windows_by_op"]["unknown"]))
+                .min()
+                .unwrap_or(0);
+            for s in steps.iter().filter(|s| s["workload"] == *op) {
+                let by_op = &s["summary"]["windows_by_op"];
+                let punches = u64_of(&s["racer"]["punches"]);
+                let windows = match window_op {
+                    Some(name) => u64_of(&by_op[*name]),
+                    None => u64_of(&by_op["unknown"]).saturating_sub(noise),
+                };
+                seen.push(format!("{spec} {}: {windows}/{punches}", cell["fs"]));
+                ok |= punches >= 10 && 2 * windows >= punches;
+            }
+        }
+        if !ok {
+            failures.push(format!(
+                "racer --op {op}: no cell with {} windows for at least half its operations \
+                 (windows/operations: {})",
+                window_op.unwrap_or("unknown"),
+                seen.join(", ")
+            ));
+        }
+    }
+
+    let table = std::fs::read_to_string(dir.join("matrix.txt")).unwrap_or_default();
+    eprintln!("{table}");
+    assert!(
+        failures.is_empty(),
+        "{} matrix checks failed:\n  {}\n(table and every run's files in {})",
+        failures.len(),
+        failures.join("\n  "),
+        dir.display()
+    );
+}
