@@ -1,8 +1,6 @@
 //! Event source: drains the ring buffer and decodes records into [`Event`]s;
 //! reads the kernel's per-CPU counters for the summary.
 
-use std::os::fd::AsRawFd;
-
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
 use observer_abi as abi;
@@ -37,38 +35,44 @@ impl Source {
     /// Waits until records are ready, then decodes all of them into `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> Result<()> {
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(r) = &mut self.recorder {
-                r.record(&item).context("cannot write the recording")?;
-            }
-            match decode(&item) {
-                Some(ev) => out.push(ev),
-                None => self.undecodable += 1,
-            }
-        }
+        let taken = take_all(
+            guard.get_inner_mut(),
+            &mut self.recorder,
+            &mut self.undecodable,
+            out,
+        );
         guard.clear_ready();
-        Ok(())
+        taken
     }
 
     /// Whatever is left in the ring, without waiting (on shutdown).
     pub fn drain(&mut self, out: &mut Vec<Event>) -> Result<()> {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            if let Some(r) = &mut self.recorder {
-                r.record(&item).context("cannot write the recording")?;
-            }
-            match decode(&item) {
-                Some(ev) => out.push(ev),
-                None => self.undecodable += 1,
-            }
-        }
-        Ok(())
+        take_all(
+            self.ring.get_mut(),
+            &mut self.recorder,
+            &mut self.undecodable,
+            out,
+        )
     }
+}
 
-    pub fn fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
+/// Records, then decodes, every record in the ring.
+fn take_all(
+    ring: &mut RingBuf<MapData>,
+    recorder: &mut Option<crate::trace::Recorder>,
+    undecodable: &mut u64,
+    out: &mut Vec<Event>,
+) -> Result<()> {
+    while let Some(item) = ring.next() {
+        if let Some(r) = recorder {
+            r.record(&item).context("cannot write the recording")?;
+        }
+        match decode(&item) {
+            Some(ev) => out.push(ev),
+            None => *undecodable += 1,
+        }
     }
+    Ok(())
 }
 
 pub fn decode(bytes: &[u8]) -> Option<Event> {
