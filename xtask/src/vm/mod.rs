@@ -412,9 +412,22 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
         )),
     };
     // A guest that did not finish left the results of the steps it did
-    // finish (the steps scenario saves them after every step).
-    let partial = problem.is_some() && g.stall.is_some();
+    // finish (the steps scenario saves them after every step). One that
+    // powered off early (a panic reboots, and -no-reboot ends qemu) looks
+    // like a clean exit until the results show no `done`.
+    let mut problem = problem;
+    let partial = g.stall.is_some();
     let extracted = extract_results(&disks.results, &out, partial);
+    if partial && problem.is_none() && !out.join("done").exists() {
+        let why = kernel_trouble(&out.join("console.log"))
+            .into_iter()
+            .find(|t| t.contains("Kernel panic") || t.contains("BUG:") || t.contains("Oops"))
+            .unwrap_or_else(|| "no panic on the console".into());
+        problem = Some(format!(
+            "the guest stopped before the end of /init ({why}); see {}",
+            out.join("console.log").display()
+        ));
+    }
     if !g.keep_work {
         let _ = fs::remove_dir_all(&work);
     }
