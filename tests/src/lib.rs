@@ -4,8 +4,7 @@
 //!   under test (environment overrides first, then the cargo target directory).
 //! * [`LoopMount`]: an RAII XFS/ext4 loop mount on a sparse image (needs root).
 //! * [`RacerReport`], [`FaultbenchReport`]: parse the one-line JSON reports the
-//!   workload binaries print. serde_json is only a dev-dependency of this
-//!   crate, so a minimal JSON reader ([`json`]) is built in.
+//!   workload binaries print.
 //! * [`workload`]: the file/mmap/fallocate plumbing used by `racer` and
 //!   `faultbench`.
 
@@ -17,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
 
 // ---------------------------------------------------------------------------
 // Locating binaries
@@ -329,33 +329,34 @@ pub struct RacerReport {
 impl RacerReport {
     /// Parses one `racer` output line.
     pub fn parse(json_line: &str) -> Result<RacerReport> {
-        let v = json::parse(json_line.trim()).context("racer report is not valid JSON")?;
-        let dev = v.get_str("dev")?;
+        let v: Value =
+            serde_json::from_str(json_line.trim()).context("racer report is not valid JSON")?;
+        let dev = get_str(&v, "dev")?;
         let (maj, min) = dev
             .split_once(':')
             .ok_or_else(|| anyhow!("racer report: dev {dev:?} is not MAJ:MIN"))?;
-        let punched = v.get("punched")?;
+        let punched = field(&v, "punched")?;
         Ok(RacerReport {
-            file: PathBuf::from(v.get_str("file")?),
+            file: PathBuf::from(get_str(&v, "file")?),
             dev_major: maj
                 .parse()
                 .with_context(|| format!("racer report: bad dev {dev:?}"))?,
             dev_minor: min
                 .parse()
                 .with_context(|| format!("racer report: bad dev {dev:?}"))?,
-            ino: v.get_u64("ino")?,
-            pages: v.get_u64("pages")?,
-            punch_pages: v.get_u64("punch_pages")?,
-            op: v.get_str("op")?.to_string(),
-            punches: v.get_u64("punches")?,
-            faults: v.get_u64("faults")?,
+            ino: get_u64(&v, "ino")?,
+            pages: get_u64(&v, "pages")?,
+            punch_pages: get_u64(&v, "punch_pages")?,
+            op: get_str(&v, "op")?.to_string(),
+            punches: get_u64(&v, "punches")?,
+            faults: get_u64(&v, "faults")?,
             // Optional: absent before --readers existed.
-            reads: v.get_u64("reads").unwrap_or(0),
-            punched_start: punched.get_u64("start")?,
-            punched_end: punched.get_u64("end")?,
-            duration_s: v.get_f64("duration_s")?,
+            reads: get_u64(&v, "reads").unwrap_or(0),
+            punched_start: get_u64(punched, "start")?,
+            punched_end: get_u64(punched, "end")?,
+            duration_s: get_f64(&v, "duration_s")?,
             // Optional: absent in hand-written reports.
-            seed: v.get_u64("seed").unwrap_or(0),
+            seed: get_u64(&v, "seed").unwrap_or(0),
         })
     }
 
@@ -377,304 +378,48 @@ pub struct FaultbenchReport {
 
 impl FaultbenchReport {
     pub fn parse(json_line: &str) -> Result<FaultbenchReport> {
-        let v = json::parse(json_line.trim()).context("faultbench report is not valid JSON")?;
+        let v: Value = serde_json::from_str(json_line.trim())
+            .context("faultbench report is not valid JSON")?;
         Ok(FaultbenchReport {
-            rounds: v.get_u64("rounds")?,
-            pages: v.get_u64("pages")?,
-            faults: v.get_u64("faults")?,
-            elapsed_s: v.get_f64("elapsed_s")?,
-            faults_per_s: v.get_f64("faults_per_s")?,
+            rounds: get_u64(&v, "rounds")?,
+            pages: get_u64(&v, "pages")?,
+            faults: get_u64(&v, "faults")?,
+            elapsed_s: get_f64(&v, "elapsed_s")?,
+            faults_per_s: get_f64(&v, "faults_per_s")?,
         })
     }
 }
 
-/// A small, strict JSON reader (RFC 8259 values; numbers are kept as text so
-/// 64-bit integers such as inode numbers stay exact).
-pub mod json {
-    use anyhow::{Result, anyhow, bail};
-
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum Value {
-        Null,
-        Bool(bool),
-        /// The number's literal text.
-        Number(String),
-        String(String),
-        Array(Vec<Value>),
-        /// Members in input order.
-        Object(Vec<(String, Value)>),
+/// Member `key` of object `v`.
+fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value> {
+    match v {
+        Value::Object(m) => m.get(key).ok_or_else(|| anyhow!("missing field {key:?}")),
+        _ => bail!("not an object (looking for {key:?})"),
     }
+}
 
-    impl Value {
-        /// Member `key` of an object.
-        pub fn get(&self, key: &str) -> Result<&Value> {
-            match self {
-                Value::Object(m) => m
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v)
-                    .ok_or_else(|| anyhow!("missing field {key:?}")),
-                _ => bail!("not an object (looking for {key:?})"),
-            }
-        }
-
-        pub fn get_str(&self, key: &str) -> Result<&str> {
-            match self.get(key)? {
-                Value::String(s) => Ok(s),
-                other => bail!("field {key:?} is not a string: {other:?}"),
-            }
-        }
-
-        pub fn get_u64(&self, key: &str) -> Result<u64> {
-            match self.get(key)? {
-                Value::Number(n) => n
-                    .parse()
-                    .map_err(|_| anyhow!("field {key:?} is not an unsigned integer: {n}")),
-                other => bail!("field {key:?} is not a number: {other:?}"),
-            }
-        }
-
-        pub fn get_f64(&self, key: &str) -> Result<f64> {
-            match self.get(key)? {
-                Value::Number(n) => n
-                    .parse()
-                    .map_err(|_| anyhow!("field {key:?} is not a number: {n}")),
-                other => bail!("field {key:?} is not a number: {other:?}"),
-            }
-        }
+fn get_str<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+    match field(v, key)? {
+        Value::String(s) => Ok(s),
+        other => bail!("field {key:?} is not a string: {other}"),
     }
+}
 
-    /// Parses exactly one JSON value (surrounding white space allowed).
-    pub fn parse(text: &str) -> Result<Value> {
-        let mut p = Parser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let v = p.value(0)?;
-        p.ws();
-        if p.i != p.s.len() {
-            bail!("trailing characters at offset {}", p.i);
-        }
-        Ok(v)
+fn get_u64(v: &Value, key: &str) -> Result<u64> {
+    match field(v, key)? {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| anyhow!("field {key:?} is not an unsigned integer: {n}")),
+        other => bail!("field {key:?} is not a number: {other}"),
     }
+}
 
-    struct Parser<'a> {
-        s: &'a [u8],
-        i: usize,
-    }
-
-    impl Parser<'_> {
-        fn ws(&mut self) {
-            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
-                self.i += 1;
-            }
-        }
-
-        fn peek(&self) -> Option<u8> {
-            self.s.get(self.i).copied()
-        }
-
-        fn expect(&mut self, c: u8) -> Result<()> {
-            if self.peek() != Some(c) {
-                bail!("expected {:?} at offset {}", c as char, self.i);
-            }
-            self.i += 1;
-            Ok(())
-        }
-
-        fn lit(&mut self, word: &str, v: Value) -> Result<Value> {
-            if self.s[self.i..].starts_with(word.as_bytes()) {
-                self.i += word.len();
-                Ok(v)
-            } else {
-                bail!("invalid literal at offset {}", self.i)
-            }
-        }
-
-        fn value(&mut self, depth: usize) -> Result<Value> {
-            if depth > 64 {
-                bail!("nesting too deep");
-            }
-            self.ws();
-            match self.peek() {
-                None => bail!("unexpected end of input"),
-                Some(b'{') => {
-                    self.i += 1;
-                    let mut members = Vec::new();
-                    self.ws();
-                    if self.peek() == Some(b'}') {
-                        self.i += 1;
-                        return Ok(Value::Object(members));
-                    }
-                    loop {
-                        self.ws();
-                        let k = self.string()?;
-                        self.ws();
-                        self.expect(b':')?;
-                        let v = self.value(depth + 1)?;
-                        members.push((k, v));
-                        self.ws();
-                        match self.peek() {
-                            Some(b',') => self.i += 1,
-                            Some(b'}') => {
-                                self.i += 1;
-                                return Ok(Value::Object(members));
-                            }
-                            _ => bail!("expected ',' or '}}' at offset {}", self.i),
-                        }
-                    }
-                }
-                Some(b'[') => {
-                    self.i += 1;
-                    let mut items = Vec::new();
-                    self.ws();
-                    if self.peek() == Some(b']') {
-                        self.i += 1;
-                        return Ok(Value::Array(items));
-                    }
-                    loop {
-                        items.push(self.value(depth + 1)?);
-                        self.ws();
-                        match self.peek() {
-                            Some(b',') => self.i += 1,
-                            Some(b']') => {
-                                self.i += 1;
-                                return Ok(Value::Array(items));
-                            }
-                            _ => bail!("expected ',' or ']' at offset {}", self.i),
-                        }
-                    }
-                }
-                Some(b'"') => Ok(Value::String(self.string()?)),
-                Some(b't') => self.lit("true", Value::Bool(true)),
-                Some(b'f') => self.lit("false", Value::Bool(false)),
-                Some(b'n') => self.lit("null", Value::Null),
-                Some(b'-' | b'0'..=b'9') => self.number(),
-                Some(c) => bail!("unexpected {:?} at offset {}", c as char, self.i),
-            }
-        }
-
-        fn digits(&mut self) -> usize {
-            let start = self.i;
-            while let Some(b'0'..=b'9') = self.peek() {
-                self.i += 1;
-            }
-            self.i - start
-        }
-
-        fn number(&mut self) -> Result<Value> {
-            let start = self.i;
-            if self.peek() == Some(b'-') {
-                self.i += 1;
-            }
-            let int_start = self.i;
-            let n = self.digits();
-            if n == 0 || (n > 1 && self.s[int_start] == b'0') {
-                bail!("invalid number at offset {start}");
-            }
-            if self.peek() == Some(b'.') {
-                self.i += 1;
-                if self.digits() == 0 {
-                    bail!("invalid number at offset {start}");
-                }
-            }
-            if let Some(b'e' | b'E') = self.peek() {
-                self.i += 1;
-                if let Some(b'+' | b'-') = self.peek() {
-                    self.i += 1;
-                }
-                if self.digits() == 0 {
-                    bail!("invalid number at offset {start}");
-                }
-            }
-            // Only ASCII was consumed, so this slice is valid UTF-8.
-            let text = std::str::from_utf8(&self.s[start..self.i])?;
-            Ok(Value::Number(text.to_string()))
-        }
-
-        fn hex4(&mut self) -> Result<u32> {
-            let h = self
-                .s
-                .get(self.i..self.i + 4)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .ok_or_else(|| anyhow!("bad \\u escape at offset {}", self.i))?;
-            self.i += 4;
-            Ok(h)
-        }
-
-        fn string(&mut self) -> Result<String> {
-            self.expect(b'"')?;
-            let mut out = Vec::new();
-            loop {
-                let Some(c) = self.peek() else {
-                    bail!("unterminated string");
-                };
-                self.i += 1;
-                match c {
-                    b'"' => break,
-                    b'\\' => {
-                        let Some(e) = self.peek() else {
-                            bail!("unterminated string");
-                        };
-                        self.i += 1;
-                        let ch = match e {
-                            b'"' => '"',
-                            b'\\' => '\\',
-                            b'/' => '/',
-                            b'b' => '\u{8}',
-                            b'f' => '\u{c}',
-                            b'n' => '\n',
-                            b'r' => '\r',
-                            b't' => '\t',
-                            b'u' => {
-                                let hi = self.hex4()?;
-                                let cp = if (0xD800..0xDC00).contains(&hi) {
-                                    if !self.s[self.i..].starts_with(b"\\u") {
-                                        bail!("lone surrogate at offset {}", self.i);
-                                    }
-                                    self.i += 2;
-                                    let lo = self.hex4()?;
-                                    if !(0xDC00..0xE000).contains(&lo) {
-                                        bail!("bad surrogate pair at offset {}", self.i);
-                                    }
-                                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                                } else {
-                                    hi
-                                };
-                                char::from_u32(cp)
-                                    .ok_or_else(|| anyhow!("bad code point {cp:#x}"))?
-                            }
-                            _ => bail!("bad escape at offset {}", self.i - 1),
-                        };
-                        let mut buf = [0u8; 4];
-                        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                    }
-                    0..0x20 => bail!("control character in string at offset {}", self.i - 1),
-                    _ => out.push(c),
-                }
-            }
-            Ok(String::from_utf8(out)?)
-        }
-    }
-
-    /// `s` as a JSON string literal, quotes included.
-    pub fn quote(s: &str) -> String {
-        let mut out = String::with_capacity(s.len() + 2);
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
+fn get_f64(v: &Value, key: &str) -> Result<f64> {
+    match field(v, key)? {
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| anyhow!("field {key:?} is not a number: {n}")),
+        other => bail!("field {key:?} is not a number: {other}"),
     }
 }
 
@@ -1257,18 +1002,19 @@ fn bpftool_list(what: &str) -> Result<Vec<BpfObject>> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let v = json::parse(&text).with_context(|| format!("bpftool {what} show: bad JSON"))?;
-    let json::Value::Array(items) = v else {
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("bpftool {what} show: bad JSON"))?;
+    let Value::Array(items) = v else {
         bail!("bpftool {what} show: not a JSON array");
     };
     items
         .iter()
         .map(|p| {
             Ok(BpfObject {
-                id: p.get_u64("id")?,
-                name: p.get_str("name").unwrap_or("").to_string(),
-                kind: p.get_str("type").unwrap_or("").to_string(),
-                prog_id: p.get_u64("prog_id").ok(),
+                id: get_u64(p, "id")?,
+                name: get_str(p, "name").unwrap_or("").to_string(),
+                kind: get_str(p, "type").unwrap_or("").to_string(),
+                prog_id: get_u64(p, "prog_id").ok(),
             })
         })
         .collect()
@@ -1391,67 +1137,6 @@ mod tests {
         .unwrap();
         assert_eq!((r.rounds, r.pages, r.faults), (50, 4096, 12800));
         assert_eq!(r.faults_per_s, 25600.0);
-    }
-
-    #[test]
-    fn json_agrees_with_serde_json() {
-        let docs = [
-            SAMPLE,
-            r#"[1, -2.5e3, 0.25, true, false, null, "\u00e9\ud83d\ude00\/\b\f\n\r\t", {"a":[]}, {}]"#,
-            " { \"k\" : [ [ ] , { } ] } ",
-        ];
-        fn conv(v: &serde_json::Value) -> json::Value {
-            match v {
-                serde_json::Value::Null => json::Value::Null,
-                serde_json::Value::Bool(b) => json::Value::Bool(*b),
-                serde_json::Value::Number(n) => json::Value::Number(n.to_string()),
-                serde_json::Value::String(s) => json::Value::String(s.clone()),
-                serde_json::Value::Array(a) => json::Value::Array(a.iter().map(conv).collect()),
-                serde_json::Value::Object(o) => {
-                    json::Value::Object(o.iter().map(|(k, v)| (k.clone(), conv(v))).collect())
-                }
-            }
-        }
-        fn norm(v: json::Value) -> json::Value {
-            // serde_json prints numbers canonically; compare numerically.
-            match v {
-                json::Value::Number(n) => {
-                    json::Value::Number(n.parse::<f64>().unwrap().to_bits().to_string())
-                }
-                json::Value::Array(a) => json::Value::Array(a.into_iter().map(norm).collect()),
-                json::Value::Object(mut o) => {
-                    o.sort_by(|a, b| a.0.cmp(&b.0));
-                    json::Value::Object(o.into_iter().map(|(k, v)| (k, norm(v))).collect())
-                }
-                v => v,
-            }
-        }
-        for d in docs {
-            let ours = json::parse(d).unwrap();
-            let theirs: serde_json::Value = serde_json::from_str(d).unwrap();
-            assert_eq!(norm(ours), norm(conv(&theirs)), "{d}");
-        }
-        for bad in [
-            "01",
-            "1.",
-            "-",
-            "[1,]",
-            "{\"a\" 1}",
-            "\"\\x\"",
-            "\"\u{1}\"",
-            "tru",
-        ] {
-            assert!(json::parse(bad).is_err(), "accepted {bad:?}");
-            assert!(serde_json::from_str::<serde_json::Value>(bad).is_err());
-        }
-    }
-
-    #[test]
-    fn quote_round_trips() {
-        let s = "a\"b\\c\n\u{1}é/";
-        let q = json::quote(s);
-        assert_eq!(serde_json::from_str::<String>(&q).unwrap(), s);
-        assert_eq!(json::parse(&q).unwrap(), json::Value::String(s.into()));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
 
 use crate::{util::Workspace, vm};
 
@@ -279,7 +280,7 @@ struct Faultbench {
 
 impl Faultbench {
     fn parse(line: &str) -> Result<Self> {
-        let v = json::parse(line).map_err(|e| anyhow!("{e}"))?;
+        let v: Value = serde_json::from_str(line)?;
         Ok(Self {
             faults: get_u64(&v, &["faults"])?,
             elapsed_s: get_f64(&v, &["elapsed_s"])?,
@@ -327,14 +328,14 @@ struct ObserverStats {
 }
 
 impl ObserverStats {
-    fn parse(summary: &json::Value) -> Result<Self> {
-        if summary.get("type").and_then(json::Value::as_str) != Some("summary") {
+    fn parse(summary: &Value) -> Result<Self> {
+        if summary.get("type").and_then(Value::as_str) != Some("summary") {
             bail!("not a summary record");
         }
         let mut events = 0;
         for (kind, n) in summary
             .get("events")
-            .and_then(json::Value::as_object)
+            .and_then(Value::as_object)
             .context("no \"events\" object")?
         {
             events += n
@@ -356,7 +357,7 @@ impl ObserverStats {
 /// Probe function → attach method (None: not attached), from the startup record.
 type Probes = Vec<(String, Option<String>)>;
 
-fn parse_probes(startup: &json::Value) -> Option<Probes> {
+fn parse_probes(startup: &Value) -> Option<Probes> {
     if startup.get("type")?.as_str()? != "startup" {
         return None;
     }
@@ -377,13 +378,13 @@ fn parse_probes(startup: &json::Value) -> Option<Probes> {
 fn parse_observer_output(text: &str) -> Result<(ObserverStats, Probes)> {
     let first = text.lines().find(|l| !l.trim().is_empty());
     let summary = last_line(text).context("the observer wrote nothing")?;
-    let stats = json::parse(summary)
-        .map_err(|e| anyhow!("{e}"))
+    let stats = serde_json::from_str::<Value>(summary)
+        .map_err(anyhow::Error::from)
         .and_then(|v| ObserverStats::parse(&v))
         .context("no summary at the end of the observer's output")?;
     // The method is context, not a measurement: missing it is no failure.
     let probes = first
-        .and_then(|l| json::parse(l).ok())
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
         .and_then(|v| parse_probes(&v))
         .unwrap_or_default();
     Ok((stats, probes))
@@ -1366,20 +1367,20 @@ fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 
-fn get<'a>(v: &'a json::Value, path: &[&str]) -> Result<&'a json::Value> {
+fn get<'a>(v: &'a Value, path: &[&str]) -> Result<&'a Value> {
     path.iter().try_fold(v, |v, key| {
         v.get(key)
             .with_context(|| format!("no field {:?}", path.join(".")))
     })
 }
 
-fn get_u64(v: &json::Value, path: &[&str]) -> Result<u64> {
+fn get_u64(v: &Value, path: &[&str]) -> Result<u64> {
     get(v, path)?
         .as_u64()
         .with_context(|| format!("{} is not a count", path.join(".")))
 }
 
-fn get_f64(v: &json::Value, path: &[&str]) -> Result<f64> {
+fn get_f64(v: &Value, path: &[&str]) -> Result<f64> {
     get(v, path)?
         .as_f64()
         .with_context(|| format!("{} is not a number", path.join(".")))
@@ -1411,241 +1412,6 @@ fn json_num(x: f64, decimals: usize) -> String {
     }
 }
 
-/// Just enough JSON reading for the one-line records of faultbench and the
-/// observer (xtask has no serde).
-pub(crate) mod json {
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum Value {
-        Null,
-        Bool(bool),
-        /// Kept as text so that counts stay exact beyond 2^53.
-        Num(String),
-        Str(String),
-        Arr(Vec<Value>),
-        Obj(Vec<(String, Value)>),
-    }
-
-    impl Value {
-        pub fn get(&self, key: &str) -> Option<&Value> {
-            self.as_object()?
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-        }
-
-        pub fn as_object(&self) -> Option<&[(String, Value)]> {
-            match self {
-                Value::Obj(fields) => Some(fields),
-                _ => None,
-            }
-        }
-
-        pub fn as_array(&self) -> Option<&[Value]> {
-            match self {
-                Value::Arr(items) => Some(items),
-                _ => None,
-            }
-        }
-
-        pub fn as_str(&self) -> Option<&str> {
-            match self {
-                Value::Str(s) => Some(s),
-                _ => None,
-            }
-        }
-
-        pub fn as_u64(&self) -> Option<u64> {
-            match self {
-                Value::Num(text) => text.parse().ok(),
-                _ => None,
-            }
-        }
-
-        pub fn as_f64(&self) -> Option<f64> {
-            match self {
-                Value::Num(text) => text.parse().ok(),
-                _ => None,
-            }
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Value, String> {
-        let mut p = Parser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(p.err("trailing characters"));
-        }
-        Ok(v)
-    }
-
-    struct Parser<'a> {
-        s: &'a [u8],
-        i: usize,
-    }
-
-    impl Parser<'_> {
-        fn err(&self, what: &str) -> String {
-            format!("invalid JSON: {what} at byte {}", self.i)
-        }
-
-        fn ws(&mut self) {
-            while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-                self.i += 1;
-            }
-        }
-
-        fn eat(&mut self, lit: &str) -> bool {
-            let hit = self.s[self.i..].starts_with(lit.as_bytes());
-            if hit {
-                self.i += lit.len();
-            }
-            hit
-        }
-
-        fn value(&mut self) -> Result<Value, String> {
-            self.ws();
-            match self.s.get(self.i) {
-                None => Err(self.err("unexpected end")),
-                Some(b'{') => self.object(),
-                Some(b'[') => self.array(),
-                Some(b'"') => self.string().map(Value::Str),
-                Some(b'-' | b'0'..=b'9') => self.number(),
-                _ if self.eat("null") => Ok(Value::Null),
-                _ if self.eat("true") => Ok(Value::Bool(true)),
-                _ if self.eat("false") => Ok(Value::Bool(false)),
-                _ => Err(self.err("unexpected character")),
-            }
-        }
-
-        fn object(&mut self) -> Result<Value, String> {
-            self.i += 1;
-            let mut fields = Vec::new();
-            self.ws();
-            if self.eat("}") {
-                return Ok(Value::Obj(fields));
-            }
-            loop {
-                self.ws();
-                if self.s.get(self.i) != Some(&b'"') {
-                    return Err(self.err("expected a key"));
-                }
-                let key = self.string()?;
-                self.ws();
-                if !self.eat(":") {
-                    return Err(self.err("expected ':'"));
-                }
-                fields.push((key, self.value()?));
-                self.ws();
-                if self.eat("}") {
-                    return Ok(Value::Obj(fields));
-                }
-                if !self.eat(",") {
-                    return Err(self.err("expected ',' or '}'"));
-                }
-            }
-        }
-
-        fn array(&mut self) -> Result<Value, String> {
-            self.i += 1;
-            let mut items = Vec::new();
-            self.ws();
-            if self.eat("]") {
-                return Ok(Value::Arr(items));
-            }
-            loop {
-                items.push(self.value()?);
-                self.ws();
-                if self.eat("]") {
-                    return Ok(Value::Arr(items));
-                }
-                if !self.eat(",") {
-                    return Err(self.err("expected ',' or ']'"));
-                }
-            }
-        }
-
-        fn number(&mut self) -> Result<Value, String> {
-            let start = self.i;
-            while matches!(
-                self.s.get(self.i),
-                Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-            ) {
-                self.i += 1;
-            }
-            // Only ASCII bytes were taken, so this cannot fail.
-            let text = std::str::from_utf8(&self.s[start..self.i]).unwrap_or_default();
-            if text.parse::<f64>().is_err() {
-                return Err(self.err("bad number"));
-            }
-            Ok(Value::Num(text.to_owned()))
-        }
-
-        fn string(&mut self) -> Result<String, String> {
-            self.i += 1;
-            // Bytes, not chars: the input is valid UTF-8 and is copied through.
-            let mut out = Vec::new();
-            loop {
-                match self.s.get(self.i) {
-                    None => return Err(self.err("unterminated string")),
-                    Some(b'"') => {
-                        self.i += 1;
-                        break;
-                    }
-                    Some(b'\\') => {
-                        let esc = self.s.get(self.i + 1).copied();
-                        self.i += 2;
-                        let c = match esc {
-                            Some(b'"') => '"',
-                            Some(b'\\') => '\\',
-                            Some(b'/') => '/',
-                            Some(b'b') => '\u{8}',
-                            Some(b'f') => '\u{c}',
-                            Some(b'n') => '\n',
-                            Some(b'r') => '\r',
-                            Some(b't') => '\t',
-                            Some(b'u') => self.unicode()?,
-                            _ => return Err(self.err("bad escape")),
-                        };
-                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                    }
-                    Some(&b) => {
-                        out.push(b);
-                        self.i += 1;
-                    }
-                }
-            }
-            String::from_utf8(out).map_err(|_| self.err("string is not UTF-8"))
-        }
-
-        fn hex4(&mut self) -> Result<u32, String> {
-            let code = self
-                .s
-                .get(self.i..self.i + 4)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .ok_or_else(|| self.err("bad \\u escape"))?;
-            self.i += 4;
-            Ok(code)
-        }
-
-        fn unicode(&mut self) -> Result<char, String> {
-            let hi = self.hex4()?;
-            let code = if (0xD800..0xDC00).contains(&hi) && self.eat("\\u") {
-                let lo = self.hex4()?;
-                0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF)
-            } else {
-                hi
-            };
-            Ok(char::from_u32(code).unwrap_or('\u{FFFD}'))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1654,7 +1420,7 @@ mod tests {
 
     #[test]
     fn summary_sums_every_event_kind() {
-        let stats = ObserverStats::parse(&json::parse(SUMMARY).unwrap()).unwrap();
+        let stats = ObserverStats::parse(&serde_json::from_str(SUMMARY).unwrap()).unwrap();
         assert_eq!(
             stats,
             ObserverStats {
@@ -1813,7 +1579,7 @@ mod tests {
 
     #[test]
     fn alert_is_not_a_summary() {
-        let alert = json::parse(r#"{"type":"alert","events":{}}"#).unwrap();
+        let alert = serde_json::from_str(r#"{"type":"alert","events":{}}"#).unwrap();
         assert!(ObserverStats::parse(&alert).is_err());
     }
 
@@ -1821,7 +1587,7 @@ mod tests {
     fn startup_probes() {
         let line = r#"{"type":"startup","kernel":"6.18","probes":[{"function":"filemap_map_pages","method":"tracepoint","refused":[{"method":"fentry","reason":"no \"BTF\"\n"}]},{"function":"x","method":null,"refused":[]}]}"#;
         assert_eq!(
-            parse_probes(&json::parse(line).unwrap()).unwrap(),
+            parse_probes(&serde_json::from_str(line).unwrap()).unwrap(),
             vec![
                 (
                     "filemap_map_pages".to_owned(),
@@ -1843,18 +1609,6 @@ mod tests {
                 faults_per_s: 492158.9
             }
         );
-    }
-
-    #[test]
-    fn json_strings_and_errors() {
-        let v = json::parse(r#"["a\"b\\c\u00e9\ud83d\ude00", -1.5e3, true, null, {}]"#).unwrap();
-        let items = v.as_array().unwrap();
-        assert_eq!(items[0].as_str(), Some("a\"b\\cé😀"));
-        assert_eq!(items[1].as_f64(), Some(-1500.0));
-        assert_eq!(items[2], json::Value::Bool(true));
-        for bad in ["", "{", r#"{"a" 1}"#, "[1,]", r#""\x""#, "1 2", "-"] {
-            assert!(json::parse(bad).is_err(), "{bad:?} parsed");
-        }
     }
 
     #[test]

@@ -21,9 +21,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 use crate::{
-    bench::{Observer, json, json_str},
+    bench::{Observer, json_str},
     build_cmd::{self, Binaries},
     util::{Workspace, say},
     vm::{self, Step},
@@ -722,7 +723,7 @@ struct StepResult {
     status: Status,
     /// Why it failed, or what the filesystem refused.
     detail: Option<String>,
-    racer: Option<json::Value>,
+    racer: Option<Value>,
     summary: Option<Summary>,
     probes: Vec<(String, Option<String>)>,
     /// Alerts by kind.
@@ -741,7 +742,7 @@ struct Summary {
     windows_by_op: Option<BTreeMap<String, u64>>,
 }
 
-fn counts(v: Option<&json::Value>) -> Option<BTreeMap<String, u64>> {
+fn counts(v: Option<&Value>) -> Option<BTreeMap<String, u64>> {
     Some(
         v?.as_object()?
             .iter()
@@ -751,12 +752,12 @@ fn counts(v: Option<&json::Value>) -> Option<BTreeMap<String, u64>> {
 }
 
 impl Summary {
-    fn parse(v: &json::Value) -> Option<Self> {
+    fn parse(v: &Value) -> Option<Self> {
         if v.get("type")?.as_str()? != "summary" {
             return None;
         }
         let lost = v.get("lost");
-        let lost_of = |k: &str| lost.and_then(|l| l.get(k)).and_then(json::Value::as_u64);
+        let lost_of = |k: &str| lost.and_then(|l| l.get(k)).and_then(Value::as_u64);
         let classes = v.get("classes").and_then(|c| {
             let a = counts(c.get("a"))?;
             let b = counts(c.get("b"))?;
@@ -764,10 +765,10 @@ impl Summary {
         });
         Some(Self {
             windows: v.get("windows")?.as_u64()?,
-            alerts: v.get("alerts").and_then(json::Value::as_u64).unwrap_or(0),
+            alerts: v.get("alerts").and_then(Value::as_u64).unwrap_or(0),
             verdict: v
                 .get("verdict")
-                .and_then(json::Value::as_str)
+                .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string(),
             lost: [
@@ -807,27 +808,27 @@ fn read_step(dir: &Path, workload: &str, step: &Step) -> StepResult {
     };
     let racer_rc = read("racer.rc").and_then(|t| t.trim().parse::<i32>().ok());
     let observer_rc = read("observer.rc").and_then(|t| t.trim().parse::<i32>().ok());
-    res.racer = read("racer.json").and_then(|t| json::parse(t.trim()).ok());
+    res.racer = read("racer.json").and_then(|t| serde_json::from_str(t.trim()).ok());
     if let Some(text) = read("observer.json") {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        if let Some(startup) = lines.next().and_then(|l| json::parse(l).ok())
-            && let Some(probes) = startup.get("probes").and_then(json::Value::as_array)
+        if let Some(startup) = lines
+            .next()
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+            && let Some(probes) = startup.get("probes").and_then(Value::as_array)
         {
             res.probes = probes
                 .iter()
                 .filter_map(|p| {
                     Some((
                         p.get("function")?.as_str()?.to_string(),
-                        p.get("method")
-                            .and_then(json::Value::as_str)
-                            .map(str::to_string),
+                        p.get("method").and_then(Value::as_str).map(str::to_string),
                     ))
                 })
                 .collect();
         }
         res.summary = lines
             .next_back()
-            .and_then(|l| json::parse(l).ok())
+            .and_then(|l| serde_json::from_str(l).ok())
             .and_then(|v| Summary::parse(&v));
     }
     for line in read("kinds").unwrap_or_default().lines() {
@@ -1328,7 +1329,7 @@ impl Report<'_> {
                     .iter()
                     .map(|s| {
                         let racer = s.racer.as_ref().map_or("null".into(), |r| {
-                            let n = |k: &str| count(r.get(k).and_then(json::Value::as_u64));
+                            let n = |k: &str| count(r.get(k).and_then(Value::as_u64));
                             format!(
                                 "{{\"punches\":{},\"faults\":{},\"reads\":{}}}",
                                 n("punches").replace('-', "null"),
@@ -1529,7 +1530,7 @@ mod tests {
         assert!(table.contains("5.10.0-46-cloud-amd64"), "{table}");
         assert!(table.contains("n/a"), "{table}");
         assert!(table.contains("not offered"), "{table}");
-        let v = json::parse(&report.json()).expect("valid JSON");
+        let v: Value = serde_json::from_str(&report.json()).expect("valid JSON");
         let cell = &v.get("kernels").unwrap().as_array().unwrap()[0]
             .get("cells")
             .unwrap()
@@ -1578,14 +1579,14 @@ mod tests {
             wall_s: 1.0,
         };
         assert!(report.table().contains("48*"), "{}", report.table());
-        let v = json::parse(&report.json()).unwrap();
+        let v: Value = serde_json::from_str(&report.json()).unwrap();
         let cell = &v.get("kernels").unwrap().as_array().unwrap()[0]
             .get("cells")
             .unwrap()
             .as_array()
             .unwrap()[0];
         assert_eq!(cell.get("class_a_source").unwrap().as_str(), Some("alerts"));
-        assert_eq!(cell.get("classes"), Some(&json::Value::Null));
+        assert_eq!(cell.get("classes"), Some(&Value::Null));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -30,7 +30,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use observer_tests::json::quote;
 use observer_tests::workload::{self, Lcg, os_error};
 
 /// Exit status when the file system does not support the operation.
@@ -762,7 +761,7 @@ fn run(args: Args) -> Result<String, Failure> {
             r#""punches":{},"faults":{},"reads":{},"punched":{{"start":{},"end":{}}},"#,
             r#""duration_s":{:.3},"seed":{}}}"#
         ),
-        quote(&abs.to_string_lossy()),
+        serde_json::Value::from(abs.to_string_lossy()),
         libc::major(meta.dev()),
         libc::minor(meta.dev()),
         meta.ino(),
