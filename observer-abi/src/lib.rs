@@ -74,6 +74,21 @@ pub const FIDELITY_FENTRY: u8 = 3;
 pub const OP_FALLOCATE: u64 = 1;
 pub const OP_FTRUNCATE: u64 = 2;
 pub const OP_TRUNCATE: u64 = 3;
+/// madvise(MADV_REMOVE): punches the mapped file range through
+/// vfs_fallocate, so no fallocate tracepoint fires.
+pub const OP_MADV_REMOVE: u64 = 4;
+/// Remap ioctls: the destination range is invalidated before extents move.
+pub const OP_CLONE: u64 = 5;
+pub const OP_CLONE_RANGE: u64 = 6;
+pub const OP_DEDUPE_RANGE: u64 = 7;
+
+/// uapi/asm-generic/mman-common.h
+pub const MADV_REMOVE: u64 = 9;
+/// uapi/linux/fs.h: _IOW(0x94, 9, int), _IOW(0x94, 13, struct
+/// file_clone_range), _IOWR(0x94, 54, struct file_dedupe_range).
+pub const FICLONE: u32 = 0x4004_9409;
+pub const FICLONERANGE: u32 = 0x4020_940d;
+pub const FIDEDUPERANGE: u32 = 0xc018_9436;
 
 /// fallocate modes that invalidate page cache (uapi/linux/falloc.h).
 pub const FALLOC_FL_PUNCH_HOLE: u64 = 0x02;

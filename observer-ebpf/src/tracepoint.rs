@@ -5,11 +5,15 @@
 //! syscall records have the fixed layout of all syscall tracepoints.
 
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_probe_read_kernel, macros::tracepoint, programs::TracePointContext,
+    EbpfContext,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use observer_abi::{
-    Config, EOF_PAGE, FALLOC_INVALIDATING, FIDELITY_TRACEPOINT, FileKey, Kind, OP_FALLOCATE,
-    OP_FTRUNCATE, OP_TRUNCATE, TP_MAP_PAGES_LAYOUT,
+    Config, EOF_PAGE, FALLOC_INVALIDATING, FICLONE, FICLONERANGE, FIDEDUPERANGE,
+    FIDELITY_TRACEPOINT, FileKey, Kind, MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE, OP_DEDUPE_RANGE,
+    OP_FALLOCATE, OP_FTRUNCATE, OP_MADV_REMOVE, OP_TRUNCATE, TP_MAP_PAGES_LAYOUT,
 };
 
 use crate::{
@@ -164,6 +168,120 @@ pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_truncate")]
 pub fn sys_exit_truncate(_ctx: TracePointContext) -> u32 {
+    if let Some(cfg) = config() {
+        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+    }
+    0
+}
+
+/// madvise(MADV_REMOVE) names a virtual range; which file backs it is only
+/// known once the kernel looked up the vma, so the record labels the
+/// operation and the function probes name the file.
+#[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
+pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 2) != MADV_REMOVE {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    syscall_enter(
+        cfg,
+        FileKey::default(),
+        0,
+        EOF_PAGE,
+        OP_MADV_REMOVE,
+        FIDELITY_TRACEPOINT,
+    );
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_madvise")]
+pub fn sys_exit_madvise(_ctx: TracePointContext) -> u32 {
+    if let Some(cfg) = config() {
+        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+    }
+    0
+}
+
+/// uapi struct file_clone_range.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CloneRange {
+    src_fd: i64,
+    src_offset: u64,
+    src_length: u64,
+    dest_offset: u64,
+}
+
+/// uapi struct file_dedupe_range with its first file_dedupe_range_info.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DedupeRange {
+    src_offset: u64,
+    src_length: u64,
+    dest_count: u16,
+    reserved1: u16,
+    reserved2: u32,
+    dest_fd: i64,
+    dest_offset: u64,
+}
+
+/// Last page of `len` bytes from `offset`; 0 bytes means "to the end" for
+/// the remap ioctls.
+#[inline(always)]
+fn last_page(offset: u64, len: u64) -> u64 {
+    if len == 0 {
+        EOF_PAGE
+    } else {
+        (offset + len - 1) >> 12
+    }
+}
+
+/// The remap ioctls invalidate the destination range. ioctl is hot on some
+/// hosts: everything but the three commands leaves after one compare.
+#[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
+pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    let cmd = arg(&ctx, 1) as u32;
+    if cmd != FICLONE && cmd != FICLONERANGE && cmd != FIDEDUPERANGE {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let (fd, user) = (arg(&ctx, 0), arg(&ctx, 2));
+    let (fd, start, end, op) = if cmd == FICLONE {
+        (fd, 0, EOF_PAGE, OP_CLONE)
+    } else if cmd == FICLONERANGE {
+        match unsafe { bpf_probe_read_user(user as *const CloneRange) } {
+            Ok(r) => (
+                fd,
+                r.dest_offset >> 12,
+                last_page(r.dest_offset, r.src_length),
+                OP_CLONE_RANGE,
+            ),
+            Err(_) => (fd, 0, EOF_PAGE, OP_CLONE_RANGE),
+        }
+    } else {
+        // The ioctl's fd is the source; the first destination is the file
+        // whose page cache goes (the racer, like most callers, passes one).
+        match unsafe { bpf_probe_read_user(user as *const DedupeRange) } {
+            Ok(r) if r.dest_count > 0 => (
+                r.dest_fd as u64,
+                r.dest_offset >> 12,
+                last_page(r.dest_offset, r.src_length),
+                OP_DEDUPE_RANGE,
+            ),
+            _ => (u64::MAX, 0, EOF_PAGE, OP_DEDUPE_RANGE),
+        }
+    };
+    let key = if fd == u64::MAX {
+        FileKey::default()
+    } else {
+        file_of_fd(cfg, fd).unwrap_or_default()
+    };
+    syscall_enter(cfg, key, start, end, op, FIDELITY_TRACEPOINT);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
+pub fn sys_exit_ioctl(_ctx: TracePointContext) -> u32 {
     if let Some(cfg) = config() {
         syscall_exit(cfg, FIDELITY_TRACEPOINT);
     }

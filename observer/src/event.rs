@@ -137,6 +137,12 @@ pub enum Op {
     },
     Ftruncate,
     Truncate,
+    /// madvise(MADV_REMOVE).
+    MadvRemove,
+    /// ioctl FICLONE, FICLONERANGE, FIDEDUPERANGE on the destination.
+    Clone,
+    CloneRange,
+    DedupeRange,
     Unknown,
 }
 
@@ -150,6 +156,10 @@ impl Op {
             Op::Fallocate { .. } => "fallocate",
             Op::Ftruncate => "ftruncate",
             Op::Truncate => "truncate",
+            Op::MadvRemove => "madv_remove",
+            Op::Clone => "clone",
+            Op::CloneRange => "clone_range",
+            Op::DedupeRange => "dedupe_range",
             Op::Unknown => "unknown",
         }
     }

@@ -188,6 +188,10 @@ fn op_of(aux: u64) -> Op {
         }
         abi::OP_FTRUNCATE => Op::Ftruncate,
         abi::OP_TRUNCATE => Op::Truncate,
+        abi::OP_MADV_REMOVE => Op::MadvRemove,
+        abi::OP_CLONE => Op::Clone,
+        abi::OP_CLONE_RANGE => Op::CloneRange,
+        abi::OP_DEDUPE_RANGE => Op::DedupeRange,
         _ => Op::Unknown,
     }
 }
@@ -304,6 +308,16 @@ mod tests {
         ));
         let ev = decode(&raw(abi::Kind::SyscallExit, abi::OP_FTRUNCATE)).unwrap();
         assert_eq!(ev.body, Body::SyscallExit { op: Op::Ftruncate });
+        for (aux, op) in [
+            (abi::OP_MADV_REMOVE, Op::MadvRemove),
+            (abi::OP_CLONE, Op::Clone),
+            (abi::OP_CLONE_RANGE, Op::CloneRange),
+            (abi::OP_DEDUPE_RANGE, Op::DedupeRange),
+            (99, Op::Unknown),
+        ] {
+            let ev = decode(&raw(abi::Kind::SyscallExit, aux)).unwrap();
+            assert_eq!(ev.body, Body::SyscallExit { op });
+        }
     }
 
     #[test]

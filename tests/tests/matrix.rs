@@ -10,19 +10,17 @@ use std::{path::PathBuf, process::Command};
 
 use serde_json::Value;
 
-/// racer --op → the window operation the observer must name for it. The
-/// last three reach the invalidation through madvise or an ioctl, which the
-/// observer cannot name: any window counts.
-const OP_WINDOWS: &[(&str, Option<&str>)] = &[
-    ("punch", Some("punch_hole")),
-    ("zero", Some("zero_range")),
-    ("collapse", Some("collapse_range")),
-    ("insert", Some("insert_range")),
-    ("truncate", Some("ftruncate")),
-    ("truncate-path", Some("truncate")),
-    ("madv-remove", None),
-    ("clone", None),
-    ("dedupe", None),
+/// racer --op → the window operation the observer must name for it.
+const OP_WINDOWS: &[(&str, &str)] = &[
+    ("punch", "punch_hole"),
+    ("zero", "zero_range"),
+    ("collapse", "collapse_range"),
+    ("insert", "insert_range"),
+    ("truncate", "ftruncate"),
+    ("truncate-path", "truncate"),
+    ("madv-remove", "madv_remove"),
+    ("clone", "clone_range"),
+    ("dedupe", "dedupe_range"),
 ];
 
 /// Operations each filesystem lacks, on every kernel here: ext4 and tmpfs
@@ -284,41 +282,27 @@ fn matrix_truth_table() {
     }
 
     // Every invalidator opened windows somewhere, at least one for every
-    // other operation it made, under its own name. madvise and the ioctls
-    // are counted as "unknown" by the observer, which also sees a few dozen
-    // unrelated "unknown" windows per run: those must stand out of the
-    // cell's noise (the fewest "unknown" windows of any run there).
+    // other operation it made, under its own name.
     for (op, window_op) in OP_WINDOWS {
         let mut seen = Vec::new();
         let mut ok = false;
         for (spec, cell) in cells(&v) {
-            let steps: Vec<&Value> = cell["steps"]
+            let steps = cell["steps"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|s| s["status"] == "ok")
-                .collect();
-            let noise = steps
-                .iter()
-                .map(|s| u64_of(&s["summary"]["windows_by_op"]["unknown"]))
-                .min()
-                .unwrap_or(0);
-            for s in steps.iter().filter(|s| s["workload"] == *op) {
-                let by_op = &s["summary"]["windows_by_op"];
+                .filter(|s| s["status"] == "ok" && s["workload"] == *op);
+            for s in steps {
+                let windows = u64_of(&s["summary"]["windows_by_op"][*window_op]);
                 let punches = u64_of(&s["racer"]["punches"]);
-                let windows = match window_op {
-                    Some(name) => u64_of(&by_op[*name]),
-                    None => u64_of(&by_op["unknown"]).saturating_sub(noise),
-                };
                 seen.push(format!("{spec} {}: {windows}/{punches}", cell["fs"]));
                 ok |= punches >= 10 && 2 * windows >= punches;
             }
         }
         if !ok {
             failures.push(format!(
-                "racer --op {op}: no cell with {} windows for at least half its operations \
-                 (windows/operations: {})",
-                window_op.unwrap_or("unknown"),
+                "racer --op {op}: no cell with {window_op} windows for at least half its \
+                 operations (windows/operations: {})",
                 seen.join(", ")
             ));
         }

@@ -68,13 +68,17 @@ pub struct WindowsByOp {
 }
 
 impl WindowsByOp {
-    const NAMES: [&'static str; 7] = [
+    const NAMES: [&'static str; 11] = [
         "punch_hole",
         "zero_range",
         "collapse_range",
         "insert_range",
         "ftruncate",
         "truncate",
+        "madv_remove",
+        "clone",
+        "clone_range",
+        "dedupe_range",
         "unknown",
     ];
 
@@ -86,8 +90,12 @@ impl WindowsByOp {
             Op::InsertRange => 3,
             Op::Ftruncate => 4,
             Op::Truncate => 5,
+            Op::MadvRemove => 6,
+            Op::Clone => 7,
+            Op::CloneRange => 8,
+            Op::DedupeRange => 9,
             // Windows never take a non-invalidating op; count it as unknown.
-            Op::Fallocate { .. } | Op::Unknown => 6,
+            Op::Fallocate { .. } | Op::Unknown => 10,
         };
         self.counts[slot] += 1;
     }
@@ -95,7 +103,7 @@ impl WindowsByOp {
     pub fn get(&self, op: Op) -> u64 {
         let mut one = WindowsByOp::default();
         one.count(op);
-        let slot = one.counts.iter().position(|&n| n == 1).unwrap_or(6);
+        let slot = one.counts.iter().position(|&n| n == 1).unwrap_or(10);
         self.counts[slot]
     }
 
@@ -104,7 +112,7 @@ impl WindowsByOp {
     }
 
     /// Every op, in a fixed order, zeros included.
-    pub fn by_op(&self) -> [(&'static str, u64); 7] {
+    pub fn by_op(&self) -> [(&'static str, u64); 11] {
         std::array::from_fn(|i| (Self::NAMES[i], self.counts[i]))
     }
 }

@@ -1211,6 +1211,10 @@ fn windows_by_op_counts_final_closed_windows() {
         Op::InsertRange,
         Op::Ftruncate,
         Op::Truncate,
+        Op::MadvRemove,
+        Op::CloneRange,
+        Op::CloneRange,
+        Op::DedupeRange,
     ];
     for (i, op) in ops.iter().enumerate() {
         let f = file(60 + i as u64);
@@ -1220,7 +1224,7 @@ fn windows_by_op_counts_final_closed_windows() {
         events.push(sys_exit(t + 30 * US, f, 300, *op));
     }
     // No syscall at all: unknown.
-    events.extend(punch(T0 + 20 * MS, file(70), 301, pages(0, 9)));
+    events.extend(punch(T0 + 20 * MS, file(80), 301, pages(0, 9)));
     let (_, stats) = run(sorted(events));
     let by: Vec<_> = stats.windows_by_op.by_op().to_vec();
     assert_eq!(
@@ -1232,6 +1236,10 @@ fn windows_by_op_counts_final_closed_windows() {
             ("insert_range", 1),
             ("ftruncate", 1),
             ("truncate", 1),
+            ("madv_remove", 1),
+            ("clone", 0),
+            ("clone_range", 2),
+            ("dedupe_range", 1),
             ("unknown", 1),
         ]
     );

@@ -147,7 +147,9 @@ pub struct Sources {
 const MAP_PAGES: &str = "filemap_map_pages";
 const UNMAP: &str = "unmap_mapping_range";
 const TRUNCATE: &str = "truncate_inode_pages_range";
-const SYSCALLS: [&str; 3] = ["fallocate", "ftruncate", "truncate"];
+/// Invalidating syscalls: windows in tracepoint mode, operation labels in
+/// every mode.
+const SYSCALLS: [&str; 5] = ["fallocate", "ftruncate", "truncate", "madvise", "ioctl"];
 const FOLIO_DELETE: &str = "mm_filemap_delete_from_page_cache";
 const FOLIO_ADD: &str = "mm_filemap_add_to_page_cache";
 
