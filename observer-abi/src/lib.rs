@@ -115,6 +115,16 @@ pub const FS_REMOVE_EXT4_IND: u64 = 2;
 pub const FS_REMOVE_XFS: u64 = 3;
 pub const FS_REMOVE_BTRFS: u64 = 4;
 
+/// `Event::aux` bits on FolioAdd and FsRemoveEnter/Exit records: the state
+/// of the file's `mapping->invalidate_lock` (5.15+) when the record was
+/// made. Without LOCK_EXPOSED the kernel has no such lock (or it could not
+/// be read); the owner's tid (0: unreadable) sits at LOCK_OWNER_SHIFT.
+pub const LOCK_EXPOSED: u64 = 1 << 63;
+pub const LOCK_WRITE_HELD: u64 = 1 << 62;
+pub const LOCK_OWNER_SHIFT: u32 = 16;
+/// Low bits of `aux` that name the FS_REMOVE_* function.
+pub const FS_REMOVE_MASK: u64 = 0xff;
+
 /// No stack was captured.
 pub const NO_STACK: i32 = -1;
 
@@ -225,6 +235,16 @@ pub struct Config {
     /// UNKNOWN: the probe uses the task's most recent invalidation's file.
     pub xfs_inode_vnode: u32,
     pub btrfs_inode_vnode: u32,
+
+    // The invalidation lock (5.15+): `address_space.invalidate_lock`, the
+    // `count` and `owner` words of a (non-RT) rw_semaphore, `task_struct.pid`
+    // of its writer, and `inode.i_mapping` to reach it from block removal.
+    pub mapping_invalidate_lock: u32,
+    pub rwsem_count: u32,
+    pub rwsem_owner: u32,
+    pub task_pid: u32,
+    pub inode_i_mapping: u32,
+    pub _pad2: u32,
 
     /// Kernel address of the variable `vmemmap_base` (x86-64 with a
     /// randomized memory layout), to compute pfns; 0: pfn not reported.

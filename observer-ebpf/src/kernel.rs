@@ -2,7 +2,7 @@
 //! BTF. Rust eBPF has no CO-RE, so every offset is looked up in `CONFIG`.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use observer_abi::{Config, FileKey};
+use observer_abi::{Config, FileKey, LOCK_EXPOSED, LOCK_OWNER_SHIFT, LOCK_WRITE_HELD};
 
 use crate::maps::CONFIG;
 
@@ -25,6 +25,26 @@ pub fn read_u32(base: u64, off: u32) -> Option<u32> {
         return None;
     }
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const u32) }.ok()
+}
+
+/// `mapping->invalidate_lock` as LOCK_* bits for `Event::aux`; 0 when the
+/// kernel has none. A writer sets RWSEM_WRITER_LOCKED (bit 0 of `count`) and
+/// stores its task in `owner` (flag bits 0-1): the same in 5.15 to 6.18.
+#[inline(always)]
+pub fn invalidate_lock(cfg: &Config, mapping: u64) -> u64 {
+    if cfg.mapping_invalidate_lock == Config::UNKNOWN || mapping == 0 {
+        return 0;
+    }
+    let sem = mapping + cfg.mapping_invalidate_lock as u64;
+    let Some(count) = read_u64(sem, cfg.rwsem_count) else {
+        return 0;
+    };
+    if count & 1 == 0 {
+        return LOCK_EXPOSED;
+    }
+    let owner = read_u64(sem, cfg.rwsem_owner).unwrap_or(0) & !7;
+    let tid = read_u32(owner, cfg.task_pid).unwrap_or(0);
+    LOCK_EXPOSED | LOCK_WRITE_HELD | ((tid as u64) << LOCK_OWNER_SHIFT)
 }
 
 /// (dev, ino) of an inode.

@@ -13,7 +13,7 @@ use crate::{
     },
     kernel::{
         Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
-        pfn_of, read_u32, read_u64,
+        invalidate_lock, pfn_of, read_u32, read_u64,
     },
     maps::{LAST_FILE, STACKS, STASH, Stash},
 };
@@ -205,20 +205,36 @@ pub fn fs_remove_enter<C: StackIdContext>(
     if is_self(cfg) {
         return;
     }
-    let key = match file {
-        FsFile::Inode(inode) => file_of_inode(cfg, inode),
-        FsFile::Embedded(ip, off) if off != Config::UNKNOWN => file_of_inode(cfg, ip + off as u64),
+    let inode = match file {
+        FsFile::Inode(inode) => Some(inode),
+        FsFile::Embedded(ip, off) if off != Config::UNKNOWN => Some(ip + off as u64),
+        FsFile::Embedded(..) => None,
+    };
+    let key = match inode {
+        Some(inode) => file_of_inode(cfg, inode),
         // No module BTF (5.10): the file this task last invalidated. The
         // callers invalidate first (xfs_flush_unmap_range before
         // xfs_free_file_space on 5.10; btrfs_punch_hole_lock_range before
         // btrfs_replace_file_extents), so this is the punched file.
-        FsFile::Embedded(..) => unsafe { LAST_FILE.get(&tid()) }.copied(),
+        None => unsafe { LAST_FILE.get(&tid()) }.copied(),
     };
     let Some(key) = key else {
         count(COUNTER_UNRESOLVED + Kind::FsRemoveEnter as u32);
         return;
     };
-    window_enter(ctx, Kind::FsRemoveEnter, fidelity, key, start, end, aux);
+    // Whether the blocks go while the punching task holds invalidate_lock.
+    let lock = inode
+        .and_then(|i| read_u64(i, cfg.inode_i_mapping))
+        .map_or(0, |m| invalidate_lock(cfg, m));
+    window_enter(
+        ctx,
+        Kind::FsRemoveEnter,
+        fidelity,
+        key,
+        start,
+        end,
+        aux | lock,
+    );
 }
 
 #[inline(always)]
@@ -467,7 +483,7 @@ pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Optio
         &key,
         index,
         index + f.nr - 1,
-        0,
+        invalidate_lock(cfg, mapping),
         uptodate | shmem,
         stack(ctx),
     );

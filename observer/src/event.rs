@@ -124,6 +124,62 @@ impl FsRemover {
     }
 }
 
+/// The file's `mapping->invalidate_lock` when a record was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InvalidateLock {
+    /// The kernel has none (before 5.15, PREEMPT_RT) or it was unreadable.
+    #[default]
+    NotExposed,
+    /// Free or held shared (readers filling the cache take it shared).
+    NotWriteHeld,
+    /// Held for writing by this task (0: its owner word was unreadable).
+    WriteHeld { tid: u32 },
+}
+
+impl InvalidateLock {
+    pub fn from_aux(aux: u64) -> Self {
+        if aux & observer_abi::LOCK_EXPOSED == 0 {
+            InvalidateLock::NotExposed
+        } else if aux & observer_abi::LOCK_WRITE_HELD == 0 {
+            InvalidateLock::NotWriteHeld
+        } else {
+            InvalidateLock::WriteHeld {
+                tid: (aux >> observer_abi::LOCK_OWNER_SHIFT) as u32,
+            }
+        }
+    }
+
+    /// The lock as seen by the task `puncher`.
+    pub fn seen_by(self, puncher: u32) -> LockHolder {
+        match self {
+            InvalidateLock::NotExposed => LockHolder::NotExposed,
+            InvalidateLock::NotWriteHeld => LockHolder::NotHeld,
+            InvalidateLock::WriteHeld { tid } if tid == puncher => LockHolder::Puncher,
+            InvalidateLock::WriteHeld { .. } => LockHolder::Other,
+        }
+    }
+}
+
+/// Who held a file's invalidate_lock for writing, relative to a punch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockHolder {
+    NotExposed,
+    NotHeld,
+    Puncher,
+    Other,
+}
+
+impl LockHolder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockHolder::NotExposed => "not_exposed",
+            LockHolder::NotHeld => "not_held",
+            LockHolder::Puncher => "held_by_puncher",
+            LockHolder::Other => "held_by_other",
+        }
+    }
+}
+
 /// The user-visible operation behind a window, when a syscall told us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -214,10 +270,12 @@ pub enum Body {
     FolioAdd {
         range: PageRange,
         uptodate: bool,
+        lock: InvalidateLock,
     },
     /// The filesystem's block removal for the punched range began / ended.
     FsRemoveEnter {
         fs: FsRemover,
+        lock: InvalidateLock,
     },
     FsRemoveExit {
         fs: FsRemover,

@@ -6,7 +6,9 @@ use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
 use observer_abi as abi;
 use tokio::io::unix::AsyncFd;
 
-use crate::event::{Body, Event, Fidelity, FileId, FsRemover, Invalidator, Op, PageRange, Task};
+use crate::event::{
+    Body, Event, Fidelity, FileId, FsRemover, InvalidateLock, Invalidator, Op, PageRange, Task,
+};
 
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -117,9 +119,11 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         abi::Kind::FolioAdd => Body::FolioAdd {
             range,
             uptodate: raw.flags & abi::FLAG_UPTODATE != 0,
+            lock: InvalidateLock::from_aux(raw.aux),
         },
         abi::Kind::FsRemoveEnter => Body::FsRemoveEnter {
             fs: fs_remover(raw.aux)?,
+            lock: InvalidateLock::from_aux(raw.aux),
         },
         abi::Kind::FsRemoveExit => Body::FsRemoveExit {
             fs: fs_remover(raw.aux)?,
@@ -161,7 +165,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 }
 
 fn fs_remover(aux: u64) -> Option<FsRemover> {
-    Some(match aux {
+    Some(match aux & abi::FS_REMOVE_MASK {
         abi::FS_REMOVE_EXT4_EXT => FsRemover::Ext4Extents,
         abi::FS_REMOVE_EXT4_IND => FsRemover::Ext4Indirect,
         abi::FS_REMOVE_XFS => FsRemover::Xfs,

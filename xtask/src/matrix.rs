@@ -43,6 +43,22 @@ pub const OPS: &[(&str, &str)] = &[
     ("dedupe", "dedup"),
 ];
 
+/// The window operation the observer names for each workload.
+fn window_op(workload: &str) -> &'static str {
+    match workload {
+        "race" | "punch" => "punch_hole",
+        "zero" => "zero_range",
+        "collapse" => "collapse_range",
+        "insert" => "insert_range",
+        "truncate" => "ftruncate",
+        "truncate-path" => "truncate",
+        "madv-remove" => "madv_remove",
+        "clone" => "clone_range",
+        "dedupe" => "dedupe_range",
+        _ => "unknown",
+    }
+}
+
 /// Class A and class B counters of the summary's "classes", in table order.
 const CLASS_A: &[&str] = &[
     "ptes_in_window",
@@ -1066,6 +1082,16 @@ impl Cell {
         Some((status, windows))
     }
 
+    /// Windows of a workload's steps that carry its operation's name.
+    fn named_windows(&self, w: &str) -> u64 {
+        self.steps
+            .iter()
+            .filter(|s| s.workload == w)
+            .filter_map(|s| s.summary.as_ref()?.windows_by_op.as_ref())
+            .filter_map(|m| m.get(window_op(w)))
+            .sum()
+    }
+
     fn workloads(&self) -> Vec<String> {
         let mut w: Vec<String> = Vec::new();
         for s in &self.steps {
@@ -1094,8 +1120,21 @@ fn count(n: Option<u64>) -> String {
 impl Report<'_> {
     fn table(&self) -> String {
         let mut head: Vec<String> = [
-            "kernel", "fs", "fidelity", "A:in-win", "rezap", "stale", "mapped", "unkn", "B:win",
-            "unbnd", "refill", "surv", "stale", "win:race",
+            "kernel",
+            "fs",
+            "fidelity",
+            "A:in-win",
+            "rezap",
+            "stale",
+            "mapped",
+            "unkn",
+            "B:win",
+            "unbnd",
+            "refill",
+            "surv",
+            "stale",
+            "lock+/-/byp",
+            "win:race",
         ]
         .map(String::from)
         .to_vec();
@@ -1155,10 +1194,19 @@ impl Report<'_> {
                 });
                 row.extend(CLASS_A[1..].iter().map(|k| a(k)));
                 row.extend(CLASS_B.iter().map(|k| b(k)));
+                row.push(
+                    [
+                        "removals_under_lock",
+                        "removals_without_lock",
+                        "refills_under_lock",
+                    ]
+                    .map(b)
+                    .join("/"),
+                );
                 for w in std::iter::once("race").chain(ops.iter().map(|(o, _)| *o)) {
                     row.push(match c.workload(w) {
                         None => "-".into(),
-                        Some((Status::Ok, n)) => n.to_string(),
+                        Some((Status::Ok, _)) => c.named_windows(w).to_string(),
                         Some((Status::Unsupported, _)) => "n/a".into(),
                         Some((Status::Failed, _)) => "FAIL".into(),
                     });
@@ -1212,8 +1260,12 @@ impl Report<'_> {
             "A: PTEs installed inside an invalidation window (in-win) and what became of them: \
              rezapped, stale (folio left the cache still mapped), mapped (still mapped when the \
              window closed), unknown.\nB: refill windows (win), unbounded ones, folios refilled \
-             inside them, refills that survived, stale (read freed blocks from disk).\n\
-             win:OP: windows the observer saw during that workload's runs; n/a: the filesystem \
+             inside them, refills that survived, stale (read freed blocks from disk); lock: \
+             windows whose block removal ran with the punching task holding invalidate_lock \
+             for writing (+) or not (-), refills by other tasks that got in while it was held \
+             (byp); 0/0/0 on kernels without invalidate_lock (before 5.15).\n\
+             win:OP: windows the observer named after that workload's operation (punch_hole, \
+             zero_range, ..., madv_remove, clone_range, dedupe_range); n/a: the filesystem \
              lacks the operation.\n",
         );
         out.push_str(
@@ -1511,6 +1563,8 @@ mod tests {
         assert_eq!(c.class_a_in_window(), (Some(120), "classes"));
         assert_eq!(c.workload("clone"), Some((Status::Unsupported, 89)));
         assert_eq!(c.workload("race"), Some((Status::Ok, 178)));
+        assert_eq!(c.named_windows("race"), 178);
+        assert_eq!(c.named_windows("punch"), 89);
         assert_eq!(c.steps[0].wall_s, Some(6.75));
 
         let report = Report {

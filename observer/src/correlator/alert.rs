@@ -2,7 +2,7 @@
 //! of a file range while that range was being invalidated, and the two
 //! critical outcomes such races can have.
 
-use crate::event::{Fidelity, FileId, FsRemover, Op, PageRange, Task};
+use crate::event::{Fidelity, FileId, FsRemover, LockHolder, Op, PageRange, Task};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AlertKind {
@@ -94,6 +94,8 @@ pub enum Stale {
         fs_remove: FsRemover,
         /// Last exit of the block removal: the class-B window's close.
         fs_remove_exit_ts: u64,
+        /// Who held invalidate_lock for writing as the folio went in.
+        invalidate_lock: LockHolder,
     },
 }
 

@@ -46,6 +46,15 @@ pub struct ClassB {
     /// Survivors read from disk by another task, on fully punched pages: a
     /// `stale_data` alert each.
     pub stale_data: u64,
+    /// Evaluated windows whose block removal began with the punching task
+    /// holding the file's invalidate_lock for writing (5.15+ ext4, xfs)...
+    pub removals_under_lock: u64,
+    /// ...or without it (btrfs and tmpfs use their own locks). Neither on a
+    /// kernel without invalidate_lock.
+    pub removals_without_lock: u64,
+    /// Refills by another task while the punching task held invalidate_lock
+    /// for writing: a path that filled the cache without taking it shared.
+    pub refills_under_lock: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

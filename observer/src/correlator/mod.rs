@@ -36,7 +36,9 @@ pub use classes::{ClassA, ClassB, Classes, WindowsByOp};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use crate::event::{Body, Event, Fidelity, FileId, FsRemover, Invalidator, Op, PageRange, Task};
+use crate::event::{
+    Body, Event, Fidelity, FileId, FsRemover, InvalidateLock, Invalidator, Op, PageRange, Task,
+};
 use pte::{Install, Removal, intersect, walked};
 use refill::{Refill, RefillWindow};
 use reorder::ReorderBuffer;
@@ -356,12 +358,17 @@ impl Correlator {
                 };
                 self.pte_install(file, install, range)
             }
-            Body::FolioAdd { range, uptodate } => {
+            Body::FolioAdd {
+                range,
+                uptodate,
+                lock,
+            } => {
                 let refill = Refill {
                     ts,
                     task,
                     range,
                     uptodate,
+                    lock,
                     stack_id,
                     fidelity,
                     folio_deleted: None,
@@ -369,11 +376,11 @@ impl Correlator {
                 };
                 self.folio_add(file, refill)
             }
-            Body::FsRemoveEnter { fs } => {
-                self.fs_remove(ts, file, task.tid, fidelity, fs, stack_id, false)
+            Body::FsRemoveEnter { fs, lock } => {
+                self.fs_remove(ts, file, task.tid, fidelity, fs, stack_id, Some(lock))
             }
             Body::FsRemoveExit { fs } => {
-                self.fs_remove(ts, file, task.tid, fidelity, fs, stack_id, true)
+                self.fs_remove(ts, file, task.tid, fidelity, fs, stack_id, None)
             }
         }
     }
@@ -560,6 +567,7 @@ impl Correlator {
             fidelity,
             punch_stack: stack_id,
             close_stack: None,
+            removal_lock: None,
             refills: Vec::new(),
         });
         if let Some(sc) = self.syscalls.get_mut(&tid)
@@ -842,7 +850,8 @@ impl Correlator {
         fidelity: Fidelity,
         fs: FsRemover,
         stack_id: Option<u32>,
-        exit: bool,
+        // Some at the enter: the invalidate_lock as the removal began.
+        enter_lock: Option<InvalidateLock>,
     ) {
         let Some(fw) = self.files.get_mut(&file) else {
             return;
@@ -852,9 +861,12 @@ impl Correlator {
         }
         if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
             b.transition(fidelity, stack_id);
-            if exit {
-                b.fs_exit = Some((fs, ts));
-                b.close_stack = b.punch_stack;
+            match enter_lock {
+                Some(lock) => b.removal_began(lock),
+                None => {
+                    b.fs_exit = Some((fs, ts));
+                    b.close_stack = b.punch_stack;
+                }
             }
         }
     }

@@ -13,7 +13,7 @@
 use super::alert::{Alert, AlertKind, Evidence, StackIds, Stale, WindowInfo};
 use super::classes::ClassB;
 use super::pte::{intersect, walked};
-use crate::event::{Fidelity, FileId, FsRemover, Op, PageRange, Task};
+use crate::event::{Fidelity, FileId, FsRemover, InvalidateLock, LockHolder, Op, PageRange, Task};
 
 /// One page-cache add record overlapping the punched range.
 #[derive(Clone, Debug)]
@@ -23,6 +23,8 @@ pub(crate) struct Refill {
     /// The folio's pages.
     pub range: PageRange,
     pub uptodate: bool,
+    /// The file's invalidate_lock as the folio went in.
+    pub lock: InvalidateLock,
     pub stack_id: Option<u32>,
     pub fidelity: Fidelity,
     /// When the folio itself (a removal at its first page) left the cache.
@@ -89,6 +91,9 @@ pub(crate) struct RefillWindow {
     pub punch_stack: Option<u32>,
     /// `punch_stack` as of the last block-removal exit.
     pub close_stack: Option<u32>,
+    /// Who held invalidate_lock for writing as the block removals began
+    /// (any removal without the puncher holding it wins).
+    pub removal_lock: Option<LockHolder>,
     pub refills: Vec<Refill>,
 }
 
@@ -101,6 +106,14 @@ impl RefillWindow {
         self.fidelity = self.fidelity.min(fidelity);
         if stack_id.is_some() {
             self.punch_stack = stack_id;
+        }
+    }
+
+    /// A block removal of the operation began, under `lock`.
+    pub fn removal_began(&mut self, lock: InvalidateLock) {
+        let holder = lock.seen_by(self.tid());
+        if self.removal_lock.is_none() || holder != LockHolder::Puncher {
+            self.removal_lock = Some(holder);
         }
     }
 
@@ -125,6 +138,11 @@ impl RefillWindow {
             b.unbounded += 1;
             return Vec::new();
         };
+        match self.removal_lock {
+            Some(LockHolder::Puncher) => b.removals_under_lock += 1,
+            Some(LockHolder::NotHeld | LockHolder::Other) => b.removals_without_lock += 1,
+            Some(LockHolder::NotExposed) | None => {}
+        }
         // Removals up to the end of the operation's own invalidation count:
         // a folio the punch truncated again (or that left the cache before
         // the blocks were freed) holds no freed data.
@@ -136,6 +154,12 @@ impl RefillWindow {
         let mut alerts = Vec::new();
         for r in self.refills.iter().filter(|r| r.ts <= close) {
             b.refills += 1;
+            // Readers fill the cache under invalidate_lock held shared: one
+            // that got in while the punch held it for writing bypassed it.
+            let lock = r.lock.seen_by(self.tid());
+            if r.task.tid != self.tid() && lock == LockHolder::Puncher {
+                b.refills_under_lock += 1;
+            }
             let Some(span) = intersect(&r.range, &self.range) else {
                 continue;
             };
@@ -188,6 +212,7 @@ impl RefillWindow {
                     truncate_exit_ts: self.truncate_exit_ts,
                     fs_remove,
                     fs_remove_exit_ts: close,
+                    invalidate_lock: lock,
                 }),
                 evidence: Evidence {
                     stack_ids: StackIds {

@@ -838,7 +838,7 @@ fn alerts_wait_for_final_close_then_advance_releases_them() {
 
 // ---- Class A (page-exact PTE outcomes) and class B (refills in a punch) ----
 
-use crate::event::FsRemover;
+use crate::event::{FsRemover, LockHolder};
 
 fn with_stack(mut e: Event, id: u32) -> Event {
     e.stack_id = Some(id);
@@ -863,16 +863,41 @@ fn delete(ts: u64, f: FileId, index: u64, still_mapped: Option<bool>) -> Event {
 }
 
 fn add(ts: u64, f: FileId, tid: u32, range: PageRange, uptodate: bool) -> Event {
-    ev(ts, f, tid, Body::FolioAdd { range, uptodate })
+    add_locked(ts, f, tid, range, uptodate, InvalidateLock::NotExposed)
+}
+
+fn add_locked(
+    ts: u64,
+    f: FileId,
+    tid: u32,
+    range: PageRange,
+    uptodate: bool,
+    lock: InvalidateLock,
+) -> Event {
+    ev(
+        ts,
+        f,
+        tid,
+        Body::FolioAdd {
+            range,
+            uptodate,
+            lock,
+        },
+    )
 }
 
 fn fs_enter(ts: u64, f: FileId, tid: u32) -> Event {
+    fs_enter_locked(ts, f, tid, InvalidateLock::NotExposed)
+}
+
+fn fs_enter_locked(ts: u64, f: FileId, tid: u32, lock: InvalidateLock) -> Event {
     ev(
         ts,
         f,
         tid,
         Body::FsRemoveEnter {
             fs: FsRemover::Ext4Extents,
+            lock,
         },
     )
 }
@@ -1283,6 +1308,7 @@ fn stale_data_for_a_disk_read_between_truncate_and_block_removal() {
             truncate_exit_ts: Some(T0 + 20 * US),
             fs_remove: FsRemover::Ext4Extents,
             fs_remove_exit_ts: T0 + 40 * US,
+            invalidate_lock: LockHolder::NotExposed,
         })
     );
     assert_eq!(
@@ -1301,6 +1327,7 @@ fn stale_data_for_a_disk_read_between_truncate_and_block_removal() {
             refills: 1,
             survived: 1,
             stale_data: 1,
+            ..ClassB::default()
         }
     );
     assert_eq!(stats.classes.critical(), 1);
@@ -1566,7 +1593,9 @@ fn btrfs_refill_inside_the_punch_is_not_stale_data() {
         .into_iter()
         .map(|mut e| {
             match &mut e.body {
-                Body::FsRemoveEnter { fs } | Body::FsRemoveExit { fs } => *fs = FsRemover::Btrfs,
+                Body::FsRemoveEnter { fs, .. } | Body::FsRemoveExit { fs } => {
+                    *fs = FsRemover::Btrfs
+                }
                 _ => {}
             }
             e
@@ -1581,4 +1610,92 @@ fn btrfs_refill_inside_the_punch_is_not_stale_data() {
     assert_eq!(stats.classes.b.refills, 1);
     assert_eq!(stats.classes.b.survived, 1);
     assert_eq!(stats.classes.b.stale_data, 0);
+}
+
+/// A 5.15+ punch holds invalidate_lock for writing from before its truncate
+/// to after its block removal: the removal is counted under the lock, and a
+/// refill that got in anyway is counted as bypassing it and named on its
+/// stale_data alert.
+#[test]
+fn invalidate_lock_at_removal_and_at_refill() {
+    let held = InvalidateLock::WriteHeld { tid: 300 };
+    let r = pages(20, 35);
+    let locked = |t: u64, f: FileId| {
+        let mut events = ext4_punch(t, f, 300, r, r);
+        for e in &mut events {
+            if let Body::FsRemoveEnter { lock, .. } = &mut e.body {
+                *lock = held;
+            }
+        }
+        events
+    };
+    let f = file(90);
+    let mut events = locked(T0, f);
+    // A reader adds a folio after the truncate, the lock write-held by the
+    // puncher (a bypass), and a second one on another locked punch while
+    // only readers hold it.
+    events.push(add_locked(T0 + 25 * US, f, 301, pages(24, 27), false, held));
+    let g = file(91);
+    events.extend(locked(T0 + MS, g));
+    events.push(add_locked(
+        T0 + MS + 25 * US,
+        g,
+        301,
+        pages(24, 27),
+        false,
+        InvalidateLock::NotWriteHeld,
+    ));
+    // btrfs-like: the removal runs without invalidate_lock.
+    let h = file(92);
+    let mut free = ext4_punch(T0 + 2 * MS, h, 302, r, r);
+    for e in &mut free {
+        if let Body::FsRemoveEnter { lock, .. } = &mut e.body {
+            *lock = InvalidateLock::NotWriteHeld;
+        }
+    }
+    events.extend(free);
+    // 5.10: no lock at all.
+    events.extend(ext4_punch(T0 + 3 * MS, file(93), 303, r, r));
+    let (alerts, stats) = run(sorted(events));
+    let b = stats.classes.b;
+    assert_eq!(b.windows, 4);
+    assert_eq!(b.removals_under_lock, 2, "{b:?}");
+    assert_eq!(b.removals_without_lock, 1, "{b:?}");
+    assert_eq!(b.refills, 2);
+    assert_eq!(b.refills_under_lock, 1, "{b:?}");
+    let stale = of_kind(&alerts, AlertKind::StaleData);
+    assert_eq!(stale.len(), 2, "{alerts:#?}");
+    let lock_of = |f: FileId| {
+        stale
+            .iter()
+            .find(|a| a.file == f)
+            .and_then(|a| match a.stale {
+                Some(Stale::Data {
+                    invalidate_lock, ..
+                }) => Some(invalidate_lock),
+                _ => None,
+            })
+    };
+    assert_eq!(lock_of(f), Some(LockHolder::Puncher));
+    assert_eq!(lock_of(g), Some(LockHolder::NotHeld));
+}
+
+#[test]
+fn invalidate_lock_decodes_from_the_record() {
+    use observer_abi::{LOCK_EXPOSED, LOCK_OWNER_SHIFT, LOCK_WRITE_HELD};
+    assert_eq!(InvalidateLock::from_aux(3), InvalidateLock::NotExposed);
+    assert_eq!(
+        InvalidateLock::from_aux(LOCK_EXPOSED | 3),
+        InvalidateLock::NotWriteHeld
+    );
+    let held = InvalidateLock::from_aux(
+        LOCK_EXPOSED | LOCK_WRITE_HELD | (4242u64 << LOCK_OWNER_SHIFT) | 3,
+    );
+    assert_eq!(held, InvalidateLock::WriteHeld { tid: 4242 });
+    assert_eq!(held.seen_by(4242), LockHolder::Puncher);
+    assert_eq!(held.seen_by(1), LockHolder::Other);
+    assert_eq!(
+        InvalidateLock::NotExposed.seen_by(1),
+        LockHolder::NotExposed
+    );
 }

@@ -54,6 +54,12 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         inode_i_blkbits: Config::UNKNOWN,
         xfs_inode_vnode: Config::UNKNOWN,
         btrfs_inode_vnode: Config::UNKNOWN,
+        mapping_invalidate_lock: Config::UNKNOWN,
+        rwsem_count: Config::UNKNOWN,
+        rwsem_owner: Config::UNKNOWN,
+        task_pid: Config::UNKNOWN,
+        inode_i_mapping: Config::UNKNOWN,
+        _pad2: 0,
         vmemmap_base_addr: 0,
     };
     // folio_layout and fault_layout, which only the optional probes need,
@@ -61,7 +67,28 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     cfg.inode_i_blkbits = btf
         .member_offset("inode", "i_blkbits")
         .map_or(Config::UNKNOWN, |o| o.0);
+    invalidate_lock_layout(btf, &mut cfg);
     Ok(cfg)
+}
+
+/// Offsets to read `mapping->invalidate_lock` (5.15+). A kernel without it
+/// (5.10) or with the PREEMPT_RT rw_semaphore (no count/owner words) keeps
+/// them UNKNOWN, and the records say the lock is not exposed.
+fn invalidate_lock_layout(btf: &Btf, cfg: &mut Config) {
+    let off = |s: &str, m: &str| btf.member_offset(s, m).map(|o| o.0);
+    if let (Ok(lock), Ok(count), Ok(owner), Ok(pid), Ok(i_mapping)) = (
+        off("address_space", "invalidate_lock"),
+        off("rw_semaphore", "count"),
+        off("rw_semaphore", "owner"),
+        off("task_struct", "pid"),
+        off("inode", "i_mapping"),
+    ) {
+        cfg.mapping_invalidate_lock = lock;
+        cfg.rwsem_count = count;
+        cfg.rwsem_owner = owner;
+        cfg.task_pid = pid;
+        cfg.inode_i_mapping = i_mapping;
+    }
 }
 
 /// The first of `candidates` (struct, member) the kernel has.

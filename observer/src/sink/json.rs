@@ -172,6 +172,7 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
             truncate_exit_ts,
             fs_remove,
             fs_remove_exit_ts,
+            invalidate_lock,
         }) => {
             let _ = write!(
                 s,
@@ -181,7 +182,11 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
             push_opt_u64(&mut s, truncate_exit_ts);
             s.push_str(",\"fs_remove\":");
             push_str(&mut s, fs_remove.as_str());
-            let _ = write!(s, ",\"fs_remove_exit_ns\":{fs_remove_exit_ts}}}");
+            let _ = write!(
+                s,
+                ",\"fs_remove_exit_ns\":{fs_remove_exit_ts},\"invalidate_lock\":\"{}\"}}",
+                invalidate_lock.as_str()
+            );
         }
     }
     let ids = a.evidence.stack_ids;
@@ -330,7 +335,7 @@ mod tests {
                 r#""closed_ns":5000090000,"open_for_ns":50000},"#,
                 r#""fidelity":"fentry","victim_fidelity":"fentry","window_fidelity":"fentry","#,
                 r#""refill":{"added_ns":5000060000,"uptodate":false,"truncate_exit_ns":5000040000,"#,
-                r#""fs_remove":"ext4_ext_remove_space","fs_remove_exit_ns":5000090000},"#,
+                r#""fs_remove":"ext4_ext_remove_space","fs_remove_exit_ns":5000090000,"invalidate_lock":"not_exposed"},"#,
                 r#""evidence":{"stack_ids":{"victim":11,"punch":null},"#,
                 r#""victim_stack":null,"punch_stack":null}}"#
             )

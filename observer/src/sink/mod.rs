@@ -386,6 +386,7 @@ mod tests {
             truncate_exit_ts: Some(5_000_040_000),
             fs_remove: crate::event::FsRemover::Ext4Extents,
             fs_remove_exit_ts: 5_000_090_000,
+            invalidate_lock: crate::event::LockHolder::NotExposed,
         });
         a.evidence = Evidence {
             stack_ids: StackIds {

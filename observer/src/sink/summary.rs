@@ -165,6 +165,11 @@ impl Summary {
             "  class b (refill) windows {} (unbounded {}): refills {}, survived {}, stale_data {}",
             b.windows, b.unbounded, b.refills, b.survived, b.stale_data
         );
+        let _ = writeln!(
+            s,
+            "  invalidate_lock  removals under it {}, without it {}; refills under it {}",
+            b.removals_under_lock, b.removals_without_lock, b.refills_under_lock
+        );
         let _ = write!(
             s,
             "  verdict          {}: {}",
@@ -214,7 +219,8 @@ impl Summary {
              ,\"classes\":{{\"a\":{{\"ptes_in_window\":{},\"rezapped\":{},\"stale_pte\":{}\
              ,\"still_mapped_after_window\":{},\"unknown\":{},\"still_mapped_unattributed\":{}}}\
              ,\"b\":{{\"windows\":{},\"unbounded\":{},\"refills\":{},\"survived\":{}\
-             ,\"stale_data\":{}}}}},\"verdict\":\"{}\"}}",
+             ,\"stale_data\":{},\"removals_under_lock\":{},\"removals_without_lock\":{}\
+             ,\"refills_under_lock\":{}}}}},\"verdict\":\"{}\"}}",
             self.alerts,
             self.alerts_shown,
             a.ptes_in_window,
@@ -228,6 +234,9 @@ impl Summary {
             b.refills,
             b.survived,
             b.stale_data,
+            b.removals_under_lock,
+            b.removals_without_lock,
+            b.refills_under_lock,
             self.verdict().as_str()
         );
         s
@@ -274,6 +283,9 @@ mod tests {
                     refills: 2,
                     survived: 1,
                     stale_data: 0,
+                    removals_under_lock: 3,
+                    removals_without_lock: 0,
+                    refills_under_lock: 0,
                 },
             },
         }
@@ -291,7 +303,7 @@ mod tests {
                 r#""filtered":900,"windows":4,"windows_by_op":{"punch_hole":3,"ftruncate":1},"#,
                 r#""alerts":3,"alerts_shown":2,"classes":{"a":{"ptes_in_window":40,"rezapped":30,"#,
                 r#""stale_pte":0,"still_mapped_after_window":8,"unknown":2,"still_mapped_unattributed":0},"#,
-                r#""b":{"windows":4,"unbounded":1,"refills":2,"survived":1,"stale_data":0}},"#,
+                r#""b":{"windows":4,"unbounded":1,"refills":2,"survived":1,"stale_data":0,"removals_under_lock":3,"removals_without_lock":0,"refills_under_lock":0}},"#,
                 r#""verdict":"race_observed"}"#
             )
         );
@@ -307,7 +319,7 @@ mod tests {
                 r#""filtered":0,"windows":0,"windows_by_op":{},"alerts":0,"alerts_shown":0,"#,
                 r#""classes":{"a":{"ptes_in_window":0,"rezapped":0,"stale_pte":0,"#,
                 r#""still_mapped_after_window":0,"unknown":0,"still_mapped_unattributed":0},"#,
-                r#""b":{"windows":0,"unbounded":0,"refills":0,"survived":0,"stale_data":0}},"#,
+                r#""b":{"windows":0,"unbounded":0,"refills":0,"survived":0,"stale_data":0,"removals_under_lock":0,"removals_without_lock":0,"refills_under_lock":0}},"#,
                 r#""verdict":"no_windows"}"#
             )
         );
@@ -327,6 +339,7 @@ mod tests {
              \x20 class a (ptes)   in window 40: rezapped 30, stale_pte 0, \
              still_mapped_after_window 8, unknown 2; still mapped unattributed 0\n\
              \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0\n\
+             \x20 invalidate_lock  removals under it 3, without it 0; refills under it 0\n\
              \x20 verdict          race_observed: fault-around installed PTEs inside invalidation windows"
         );
     }

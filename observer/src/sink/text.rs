@@ -87,6 +87,7 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         truncate_exit_ts,
         fs_remove,
         fs_remove_exit_ts,
+        invalidate_lock,
     }) = a.stale
     {
         let since = |ts: u64| duration(ts.saturating_sub(w.opened_ts));
@@ -95,9 +96,10 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         }
         let _ = write!(
             s,
-            ", {} done +{}",
+            ", {} done +{}, invalidate_lock {}",
             fs_remove.as_str(),
-            since(fs_remove_exit_ts)
+            since(fs_remove_exit_ts),
+            invalidate_lock.as_str()
         );
     }
     if w.closed_ts.is_none() {
@@ -277,7 +279,7 @@ mod tests {
             alert(&a, None, OFFSET, &Frames::default()),
             "12:00:01.000060 STALE-DATA dev 7:0 ino 131 pages 24-27 by reader[1234/1240] read \
              from disk | window #7 punch_hole pages 20-35 by racer[1234/1236] open 50us, \
-             truncated +30us, ext4_ext_remove_space done +80us | kprobe (victim kprobe, window \
+             truncated +30us, ext4_ext_remove_space done +80us, invalidate_lock not_exposed | kprobe (victim kprobe, window \
              fentry) | CRITICAL: the cache holds data from blocks the punch then freed\n\
              \x20 victim stack (id 11): not symbolized"
         );
