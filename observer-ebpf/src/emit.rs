@@ -92,6 +92,20 @@ fn open_any_add(val: u64) {
     }
 }
 
+/// Syscall windows (tracepoint mode) whose file the syscall did not name:
+/// truncate(2) names a path, madvise an address.
+#[inline(always)]
+pub fn unnamed_add(val: u64) {
+    if let Some(n) = OPEN_ANY.get_ptr_mut(1) {
+        atomic_add(n, val);
+    }
+}
+
+#[inline(always)]
+pub fn any_unnamed() -> bool {
+    OPEN_ANY.get(1).is_some_and(|n| *n != 0)
+}
+
 /// Whether any file at all has a window open (a cheap first test for probes
 /// on hot paths).
 #[inline(always)]

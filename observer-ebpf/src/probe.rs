@@ -8,8 +8,8 @@ use observer_abi::{
 
 use crate::{
     emit::{
-        any_window_open, count, is_self, now, send, tid, window_close, window_is_open, window_open,
-        worth_sending,
+        any_unnamed, any_window_open, count, is_self, now, send, tid, unnamed_add, window_close,
+        window_is_open, window_open, worth_sending,
     },
     kernel::{
         Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
@@ -408,6 +408,7 @@ pub fn folio_delete(folio: u64, fidelity: u8) {
         count(COUNTER_UNRESOLVED + Kind::FolioDelete as u32);
         return;
     };
+    adopt_syscall_file(&key);
     if !(window_is_open(&key) || cfg.full_stream != 0) || is_self(cfg) {
         return;
     }
@@ -575,7 +576,11 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
         end,
         aux,
     };
-    let _ = STASH.insert(&stash_key(Kind::SyscallEnter), &stash, 0);
+    let stashed = STASH.insert(&stash_key(Kind::SyscallEnter), &stash, 0).is_ok();
+    if cfg.syscall_windows != 0 && key.ino == 0 && stashed {
+        // The first folio the syscall removes names its file.
+        unnamed_add(1);
+    }
     send(
         Kind::SyscallEnter,
         fidelity,
@@ -590,6 +595,28 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
     );
 }
 
+/// Tracepoint mode: a syscall that named no file at entry (truncate(2) a
+/// path, madvise an address) removing a folio of `key` is invalidating that
+/// file; its window opens here and closes at the syscall's exit. Called by
+/// the folio-removal programs before they look at the window table.
+#[inline(always)]
+pub fn adopt_syscall_file(key: &FileKey) {
+    if !any_unnamed() {
+        return;
+    }
+    let Some(stash) = STASH.get_ptr_mut(&stash_key(Kind::SyscallEnter)) else {
+        return;
+    };
+    unsafe {
+        if (*stash).key.ino != 0 {
+            return;
+        }
+        (*stash).key = *key;
+    }
+    window_open(key);
+    unnamed_add(u64::MAX);
+}
+
 #[inline(always)]
 pub fn syscall_exit(cfg: &Config, fidelity: u8) {
     let skey = stash_key(Kind::SyscallEnter);
@@ -598,8 +625,12 @@ pub fn syscall_exit(cfg: &Config, fidelity: u8) {
     };
     let _ = STASH.remove(&skey);
     let ts = now();
-    if cfg.syscall_windows != 0 && stash.key.ino != 0 {
-        window_close(&stash.key, ts);
+    if cfg.syscall_windows != 0 {
+        if stash.key.ino != 0 {
+            window_close(&stash.key, ts);
+        } else {
+            unnamed_add(u64::MAX);
+        }
     }
     send(
         Kind::SyscallExit,

@@ -20,7 +20,7 @@ use crate::{
     emit::{is_self, now, send},
     kernel::{config, file_of_fd},
     maps::WINDOWS,
-    probe::{map_pages_point, syscall_enter, syscall_exit},
+    probe::{adopt_syscall_file, map_pages_point, syscall_enter, syscall_exit},
 };
 
 /// Syscall arguments start after the 8-byte common header and `__syscall_nr`.
@@ -72,6 +72,7 @@ pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let key = FileKey { dev, _pad: 0, ino };
+    adopt_syscall_file(&key);
     let open = match unsafe { WINDOWS.get(&key) } {
         Some(w) => w.open > 0,
         None => false,

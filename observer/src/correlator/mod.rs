@@ -141,6 +141,9 @@ pub struct Stats {
 /// The syscall a task is inside, and the windows it opened or resumed there.
 struct Syscall {
     op: Op,
+    /// Tracepoint mode, a syscall that named no file (truncate(2),
+    /// madvise): the range its window takes once a removal names the file.
+    unnamed: Option<PageRange>,
     windows: Vec<(FileId, u64)>,
     /// Files on which the task has a class-B window in this syscall.
     refill_files: Vec<FileId>,
@@ -347,7 +350,10 @@ impl Correlator {
                 index,
                 pfn,
                 still_mapped,
-            } => self.folio_delete(ts, file, index, pfn, still_mapped),
+            } => {
+                self.adopt_syscall_file(ts, file, &task, fidelity);
+                self.folio_delete(ts, file, index, pfn, still_mapped)
+            }
             Body::PteInstall { range } => {
                 let install = Install {
                     ts,
@@ -667,6 +673,8 @@ impl Correlator {
             tid,
             Syscall {
                 op,
+                unnamed: (self.cfg.syscall_windows && op.invalidates() && file.is_unknown())
+                    .then_some(range),
                 windows: Vec::new(),
                 refill_files: Vec::new(),
             },
@@ -701,6 +709,21 @@ impl Correlator {
                 self.open_window(ts, file, task, fidelity, range, op, true);
             }
         }
+    }
+
+    /// Tracepoint mode: the first folio a file-less syscall removes names
+    /// the file its window is on (the kernel side did the same).
+    fn adopt_syscall_file(&mut self, ts: u64, file: FileId, task: &Task, fidelity: Fidelity) {
+        let Some(range) = self
+            .syscalls
+            .get_mut(&task.tid)
+            .and_then(|sc| sc.unnamed.take())
+        else {
+            return;
+        };
+        let op = self.syscall_op(task.tid);
+        let fidelity = fidelity.min(Fidelity::Tracepoint);
+        self.open_window(ts, file, task.clone(), fidelity, range, op, true);
     }
 
     /// The syscall's return ends every operation it performed: the task

@@ -536,6 +536,71 @@ fn syscall_windows_mode_brackets_the_syscall() {
     assert_eq!(stats.windows_opened, 1);
 }
 
+/// Tracepoint mode: truncate(2) and madvise(MADV_REMOVE) name no file at
+/// entry; the first folio the task removes names it, and the window runs
+/// from there to the syscall's exit. Another task's removals name nothing.
+#[test]
+fn syscall_windows_adopt_the_file_of_the_first_removal() {
+    let cfg = Config {
+        syscall_windows: true,
+        ..Config::default()
+    };
+    let f = file(14);
+    let g = file(15);
+    let tp = |mut e: Event| {
+        e.fidelity = Fidelity::Tracepoint;
+        e
+    };
+    let events = vec![
+        tp(sys_enter(
+            T0,
+            FileId::default(),
+            303,
+            Op::Truncate,
+            pages(8, PageRange::EOF),
+        )),
+        // Before any removal: no window yet.
+        tp(map(T0 + MS, T0 + MS, f, 304, pages(0, 15))),
+        // Reclaim by another task on g names nothing for 303.
+        tp(delete(T0 + 2 * MS, g, 3, None)),
+        {
+            let mut d = tp(delete(T0 + 3 * MS, f, 8, Some(false)));
+            d.task = task(303);
+            d
+        },
+        tp(map(T0 + 4 * MS, T0 + 4 * MS, f, 305, pages(0, 15))),
+        tp(sys_exit(T0 + 5 * MS, f, 303, Op::Truncate)),
+        tp(sys_enter(
+            T0 + 10 * MS,
+            FileId::default(),
+            306,
+            Op::MadvRemove,
+            pages(0, PageRange::EOF),
+        )),
+        {
+            let mut d = tp(delete(T0 + 11 * MS, g, 0, Some(false)));
+            d.task = task(306);
+            d
+        },
+        tp(map(T0 + 12 * MS, T0 + 12 * MS, g, 307, pages(0, 15))),
+        tp(sys_exit(T0 + 13 * MS, g, 306, Op::MadvRemove)),
+    ];
+    let (alerts, stats) = run_with(cfg, events);
+    let got: Vec<_> = alerts.iter().map(summary).collect();
+    assert_eq!(
+        got,
+        vec![
+            (14, 305, pages(0, 15), pages(8, PageRange::EOF), Op::Truncate, 303),
+            (15, 307, pages(0, 15), pages(0, PageRange::EOF), Op::MadvRemove, 306),
+        ]
+    );
+    assert_eq!(alerts[0].window.opened_ts, T0 + 3 * MS);
+    assert_eq!(alerts[0].window.closed_ts, Some(T0 + 5 * MS));
+    assert_eq!(stats.windows_opened, 2);
+    assert_eq!(stats.windows_by_op.get(Op::Truncate), 1);
+    assert_eq!(stats.windows_by_op.get(Op::MadvRemove), 1);
+}
+
 #[test]
 fn syscall_windows_are_tracepoint_fidelity_even_beside_fentry_maps() {
     let cfg = Config {
