@@ -450,11 +450,14 @@ pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Optio
     let Some(cfg) = config() else { return };
     let (mapping, index, shmem) = match at {
         Some((mapping, index)) => (mapping, index, FLAG_SHMEM),
+        // One at a time: a pair of Options keeps the payload of a None
+        // live, and LLVM may spill that undefined register, which the
+        // verifier refuses (R3 !read_ok).
         None => {
-            let (Some(m), Some(i)) = (
-                read_u64(folio, cfg.page_mapping),
-                read_u64(folio, cfg.page_index),
-            ) else {
+            let Some(m) = read_u64(folio, cfg.page_mapping) else {
+                return;
+            };
+            let Some(i) = read_u64(folio, cfg.page_index) else {
                 return;
             };
             (m, i, 0)
@@ -576,7 +579,9 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
         end,
         aux,
     };
-    let stashed = STASH.insert(&stash_key(Kind::SyscallEnter), &stash, 0).is_ok();
+    let stashed = STASH
+        .insert(&stash_key(Kind::SyscallEnter), &stash, 0)
+        .is_ok();
     if cfg.syscall_windows != 0 && key.ino == 0 && stashed {
         // The first folio the syscall removes names its file.
         unnamed_add(1);

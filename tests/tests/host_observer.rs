@@ -191,6 +191,19 @@ fn check_tracepoint_startup(startup: &Value, stderr: &str) {
         startup["kernel"].as_str().is_some_and(|k| !k.is_empty()),
         "{startup}"
     );
+    // Raw tracepoints load here: the folio programs must pass the verifier
+    // (a spilled undefined register once made one refuse, silently
+    // emptying class B).
+    for f in [
+        "mm_filemap_delete_from_page_cache",
+        "mm_filemap_add_to_page_cache",
+    ] {
+        let p = startup["probes"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["function"] == f))
+            .unwrap_or_else(|| panic!("no probe record for {f}: {startup}"));
+        assert_eq!(p["method"], "raw_tracepoint", "{f}: {p}");
+    }
     // The optional probes (PTE installer, folio add/delete, fs removal…)
     // follow the three core functions; only the core three define a window.
     let probes: Vec<&Value> = startup["probes"]

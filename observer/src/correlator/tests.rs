@@ -590,8 +590,22 @@ fn syscall_windows_adopt_the_file_of_the_first_removal() {
     assert_eq!(
         got,
         vec![
-            (14, 305, pages(0, 15), pages(8, PageRange::EOF), Op::Truncate, 303),
-            (15, 307, pages(0, 15), pages(0, PageRange::EOF), Op::MadvRemove, 306),
+            (
+                14,
+                305,
+                pages(0, 15),
+                pages(8, PageRange::EOF),
+                Op::Truncate,
+                303
+            ),
+            (
+                15,
+                307,
+                pages(0, 15),
+                pages(0, PageRange::EOF),
+                Op::MadvRemove,
+                306
+            ),
         ]
     );
     assert_eq!(alerts[0].window.opened_ts, T0 + 3 * MS);
