@@ -281,6 +281,36 @@ fn matrix_truth_table() {
         }
     }
 
+    // invalidate_lock (5.15): ext4 and xfs (its MMAPLOCK is that lock) run
+    // their block removal with the punching task holding it for writing,
+    // and no other task refills the cache meanwhile; btrfs keeps its own
+    // i_mmap_lock; 5.10 has no such lock to read.
+    for spec in ["6.1", "6.12"] {
+        for fs in ["ext4", "xfs"] {
+            let why = "the punch holds invalidate_lock for writing";
+            let b = |key| (spec, fs, "b", key);
+            expect(&v, &mut failures, b("removals_under_lock"), positive, why);
+            expect(
+                &v,
+                &mut failures,
+                b("removals_without_lock"),
+                !positive,
+                why,
+            );
+            expect(&v, &mut failures, b("refills_under_lock"), !positive, why);
+        }
+        let why = "btrfs punches under its own i_mmap_lock";
+        let b = |key| (spec, "btrfs", "b", key);
+        expect(&v, &mut failures, b("removals_without_lock"), positive, why);
+        expect(&v, &mut failures, b("removals_under_lock"), !positive, why);
+    }
+    for fs in ["ext4", "xfs", "btrfs"] {
+        let why = "5.10 has no invalidate_lock";
+        for key in ["removals_under_lock", "removals_without_lock"] {
+            expect(&v, &mut failures, ("5.10", fs, "b", key), !positive, why);
+        }
+    }
+
     // Every invalidator opened windows somewhere, at least one for every
     // other operation it made, under its own name.
     for (op, window_op) in OP_WINDOWS {
