@@ -142,7 +142,8 @@ pub fn invalidate_enter<C: StackIdContext>(
         return;
     };
     let _ = LAST_FILE.insert(&tid(), &key, 0);
-    window_enter(ctx, enter, fidelity, key, start, end, 0);
+    let lock = invalidate_lock(cfg, mapping);
+    window_enter(ctx, enter, fidelity, key, start, end, lock);
 }
 
 /// Exit of the same call; `enter` names the entry record to pair with.

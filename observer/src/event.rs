@@ -229,6 +229,8 @@ impl Op {
 pub enum Body {
     /// Entry of an invalidating function for `range` of the file.
     InvalidateEnter {
+        /// The file's invalidate_lock as the call began.
+        lock: InvalidateLock,
         which: Invalidator,
         range: PageRange,
     },

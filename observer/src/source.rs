@@ -85,6 +85,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let range = PageRange::new(raw.start, raw.end);
     let body = match abi::Kind::from_u8(raw.kind)? {
         abi::Kind::UnmapEnter => Body::InvalidateEnter {
+            lock: InvalidateLock::from_aux(raw.aux),
             which: Invalidator::Unmap,
             range,
         },
@@ -93,6 +94,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             range,
         },
         abi::Kind::TruncateEnter => Body::InvalidateEnter {
+            lock: InvalidateLock::from_aux(raw.aux),
             which: Invalidator::Truncate,
             range,
         },
@@ -129,6 +131,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             fs: fs_remover(raw.aux)?,
         },
         abi::Kind::ShmemUndoEnter => Body::InvalidateEnter {
+            lock: InvalidateLock::NotExposed,
             which: Invalidator::ShmemUndo,
             range,
         },

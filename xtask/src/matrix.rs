@@ -406,7 +406,11 @@ fn run_vm(
         if outcome.finished || remaining.is_empty() {
             break;
         }
-        stuck = if remaining.len() == before { stuck + 1 } else { 0 };
+        stuck = if remaining.len() == before {
+            stuck + 1
+        } else {
+            0
+        };
         if stuck == 3 {
             guest_errors.push(format!(
                 "attempt {attempt}: no step finished in three boots in a row; giving up"

@@ -324,9 +324,16 @@ impl Correlator {
             body,
         } = ev;
         match body {
-            Body::InvalidateEnter { which, range } => {
-                self.invalidate_enter(ts, file, task, fidelity, which, range, stack_id, out)
-            }
+            Body::InvalidateEnter { which, range, lock } => self.invalidate_enter(
+                ts,
+                file,
+                task,
+                fidelity,
+                (which, lock),
+                range,
+                stack_id,
+                out,
+            ),
             Body::InvalidateExit { which, range } => {
                 self.invalidate_exit(ts, file, task.tid, fidelity, which, range, stack_id)
             }
@@ -498,7 +505,7 @@ impl Correlator {
         file: FileId,
         task: Task,
         fidelity: Fidelity,
-        which: Invalidator,
+        (which, lock): (Invalidator, InvalidateLock),
         range: PageRange,
         stack_id: Option<u32>,
         out: &mut Vec<Alert>,
@@ -553,7 +560,10 @@ impl Correlator {
                 Invalidator::Unmap => {
                     b.unmapped = Some(b.unmapped.map_or(range, |u| u.union(&range)));
                 }
-                Invalidator::Truncate | Invalidator::ShmemUndo => b.range = b.range.union(&range),
+                Invalidator::Truncate | Invalidator::ShmemUndo => {
+                    b.range = b.range.union(&range);
+                    b.lock_seen(lock);
+                }
             }
             return;
         }
@@ -573,9 +583,12 @@ impl Correlator {
             fidelity,
             punch_stack: stack_id,
             close_stack: None,
-            removal_lock: None,
+            lock: None,
             refills: Vec::new(),
         });
+        if let Some(b) = fw.refills.last_mut() {
+            b.lock_seen(lock);
+        }
         if let Some(sc) = self.syscalls.get_mut(&tid)
             && !sc.refill_files.contains(&file)
         {
@@ -885,7 +898,7 @@ impl Correlator {
         if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
             b.transition(fidelity, stack_id);
             match enter_lock {
-                Some(lock) => b.removal_began(lock),
+                Some(lock) => b.lock_seen(lock),
                 None => {
                     b.fs_exit = Some((fs, ts));
                     b.close_stack = b.punch_stack;

@@ -91,9 +91,10 @@ pub(crate) struct RefillWindow {
     pub punch_stack: Option<u32>,
     /// `punch_stack` as of the last block-removal exit.
     pub close_stack: Option<u32>,
-    /// Who held invalidate_lock for writing as the block removals began
-    /// (any removal without the puncher holding it wins).
-    pub removal_lock: Option<LockHolder>,
+    /// Who held invalidate_lock for writing as the operation's truncates
+    /// and block removals began (any of them without the puncher holding it
+    /// wins; not exposed counts only when nothing else was seen).
+    pub lock: Option<LockHolder>,
     pub refills: Vec<Refill>,
 }
 
@@ -109,11 +110,16 @@ impl RefillWindow {
         }
     }
 
-    /// A block removal of the operation began, under `lock`.
-    pub fn removal_began(&mut self, lock: InvalidateLock) {
+    /// A truncate or block removal of the operation began under `lock`.
+    pub fn lock_seen(&mut self, lock: InvalidateLock) {
         let holder = lock.seen_by(self.tid());
-        if self.removal_lock.is_none() || holder != LockHolder::Puncher {
-            self.removal_lock = Some(holder);
+        let replace = match (self.lock, holder) {
+            (None, _) | (Some(LockHolder::NotExposed), _) => true,
+            (Some(_), LockHolder::NotExposed) => false,
+            (Some(_), h) => h != LockHolder::Puncher,
+        };
+        if replace {
+            self.lock = Some(holder);
         }
     }
 
@@ -138,7 +144,7 @@ impl RefillWindow {
             b.unbounded += 1;
             return Vec::new();
         };
-        match self.removal_lock {
+        match self.lock {
             Some(LockHolder::Puncher) => b.removals_under_lock += 1,
             Some(LockHolder::NotHeld | LockHolder::Other) => b.removals_without_lock += 1,
             Some(LockHolder::NotExposed) | None => {}
