@@ -27,10 +27,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{util::Workspace, vm};
+use crate::{
+    util::{Workspace, detach, output, temp_dir, unmount},
+    vm,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -795,7 +798,7 @@ struct Scratch {
 
 impl Scratch {
     fn create(pages: u64) -> Result<Self> {
-        let dir = unique_temp_dir()?;
+        let dir = temp_dir("xtask-bench")?;
         let mut scratch = Self {
             mnt: dir.join("mnt"),
             dir,
@@ -813,9 +816,9 @@ impl Scratch {
             .with_context(|| format!("cannot create {}", image.display()))?;
         fs::create_dir(&scratch.mnt)
             .with_context(|| format!("cannot create {}", scratch.mnt.display()))?;
-        quiet(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&image))
+        output(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&image))
             .context("mkfs.xfs failed (is xfsprogs installed? `cargo xtask setup`)")?;
-        quiet(
+        output(
             Command::new("mount")
                 .args(["-t", "xfs", "-o", "loop"])
                 .arg(&image)
@@ -835,20 +838,9 @@ impl Scratch {
     }
 
     fn unmount(&mut self) -> Result<()> {
-        // Right after a child exits its mapping may still pin the mount for
-        // a moment; EBUSY then is transient.
-        let mut last = None;
-        for _ in 0..20 {
-            match quiet(Command::new("umount").arg(&self.mnt)) {
-                Ok(()) => {
-                    self.mounted = false;
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.unwrap_or_else(|| anyhow!("umount failed")))
+        unmount(&self.mnt)?;
+        self.mounted = false;
+        Ok(())
     }
 }
 
@@ -858,7 +850,7 @@ impl Drop for Scratch {
             && let Err(e) = self.unmount()
         {
             say(format!("{e:#}; detaching lazily"));
-            let _ = quiet(Command::new("umount").arg("-l").arg(&self.mnt));
+            detach(&self.mnt);
             self.mounted = false;
         }
         // Never remove_dir_all under a mount that is still there.
@@ -866,36 +858,6 @@ impl Drop for Scratch {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn unique_temp_dir() -> Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for n in 0.. {
-        let dir = base.join(format!("xtask-bench-{}-{n}", std::process::id()));
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
-        }
-    }
-    unreachable!("ran out of temporary directory names")
-}
-
-/// Runs a command; on failure the error carries its stderr.
-fn quiet(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1521,7 +1483,7 @@ mod tests {
 
     /// What the guest's bench() leaves for a 1-round bench.
     fn guest_dir(observer_rc: &str) -> PathBuf {
-        let dir = unique_temp_dir().unwrap();
+        let dir = temp_dir("xtask-bench").unwrap();
         let startup =
             r#"{"type":"startup","probes":[{"function":"filemap_map_pages","method":"fentry"}]}"#;
         for (i, (_, punch, config)) in params(1).schedule().enumerate() {

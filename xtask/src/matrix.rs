@@ -30,33 +30,31 @@ use crate::{
     vm::{self, Step},
 };
 
-/// The invalidators, as racer `--op` values, with their table column.
-pub const OPS: &[(&str, &str)] = &[
-    ("punch", "punch"),
-    ("zero", "zero"),
-    ("collapse", "coll"),
-    ("insert", "ins"),
-    ("truncate", "ftrunc"),
-    ("truncate-path", "trunc"),
-    ("madv-remove", "madv"),
-    ("clone", "clone"),
-    ("dedupe", "dedup"),
+/// The invalidators: racer `--op`, table column, and the window operation
+/// the observer names for it.
+pub const OPS: &[(&str, &str, &str)] = &[
+    ("punch", "punch", "punch_hole"),
+    ("zero", "zero", "zero_range"),
+    ("collapse", "coll", "collapse_range"),
+    ("insert", "ins", "insert_range"),
+    ("truncate", "ftrunc", "ftruncate"),
+    ("truncate-path", "trunc", "truncate"),
+    ("madv-remove", "madv", "madv_remove"),
+    ("clone", "clone", "clone_range"),
+    ("dedupe", "dedup", "dedupe_range"),
 ];
 
-/// The window operation the observer names for each workload.
+/// The window operation the observer names for a workload (the race runs
+/// punch).
 fn window_op(workload: &str) -> &'static str {
-    match workload {
-        "race" | "punch" => "punch_hole",
-        "zero" => "zero_range",
-        "collapse" => "collapse_range",
-        "insert" => "insert_range",
-        "truncate" => "ftruncate",
-        "truncate-path" => "truncate",
-        "madv-remove" => "madv_remove",
-        "clone" => "clone_range",
-        "dedupe" => "dedupe_range",
-        _ => "unknown",
-    }
+    let op = if workload == "race" {
+        "punch"
+    } else {
+        workload
+    };
+    OPS.iter()
+        .find(|(o, ..)| *o == op)
+        .map_or("unknown", |(.., name)| name)
 }
 
 /// Class A and class B counters of the summary's "classes", in table order.
@@ -158,8 +156,8 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
         }
     }
     for op in &args.ops {
-        if !OPS.iter().any(|(o, _)| o == op) {
-            let all: Vec<&str> = OPS.iter().map(|(o, _)| *o).collect();
+        if !OPS.iter().any(|(o, ..)| o == op) {
+            let all: Vec<&str> = OPS.iter().map(|(o, ..)| *o).collect();
             bail!("--ops {op}: not one of {}", all.join(","));
         }
     }
@@ -635,18 +633,9 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Result<Self> {
-        let base = std::env::temp_dir();
-        for n in 0.. {
-            let dir = base.join(format!("xtask-matrix-{}-{n}", std::process::id()));
-            match fs::create_dir(&dir) {
-                Ok(()) => return Ok(Self { dir }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", dir.display()));
-                }
-            }
-        }
-        unreachable!("ran out of temporary directory names")
+        Ok(Self {
+            dir: crate::util::temp_dir("xtask-matrix")?,
+        })
     }
 
     /// A fresh `fs` (a 512 MiB sparse loop image, or a tmpfs) mounted in
@@ -693,17 +682,8 @@ struct HostMount {
 
 impl Drop for HostMount {
     fn drop(&mut self) {
-        // A child's mapping may pin the mount for a moment after it exits.
-        let mut done = false;
-        for _ in 0..20 {
-            if crate::util::output(Command::new("umount").arg(&self.path)).is_ok() {
-                done = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if !done {
-            let _ = crate::util::output(Command::new("umount").arg("-l").arg(&self.path));
+        if crate::util::unmount(&self.path).is_err() {
+            crate::util::detach(&self.path);
         }
         if let Some(image) = &self.image {
             let _ = fs::remove_file(image);
@@ -1159,8 +1139,8 @@ impl Report<'_> {
         .to_vec();
         let ops: Vec<(&str, &str)> = OPS
             .iter()
-            .filter(|(o, _)| self.args.ops.iter().any(|a| a == o))
-            .copied()
+            .filter(|(o, ..)| self.args.ops.iter().any(|a| a == o))
+            .map(|&(o, column, _)| (o, column))
             .collect();
         head.extend(ops.iter().map(|(_, c)| c.to_string()));
         head.push("lost(rb/unres/late)".into());
