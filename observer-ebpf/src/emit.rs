@@ -106,6 +106,21 @@ pub fn any_unnamed() -> bool {
     OPEN_ANY.get(1).is_some_and(|n| *n != 0)
 }
 
+/// Syscall entries in STASH. The exit programs of ioctl and madvise run on
+/// every such call on the machine; with nothing stashed they return after
+/// this array read instead of a hash lookup.
+#[inline(always)]
+pub fn stashed_add(val: u64) {
+    if let Some(n) = OPEN_ANY.get_ptr_mut(2) {
+        atomic_add(n, val);
+    }
+}
+
+#[inline(always)]
+pub fn any_stashed() -> bool {
+    OPEN_ANY.get(2).is_some_and(|n| *n != 0)
+}
+
 /// Whether any file at all has a window open (a cheap first test for probes
 /// on hot paths).
 #[inline(always)]

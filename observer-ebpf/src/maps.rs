@@ -44,9 +44,10 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(2048, 0);
 /// Slot 0: sum of all files' `WindowState::open` (never below it: see
 /// `emit::window_open`). Zero means no file has a window open, which lets the
 /// per-PTE probe return before reading any kernel memory. Slot 1: syscall
-/// windows in flight whose file is not known yet (tracepoint mode).
+/// windows in flight whose file is not known yet (tracepoint mode). Slot 2:
+/// syscall entries stashed and not yet exited (never below the truth).
 #[map]
-pub static OPEN_ANY: Array<u64> = Array::with_max_entries(2, 0);
+pub static OPEN_ANY: Array<u64> = Array::with_max_entries(3, 0);
 
 /// The file of each task's most recent invalidation (unmap/truncate entry),
 /// for filesystem probes that see a module-private inode type whose layout

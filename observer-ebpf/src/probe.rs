@@ -8,8 +8,8 @@ use observer_abi::{
 
 use crate::{
     emit::{
-        any_unnamed, any_window_open, count, is_self, now, send, tid, unnamed_add, window_close,
-        window_is_open, window_open, worth_sending,
+        any_stashed, any_unnamed, any_window_open, count, is_self, now, send, stashed_add, tid,
+        unnamed_add, window_close, window_is_open, window_open, worth_sending,
     },
     kernel::{
         Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
@@ -583,6 +583,9 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
     let stashed = STASH
         .insert(&stash_key(Kind::SyscallEnter), &stash, 0)
         .is_ok();
+    if stashed {
+        stashed_add(1);
+    }
     if cfg.syscall_windows != 0 && key.ino == 0 && stashed {
         // The first folio the syscall removes names its file.
         unnamed_add(1);
@@ -625,11 +628,16 @@ pub fn adopt_syscall_file(key: &FileKey) {
 
 #[inline(always)]
 pub fn syscall_exit(cfg: &Config, fidelity: u8) {
+    if !any_stashed() {
+        return;
+    }
     let skey = stash_key(Kind::SyscallEnter);
     let Some(stash) = (unsafe { STASH.get(&skey) }).copied() else {
         return;
     };
-    let _ = STASH.remove(&skey);
+    if STASH.remove(&skey).is_ok() {
+        stashed_add(u64::MAX);
+    }
     let ts = now();
     if cfg.syscall_windows != 0 {
         if stash.key.ino != 0 {
