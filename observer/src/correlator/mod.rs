@@ -324,16 +324,9 @@ impl Correlator {
             body,
         } = ev;
         match body {
-            Body::InvalidateEnter { which, range, lock } => self.invalidate_enter(
-                ts,
-                file,
-                task,
-                fidelity,
-                (which, lock),
-                range,
-                stack_id,
-                out,
-            ),
+            Body::InvalidateEnter { which, range, lock } => {
+                self.invalidate_enter(ts, file, task, fidelity, which, lock, range, stack_id, out)
+            }
             Body::InvalidateExit { which, range } => {
                 self.invalidate_exit(ts, file, task.tid, fidelity, which, range, stack_id)
             }
@@ -505,7 +498,8 @@ impl Correlator {
         file: FileId,
         task: Task,
         fidelity: Fidelity,
-        (which, lock): (Invalidator, InvalidateLock),
+        which: Invalidator,
+        lock: InvalidateLock,
         range: PageRange,
         stack_id: Option<u32>,
         out: &mut Vec<Alert>,
@@ -583,12 +577,9 @@ impl Correlator {
             fidelity,
             punch_stack: stack_id,
             close_stack: None,
-            lock: None,
+            lock: lock.seen_by(tid),
             refills: Vec::new(),
         });
-        if let Some(b) = fw.refills.last_mut() {
-            b.lock_seen(lock);
-        }
         if let Some(sc) = self.syscalls.get_mut(&tid)
             && !sc.refill_files.contains(&file)
         {

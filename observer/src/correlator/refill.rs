@@ -92,9 +92,9 @@ pub(crate) struct RefillWindow {
     /// `punch_stack` as of the last block-removal exit.
     pub close_stack: Option<u32>,
     /// Who held invalidate_lock for writing as the operation's truncates
-    /// and block removals began (any of them without the puncher holding it
-    /// wins; not exposed counts only when nothing else was seen).
-    pub lock: Option<LockHolder>,
+    /// and block removals began: any of them without the puncher holding it
+    /// wins; not exposed until one shows the lock.
+    pub lock: LockHolder,
     pub refills: Vec<Refill>,
 }
 
@@ -113,13 +113,13 @@ impl RefillWindow {
     /// A truncate or block removal of the operation began under `lock`.
     pub fn lock_seen(&mut self, lock: InvalidateLock) {
         let holder = lock.seen_by(self.tid());
-        let replace = match (self.lock, holder) {
-            (None, _) | (Some(LockHolder::NotExposed), _) => true,
-            (Some(_), LockHolder::NotExposed) => false,
-            (Some(_), h) => h != LockHolder::Puncher,
+        let replace = match holder {
+            LockHolder::NotExposed => false,
+            LockHolder::Puncher => self.lock == LockHolder::NotExposed,
+            LockHolder::NotHeld | LockHolder::Other => true,
         };
         if replace {
-            self.lock = Some(holder);
+            self.lock = holder;
         }
     }
 
@@ -145,9 +145,9 @@ impl RefillWindow {
             return Vec::new();
         };
         match self.lock {
-            Some(LockHolder::Puncher) => b.removals_under_lock += 1,
-            Some(LockHolder::NotHeld | LockHolder::Other) => b.removals_without_lock += 1,
-            Some(LockHolder::NotExposed) | None => {}
+            LockHolder::Puncher => b.removals_under_lock += 1,
+            LockHolder::NotHeld | LockHolder::Other => b.removals_without_lock += 1,
+            LockHolder::NotExposed => {}
         }
         // Removals up to the end of the operation's own invalidation count:
         // a folio the punch truncated again (or that left the cache before
