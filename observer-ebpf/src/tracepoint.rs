@@ -20,7 +20,7 @@ use crate::{
     emit::{is_self, now, send},
     kernel::{config, file_of_fd},
     maps::WINDOWS,
-    probe::{adopt_syscall_file, map_pages_point, syscall_enter, syscall_exit},
+    probe::{adopt_syscall_file, byte_pages, map_pages_point, syscall_enter, syscall_exit},
 };
 
 /// Syscall arguments start after the 8-byte common header and `__syscall_nr`.
@@ -226,17 +226,6 @@ struct DedupeRange {
     dest_offset: u64,
 }
 
-/// Last page of `len` bytes from `offset`; 0 bytes means "to the end" for
-/// the remap ioctls.
-#[inline(always)]
-fn last_page(offset: u64, len: u64) -> u64 {
-    if len == 0 {
-        EOF_PAGE
-    } else {
-        (offset + len - 1) >> 12
-    }
-}
-
 /// The remap ioctls invalidate the destination range. ioctl is hot on some
 /// hosts: everything but the three commands leaves after one compare.
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
@@ -251,24 +240,21 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
         (fd, 0, EOF_PAGE, OP_CLONE)
     } else if cmd == FICLONERANGE {
         match unsafe { bpf_probe_read_user(user as *const CloneRange) } {
-            Ok(r) => (
-                fd,
-                r.dest_offset >> 12,
-                last_page(r.dest_offset, r.src_length),
-                OP_CLONE_RANGE,
-            ),
+            Ok(r) => {
+                // A length of 0 clones to the end of the source.
+                let (start, end) = byte_pages(r.dest_offset, r.src_length);
+                (fd, start, end, OP_CLONE_RANGE)
+            }
             Err(_) => (fd, 0, EOF_PAGE, OP_CLONE_RANGE),
         }
     } else {
         // The ioctl's fd is the source; the first destination is the file
         // whose page cache goes (the racer, like most callers, passes one).
         match unsafe { bpf_probe_read_user(user as *const DedupeRange) } {
-            Ok(r) if r.dest_count > 0 => (
-                r.dest_fd as u64,
-                r.dest_offset >> 12,
-                last_page(r.dest_offset, r.src_length),
-                OP_DEDUPE_RANGE,
-            ),
+            Ok(r) if r.dest_count > 0 => {
+                let (start, end) = byte_pages(r.dest_offset, r.src_length);
+                (r.dest_fd as u64, start, end, OP_DEDUPE_RANGE)
+            }
             _ => (u64::MAX, 0, EOF_PAGE, OP_DEDUPE_RANGE),
         }
     };
