@@ -25,6 +25,11 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(Command::Replay { file }) = &cli.command {
         return crate::replay::run(&cli, file, filter);
     }
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("must run as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)");
+    }
+    // Before the runtime starts any thread: a namespace is per thread.
+    let tracefs = loader::tracefs::ensure()?;
     let loaded = loader::load(&loader::Options {
         btf: cli.btf.clone(),
         ringbuf_bytes: cli.ringbuf_kib * 1024,
@@ -37,6 +42,9 @@ pub fn run(cli: Cli) -> Result<()> {
 
     let kernel = kernel_release();
     eprintln!("observer: kernel {kernel}, BTF {}", cli.btf.display());
+    if let Some(note) = tracefs.note() {
+        eprintln!("observer: {note}");
+    }
     for p in &loaded.probes {
         eprintln!("observer: {p}");
         if cli.verbose {

@@ -1,25 +1,107 @@
-use std::{collections::HashSet, process::Command};
+use std::{collections::HashSet, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
 use crate::util::{output, path_with, raw_output, run, say};
 
-/// bpf-linker needs the LLVM 22 development files (the distro's default
-/// llvm-config is LLVM 14, too old); the rest is for `cargo xtask vm`.
-const APT_PACKAGES: &[&str] = &[
+/// Where a program the project runs comes from on a fresh machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The base image has it (Debian 12 with rustup): checked, not installed.
+    Base,
+    /// This Debian package provides it.
+    Apt(&'static str),
+    /// `cargo install` (bpf-linker).
+    Cargo,
+}
+
+/// A program that the build, the tests, the benchmark or the matrix run.
+pub struct Tool {
+    pub command: &'static str,
+    pub origin: Origin,
+    pub used_by: &'static str,
+}
+
+const fn tool(command: &'static str, origin: Origin, used_by: &'static str) -> Tool {
+    Tool {
+        command,
+        origin,
+        used_by,
+    }
+}
+
+/// Every external program the project runs, in one place: setup installs
+/// what is missing and then checks that each one is found, and a unit test
+/// checks that no source file runs a program missing from this table.
+pub const TOOLS: &[Tool] = &[
+    tool("cargo", Origin::Base, "every build"),
+    tool("rustup", Origin::Base, "setup (nightly rust-src)"),
+    tool("bpf-linker", Origin::Cargo, "linking the eBPF object"),
+    tool("sh", Origin::Base, "the VM harness's console reader"),
+    tool("tar", Origin::Base, "unpacking kernel packages"),
+    tool("ldd", Origin::Base, "copying binaries into the initramfs"),
+    tool("uname", Origin::Base, "the matrix's host row"),
+    tool("mount", Origin::Base, "loop mounts"),
+    tool("umount", Origin::Base, "loop mounts"),
+    tool(
+        "unshare",
+        Origin::Base,
+        "the fresh-host test (a namespace without tracefs)",
+    ),
+    tool("dpkg-query", Origin::Base, "setup"),
+    tool("dpkg-deb", Origin::Base, "unpacking kernel packages"),
+    tool("apt-get", Origin::Base, "setup, kernel downloads"),
+    tool("apt-cache", Origin::Base, "kernel lookups"),
+    tool("gzip", Origin::Base, "decompressing kernel modules"),
+    tool("xz", Origin::Base, "decompressing kernel modules"),
+    tool("zstd", Origin::Base, "decompressing kernel modules"),
+    tool("mkfs.ext4", Origin::Base, "ext4 loop mounts and VM disks"),
+    tool(
+        "mkfs.xfs",
+        Origin::Apt("xfsprogs"),
+        "xfs loop mounts and VM disks",
+    ),
+    tool("mkfs.btrfs", Origin::Apt("btrfs-progs"), "btrfs VM disks"),
+    tool("cpio", Origin::Apt("cpio"), "the VM initramfs"),
+    tool("busybox", Origin::Apt("busybox-static"), "the VM initramfs"),
+    tool(
+        "qemu-system-x86_64",
+        Origin::Apt("qemu-system-x86"),
+        "the VM tests and the matrix",
+    ),
+    tool(
+        "bpftool",
+        Origin::Apt("bpftool"),
+        "the detach tests (what stays loaded)",
+    ),
+    tool(
+        "stress-ng",
+        Origin::Apt("stress-ng"),
+        "the third-party suite tests",
+    ),
+];
+
+/// Libraries, not programs: bpf-linker needs the LLVM 22 development files
+/// (the distro's default llvm-config is LLVM 14, too old).
+const LIBRARIES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
-    "qemu-system-x86",
-    "busybox-static",
-    "xfsprogs",
-    "e2fsprogs",
-    "btrfs-progs",
-    "cpio",
-    "xz-utils",
-    "zstd",
 ];
+
+/// What apt installs: the libraries and every tool's package.
+fn apt_packages_wanted() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = LIBRARIES.to_vec();
+    for t in TOOLS {
+        if let Origin::Apt(p) = t.origin
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -28,7 +110,32 @@ pub fn run_setup() -> Result<()> {
     apt_packages().context("installing apt packages")?;
     nightly_rust_src().context("installing the nightly rust-src component")?;
     bpf_linker().context("installing bpf-linker")?;
+    check_tools()
+}
+
+/// Every tool of [`TOOLS`] is on PATH now, whatever provided it.
+fn check_tools() -> Result<()> {
+    let missing: Vec<String> = TOOLS
+        .iter()
+        .filter(|t| find_program(t.command).is_none())
+        .map(|t| match t.origin {
+            Origin::Apt(p) => format!("{} (package {p}, for {})", t.command, t.used_by),
+            _ => format!("{} (for {})", t.command, t.used_by),
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!("not found after setup: {}", missing.join("; "));
+    }
     Ok(())
+}
+
+/// The first `name` on PATH (which util::fix_path extended with the sbin
+/// directories and cargo's bin).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn apt_packages() -> Result<()> {
@@ -36,7 +143,7 @@ fn apt_packages() -> Result<()> {
     if missing.is_empty() {
         say(format!(
             "setup: apt packages already installed ({})",
-            APT_PACKAGES.join(" ")
+            apt_packages_wanted().join(" ")
         ));
         return Ok(());
     }
@@ -71,7 +178,7 @@ fn missing_apt_packages() -> Result<Vec<String>> {
     let out = raw_output(
         Command::new("dpkg-query")
             .args(["-W", "-f", "${Package} ${db:Status-Abbrev}\n"])
-            .args(APT_PACKAGES),
+            .args(apt_packages_wanted()),
     )?;
     let installed: HashSet<&str> = std::str::from_utf8(&out.stdout)
         .context("dpkg-query printed non-UTF-8")?
@@ -81,7 +188,7 @@ fn missing_apt_packages() -> Result<Vec<String>> {
             status.starts_with("ii").then_some(name)
         })
         .collect();
-    Ok(APT_PACKAGES
+    Ok(apt_packages_wanted()
         .iter()
         .filter(|p| !installed.contains(*p))
         .map(|p| p.to_string())
@@ -150,4 +257,81 @@ fn bpf_linker() -> Result<()> {
             "llvm-22",
         ])
         .env("PATH", path_with(LLVM_BIN)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::Path};
+
+    use super::TOOLS;
+
+    /// The program names a source text runs: `Command::new("x")`,
+    /// `.command("x")`, and `"mkfs.*"` literals (picked from tables).
+    fn programs_run(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for opener in ["Command::new(\"", ".command(\"", "\"mkfs."] {
+            let mut rest = text;
+            while let Some(i) = rest.find(opener) {
+                rest = &rest[i + opener.len()..];
+                let Some(end) = rest.find('"') else { break };
+                let name = &rest[..end];
+                // A message that merely names a tool is not a call.
+                if name.contains(char::is_whitespace) {
+                    continue;
+                }
+                let name = if opener == "\"mkfs." {
+                    format!("mkfs.{name}")
+                } else {
+                    name.to_owned()
+                };
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if name == "target" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn every_program_the_sources_run_is_in_the_tool_table() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut files = Vec::new();
+        sources(root, &mut files);
+        assert!(files.len() > 20, "found only {files:?}");
+        let known: Vec<&str> = TOOLS.iter().map(|t| t.command).collect();
+        let mut unknown = Vec::new();
+        for f in &files {
+            if f.ends_with("xtask/src/setup.rs") {
+                continue;
+            }
+            for p in programs_run(&fs::read_to_string(f).unwrap()) {
+                if !known.contains(&p.as_str()) {
+                    unknown.push(format!("{}: {p}", f.display()));
+                }
+            }
+        }
+        assert!(
+            unknown.is_empty(),
+            "programs run but missing from setup::TOOLS: {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn the_scanner_sees_calls_and_mkfs_tables() {
+        let text = r#"Command::new("bpftool").arg(x); apt.command("apt-get"); ("mkfs.xfs", &[])"#;
+        assert_eq!(programs_run(text), ["bpftool", "apt-get", "mkfs.xfs"]);
+    }
 }

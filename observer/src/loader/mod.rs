@@ -792,10 +792,8 @@ impl Ladder<'_> {
         if let Err(e) = layout {
             return Err(fail(anyhow::anyhow!("struct page/folio layout: {e}")));
         }
-        if !tracefs::exists("filemap", tp) {
-            return Err(fail(anyhow::anyhow!(
-                "tracepoint filemap:{tp} does not exist on this kernel"
-            )));
+        if let Err(e) = tracefs::check("filemap", tp) {
+            return Err(fail(e));
         }
         let result = (|| -> Result<()> {
             let p: &mut RawTracePoint = program(ebpf, prog)?;
@@ -862,9 +860,7 @@ where
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<String> {
-    if !tracefs::exists(category, name) {
-        bail!("tracepoint {category}:{name} does not exist on this kernel");
-    }
+    tracefs::check(category, name)?;
     let p: &mut TracePoint = program(ebpf, name)?;
     p.load()
         .with_context(|| format!("load {category}:{name}"))?;

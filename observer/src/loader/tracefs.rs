@@ -1,10 +1,19 @@
-//! Tracepoint layouts as the running kernel describes them in tracefs.
+//! Tracepoint layouts as the running kernel describes them in tracefs, and
+//! tracefs itself: found where the host mounted it, or mounted by the
+//! observer in a mount namespace of its own when the host has none.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::CString,
+    fs::File,
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 
-const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+const TRACING: &str = "/sys/kernel/tracing";
+const DEBUG: &str = "/sys/kernel/debug";
+const ROOTS: [&str; 2] = [TRACING, "/sys/kernel/debug/tracing"];
 
 fn root() -> Option<PathBuf> {
     ROOTS
@@ -13,8 +22,141 @@ fn root() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
-pub fn exists(category: &str, name: &str) -> bool {
-    root().is_some_and(|r| r.join("events").join(category).join(name).is_dir())
+/// Where tracefs came from for this run.
+pub struct Tracefs {
+    pub root: PathBuf,
+    /// Set when the observer mounted tracefs itself: the mount namespace it
+    /// left, for the children it runs (`observer run`), whose own mounts
+    /// must land where the user sees them.
+    pub host_ns: Option<OwnedFd>,
+}
+
+impl Tracefs {
+    /// The startup line, when there is something to say.
+    pub fn note(&self) -> Option<String> {
+        self.host_ns.as_ref().map(|_| {
+            format!(
+                "tracefs was not mounted: mounted it at {} in the observer's own mount namespace (the host's mounts are unchanged)",
+                self.root.display()
+            )
+        })
+    }
+}
+
+/// Makes tracefs readable for this process. A host that mounted it is used
+/// as it is. Otherwise the calling thread moves to a new mount namespace
+/// and mounts tracefs there, so the host's mount table never changes, not
+/// even when the observer is killed: the namespace dies with it.
+///
+/// Mount namespaces belong to threads: call this before any thread exists,
+/// so that every later thread inherits the namespace.
+pub fn ensure() -> Result<Tracefs> {
+    if let Some(root) = root() {
+        return Ok(Tracefs {
+            root,
+            host_ns: None,
+        });
+    }
+    let why = |what: &str| {
+        format!(
+            "tracefs is not mounted and the observer could not mount it in a namespace of its own: {what}"
+        )
+    };
+    let host_ns: OwnedFd = File::open("/proc/self/ns/mnt")
+        .with_context(|| why("cannot open /proc/self/ns/mnt"))?
+        .into();
+    // SAFETY: plain syscalls on constant, NUL-terminated arguments.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            bail!(why(&format!(
+                "unshare(CLONE_NEWNS): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // Slave, not shared: the host's later mounts (a test suite's scratch
+        // filesystems) still show up here for path lookups, while nothing
+        // mounted here goes back to the host.
+        if libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            bail!(why(&format!(
+                "making / a slave mount: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    let mounted = if Path::new(TRACING).is_dir() {
+        mount("tracefs", TRACING)
+    } else {
+        // Before 4.1 tracefs had no mount point of its own: debugfs mounts
+        // it at tracing/ by itself.
+        mount("debugfs", DEBUG)
+    };
+    if let Err(e) = mounted {
+        bail!(why(&e));
+    }
+    match root() {
+        Some(root) => Ok(Tracefs {
+            root,
+            host_ns: Some(host_ns),
+        }),
+        None => bail!(why("mounted, but it shows no events/ directory")),
+    }
+}
+
+fn mount(fstype: &str, target: &str) -> std::result::Result<(), String> {
+    let (fs, dir) = (
+        CString::new(fstype).expect("no NUL"),
+        CString::new(target).expect("no NUL"),
+    );
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            dir.as_ptr(),
+            fs.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "mount -t {fstype} {target}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Moves the calling (child) process back to the mount namespace `host_ns`.
+/// Async-signal-safe: for `pre_exec`.
+pub fn enter(host_ns: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: setns on a namespace fd we own.
+    if unsafe { libc::setns(host_ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether tracepoint `category:name` exists. The error says why it cannot
+/// be told (tracefs not mounted) or that the kernel really lacks it.
+pub fn check(category: &str, name: &str) -> Result<()> {
+    let root = root().context(
+        "tracefs is not mounted (mount -t tracefs none /sys/kernel/tracing), so no tracepoint can be found",
+    )?;
+    let dir = root.join("events").join(category).join(name);
+    if !dir.is_dir() {
+        bail!(
+            "tracepoint {category}:{name} does not exist on this kernel (no {})",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// A tracepoint's field layout: (name, offset, size) from its `format` file.
@@ -24,8 +166,8 @@ pub struct Format {
 
 impl Format {
     pub fn read(category: &str, name: &str) -> Result<Format> {
-        let root =
-            root().context("tracefs is not mounted (mount -t tracefs none /sys/kernel/tracing)")?;
+        check(category, name)?;
+        let root = root().context("tracefs is not mounted")?;
         let path = root.join("events").join(category).join(name).join("format");
         Self::parse(&std::fs::read_to_string(&path).with_context(|| {
             format!(
@@ -80,19 +222,6 @@ impl Format {
         }
         Ok(*off)
     }
-}
-
-/// Whether `name` is a function the kernel exposes in kallsyms (kprobes need
-/// it; a missing one was inlined or never built).
-pub fn in_kallsyms(name: &str) -> bool {
-    let Ok(text) = std::fs::read_to_string(Path::new("/proc/kallsyms")) else {
-        return false;
-    };
-    text.lines().any(|l| {
-        let mut it = l.split_whitespace();
-        let (_, kind, sym) = (it.next(), it.next(), it.next());
-        sym == Some(name) && matches!(kind, Some("t" | "T"))
-    })
 }
 
 #[cfg(test)]
