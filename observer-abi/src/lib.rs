@@ -154,7 +154,9 @@ pub struct Event {
     pub comm: [u8; 16],
     /// Kernel stack id in the `STACKS` map, or [`NO_STACK`].
     pub stack_id: i32,
-    pub _pad2: u32,
+    /// `SyscallExit`: the syscall's return value (a negative errno when it
+    /// failed).
+    pub ret: i32,
 }
 
 /// Kernel struct offsets and tracepoint field offsets, resolved by the agent

@@ -2,7 +2,8 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use observer_abi::{
-    COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, Config, Event, FileKey, Kind, WindowState,
+    COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, Config, Event, FileKey, Kind, NO_STACK,
+    WindowState,
 };
 
 use crate::maps::{COUNTERS, EVENTS, OPEN_ANY, WINDOWS};
@@ -31,48 +32,75 @@ pub fn is_self(cfg: &Config) -> bool {
     (bpf_get_current_pid_tgid() >> 32) as u32 == cfg.self_tgid
 }
 
+/// What a probe reports; [`send`] adds the task. Fields as in
+/// `observer_abi::Event`.
+#[derive(Clone, Copy)]
+pub struct Record {
+    pub kind: Kind,
+    pub fidelity: u8,
+    pub ts: u64,
+    pub entry_ts: u64,
+    pub key: FileKey,
+    pub start: u64,
+    pub end: u64,
+    pub aux: u64,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// A `STACKS` id or `NO_STACK`.
+    pub stack_id: i32,
+    pub ret: i32,
+}
+
+impl Record {
+    /// A record of `kind` about pages `start..=end` of `key` at `ts`, with
+    /// nothing else to say.
+    #[inline(always)]
+    pub fn new(kind: Kind, fidelity: u8, ts: u64, key: FileKey, start: u64, end: u64) -> Record {
+        Record {
+            kind,
+            fidelity,
+            ts,
+            entry_ts: ts,
+            key,
+            start,
+            end,
+            aux: 0,
+            flags: 0,
+            stack_id: NO_STACK,
+            ret: 0,
+        }
+    }
+}
+
 /// Sends one record. A full ring buffer is counted, per kind, never hidden.
-/// `flags` are `FLAG_*` bits; `stack_id` a `STACKS` id or `NO_STACK`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub fn send(
-    kind: Kind,
-    fidelity: u8,
-    ts: u64,
-    entry_ts: u64,
-    key: &FileKey,
-    start: u64,
-    end: u64,
-    aux: u64,
-    flags: u8,
-    stack_id: i32,
-) {
+pub fn send(r: Record) {
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
-        count(COUNTER_LOST + kind as u32);
+        count(COUNTER_LOST + r.kind as u32);
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     slot.write(Event {
-        ts,
-        entry_ts,
-        ino: key.ino,
-        start,
-        end,
-        aux,
-        dev: key.dev,
+        ts: r.ts,
+        entry_ts: r.entry_ts,
+        ino: r.key.ino,
+        start: r.start,
+        end: r.end,
+        aux: r.aux,
+        dev: r.key.dev,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        kind: kind as u8,
-        fidelity,
-        flags,
+        kind: r.kind as u8,
+        fidelity: r.fidelity,
+        flags: r.flags,
         _pad: 0,
         comm,
-        stack_id,
-        _pad2: 0,
+        stack_id: r.stack_id,
+        ret: r.ret,
     });
     slot.submit(0);
-    count(COUNTER_EMITTED + kind as u32);
+    count(COUNTER_EMITTED + r.kind as u32);
 }
 
 /// BPF has no atomic RMW in `core` for this target; XADD is in every BPF

@@ -8,8 +8,8 @@ use observer_abi::{
 
 use crate::{
     emit::{
-        any_stashed, any_unnamed, any_window_open, count, is_self, now, send, stashed_add, tid,
-        unnamed_add, window_close, window_is_open, window_open, worth_sending,
+        Record, any_stashed, any_unnamed, any_window_open, count, is_self, now, send, stashed_add,
+        tid, unnamed_add, window_close, window_is_open, window_open, worth_sending,
     },
     kernel::{
         Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
@@ -85,18 +85,11 @@ fn window_enter<C: StackIdContext>(
         aux,
     };
     let _ = STASH.insert(&stash_key(enter), &stash, 0);
-    send(
-        enter,
-        fidelity,
-        ts,
-        ts,
-        &key,
-        start,
-        end,
-        aux,
-        0,
-        stack(ctx),
-    );
+    send(Record {
+        aux: aux,
+        stack_id: stack(ctx),
+        ..Record::new(enter, fidelity, ts, key, start, end)
+    });
 }
 
 /// Exit of the call [`window_enter`] saw; `enter` names its entry record.
@@ -109,18 +102,12 @@ fn window_exit<C: StackIdContext>(ctx: &C, enter: Kind, exit: Kind, fidelity: u8
     let _ = STASH.remove(&skey);
     let ts = now();
     window_close(&stash.key, ts);
-    send(
-        exit,
-        fidelity,
-        ts,
-        stash.ts,
-        &stash.key,
-        stash.start,
-        stash.end,
-        stash.aux,
-        0,
-        stack(ctx),
-    );
+    send(Record {
+        entry_ts: stash.ts,
+        aux: stash.aux,
+        stack_id: stack(ctx),
+        ..Record::new(exit, fidelity, ts, stash.key, stash.start, stash.end)
+    });
 }
 
 /// Entry of unmap_mapping_range / truncate_inode_pages_range.
@@ -351,18 +338,10 @@ pub fn pte_install_send<C: StackIdContext>(
     end: u64,
 ) {
     let ts = now();
-    send(
-        Kind::PteInstall,
-        fidelity,
-        ts,
-        ts,
-        key,
-        start,
-        end,
-        0,
-        0,
-        stack(ctx),
-    );
+    send(Record {
+        stack_id: stack(ctx),
+        ..Record::new(Kind::PteInstall, fidelity, ts, *key, start, end)
+    });
 }
 
 /// kprobe rung of a PTE installer that may fail (5.10 alloc_set_pte,
@@ -425,18 +404,18 @@ pub fn folio_delete(folio: u64, fidelity: u8) {
         None => 0,
     };
     let ts = now();
-    send(
-        Kind::FolioDelete,
-        fidelity,
-        ts,
-        ts,
-        &key,
-        index,
-        index + f.nr - 1,
-        pfn_of(cfg, folio),
-        flags,
-        NO_STACK,
-    );
+    send(Record {
+        aux: pfn_of(cfg, folio),
+        flags: flags,
+        ..Record::new(
+            Kind::FolioDelete,
+            fidelity,
+            ts,
+            key,
+            index,
+            index + f.nr - 1,
+        )
+    });
 }
 
 /// A folio enters the page cache: the raw tracepoint
@@ -480,18 +459,12 @@ pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Optio
         0
     };
     let ts = now();
-    send(
-        Kind::FolioAdd,
-        fidelity,
-        ts,
-        ts,
-        &key,
-        index,
-        index + f.nr - 1,
-        invalidate_lock(cfg, mapping),
-        uptodate | shmem,
-        stack(ctx),
-    );
+    send(Record {
+        aux: invalidate_lock(cfg, mapping),
+        flags: uptodate | shmem,
+        stack_id: stack(ctx),
+        ..Record::new(Kind::FolioAdd, fidelity, ts, key, index, index + f.nr - 1)
+    });
 }
 
 #[inline(always)]
@@ -525,18 +498,17 @@ pub fn map_pages_exit(fidelity: u8) {
     };
     let _ = STASH.remove(&skey);
     if worth_sending(cfg, &stash.key, stash.ts) {
-        send(
-            Kind::MapPages,
-            fidelity,
-            now(),
-            stash.ts,
-            &stash.key,
-            stash.start,
-            stash.end,
-            0,
-            0,
-            NO_STACK,
-        );
+        send(Record {
+            entry_ts: stash.ts,
+            ..Record::new(
+                Kind::MapPages,
+                fidelity,
+                now(),
+                stash.key,
+                stash.start,
+                stash.end,
+            )
+        });
     }
 }
 
@@ -548,18 +520,7 @@ pub fn map_pages_point(cfg: &Config, key: FileKey, start: u64, end: u64, fidelit
     // clock is read only for the rare record that is sent.
     if worth_sending(cfg, &key, u64::MAX) && !is_self(cfg) {
         let ts = now();
-        send(
-            Kind::MapPages,
-            fidelity,
-            ts,
-            ts,
-            &key,
-            start,
-            end,
-            0,
-            0,
-            NO_STACK,
-        );
+        send(Record::new(Kind::MapPages, fidelity, ts, key, start, end));
     }
 }
 
@@ -590,18 +551,10 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
         // The first folio the syscall removes names its file.
         unnamed_add(1);
     }
-    send(
-        Kind::SyscallEnter,
-        fidelity,
-        ts,
-        ts,
-        &key,
-        start,
-        end,
-        aux,
-        0,
-        NO_STACK,
-    );
+    send(Record {
+        aux: aux,
+        ..Record::new(Kind::SyscallEnter, fidelity, ts, key, start, end)
+    });
 }
 
 /// Tracepoint mode: a syscall that named no file at entry (truncate(2) a
@@ -626,8 +579,10 @@ pub fn adopt_syscall_file(key: &FileKey) {
     unnamed_add(u64::MAX);
 }
 
+/// `ret` is the syscall's return value: a failed call that removed nothing
+/// is no window of its operation, which the agent decides.
 #[inline(always)]
-pub fn syscall_exit(cfg: &Config, fidelity: u8) {
+pub fn syscall_exit(cfg: &Config, fidelity: u8, ret: i64) {
     if !any_stashed() {
         return;
     }
@@ -646,16 +601,18 @@ pub fn syscall_exit(cfg: &Config, fidelity: u8) {
             unnamed_add(u64::MAX);
         }
     }
-    send(
-        Kind::SyscallExit,
-        fidelity,
-        ts,
-        stash.ts,
-        &stash.key,
-        stash.start,
-        stash.end,
-        stash.aux,
-        0,
-        NO_STACK,
-    );
+    send(Record {
+        entry_ts: stash.ts,
+        aux: stash.aux,
+        // Errors are small negatives; a success's value only matters as >= 0.
+        ret: ret.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+        ..Record::new(
+            Kind::SyscallExit,
+            fidelity,
+            ts,
+            stash.key,
+            stash.start,
+            stash.end,
+        )
+    });
 }

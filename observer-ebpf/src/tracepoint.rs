@@ -17,7 +17,7 @@ use observer_abi::{
 };
 
 use crate::{
-    emit::{is_self, now, send},
+    emit::{Record, is_self, now, send},
     kernel::{config, file_of_fd},
     maps::WINDOWS,
     probe::{adopt_syscall_file, byte_pages, map_pages_point, syscall_enter, syscall_exit},
@@ -33,6 +33,12 @@ fn field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
     }
     let at = unsafe { (ctx.as_ptr() as *const u8).add(off as usize) };
     unsafe { bpf_probe_read_kernel(at as *const T) }.ok()
+}
+
+/// `long ret` of a sys_exit record, after the header and `__syscall_nr`.
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    unsafe { ctx.read_at::<i64>(SYSCALL_ARG0) }.unwrap_or(0)
 }
 
 #[inline(always)]
@@ -78,18 +84,18 @@ pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
         None => false,
     };
     if (open || cfg.full_stream != 0) && !is_self(cfg) {
-        send(
-            Kind::FolioDelete,
-            FIDELITY_TRACEPOINT,
-            now(),
-            0,
-            &key,
-            index,
-            index,
-            pfn,
-            0,
-            observer_abi::NO_STACK,
-        );
+        send(Record {
+            entry_ts: 0,
+            aux: pfn,
+            ..Record::new(
+                Kind::FolioDelete,
+                FIDELITY_TRACEPOINT,
+                now(),
+                key,
+                index,
+                index,
+            )
+        });
     }
     0
 }
@@ -121,9 +127,9 @@ pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_fallocate")]
-pub fn sys_exit_fallocate(_ctx: TracePointContext) -> u32 {
+pub fn sys_exit_fallocate(ctx: TracePointContext) -> u32 {
     if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
     }
     0
 }
@@ -144,9 +150,9 @@ pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_ftruncate")]
-pub fn sys_exit_ftruncate(_ctx: TracePointContext) -> u32 {
+pub fn sys_exit_ftruncate(ctx: TracePointContext) -> u32 {
     if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
     }
     0
 }
@@ -168,9 +174,9 @@ pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_truncate")]
-pub fn sys_exit_truncate(_ctx: TracePointContext) -> u32 {
+pub fn sys_exit_truncate(ctx: TracePointContext) -> u32 {
     if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
     }
     0
 }
@@ -196,9 +202,9 @@ pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_madvise")]
-pub fn sys_exit_madvise(_ctx: TracePointContext) -> u32 {
+pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
     if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
     }
     0
 }
@@ -268,9 +274,9 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
-pub fn sys_exit_ioctl(_ctx: TracePointContext) -> u32 {
+pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
     if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT);
+        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
     }
     0
 }

@@ -222,7 +222,7 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
     );
     sink.summary(&summary).with_context(|| output_name(&cli))?;
     if cli.output.is_some() || cli.json {
-        let text = summary.to_text();
+        let text = sink::summary::text(&summary);
         eprint!("{text}{}", if text.ends_with('\n') { "" } else { "\n" });
     }
     if let Some(r) = source.recorder.take() {
@@ -278,39 +278,45 @@ pub(crate) fn summarize(
     shown: u64,
 ) -> Summary {
     let stats = correlator.stats();
-    let named = |v: &[u64]| -> Vec<(String, u64)> {
-        (1..v.len())
-            .map(|k| (source::kind_name(k).to_owned(), v[k]))
-            .collect()
+    let named = |v: &[u64]| -> observer_report::Counts {
+        (1..v.len()).map(|k| (source::kind_name(k), v[k])).collect()
+    };
+    let lost = sink::Lost {
+        ringbuf_full: counters.lost.iter().sum(),
+        // An invalidation whose mapping has no readable host inode cannot be
+        // a window on a mapped file; only an unreadable fault-around can
+        // hide a race.
+        unresolved: counters.unresolved[observer_abi::Kind::MapPages as usize],
+        late: stats.late_events,
+        undecodable,
     };
     Summary {
-        duration_s: elapsed.as_secs_f64(),
-        events: stats
-            .events
-            .by_kind()
-            .iter()
-            .map(|(n, c)| (n.to_string(), *c))
-            .collect(),
+        duration_s: observer_report::round_ms(elapsed.as_secs_f64()),
+        events: stats.events.by_kind().into_iter().collect(),
         kernel_emitted: named(&counters.emitted),
-        lost: sink::Lost {
-            ringbuf_full: counters.lost.iter().sum(),
-            // An invalidation whose mapping has no readable host inode cannot be
-            // a window on a mapped file; only an unreadable fault-around can
-            // hide a race.
-            unresolved: counters.unresolved[observer_abi::Kind::MapPages as usize],
-            late: stats.late_events + undecodable,
-        },
+        lost,
         filtered: counters.filtered,
         windows: stats.windows_opened,
-        windows_by_op: stats
-            .windows_by_op
-            .by_op()
-            .iter()
-            .map(|(op, n)| (op.to_string(), *n))
-            .collect(),
+        windows_by_op: stats.windows_by_op.by_op().into_iter().collect(),
+        failed_calls: stats.failed_calls.by_op().into_iter().collect(),
         alerts: stats.alerts,
         alerts_shown: shown,
         classes: stats.classes,
+        health: observer_report::Health::default(),
+        agent: usage(),
+        verdict: sink::Verdict::of(&stats.classes, stats.alerts, &lost, stats.windows_opened),
+    }
+}
+
+/// The agent's peak RSS and CPU time so far.
+pub(crate) fn usage() -> observer_report::AgentUsage {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    observer_report::AgentUsage {
+        peak_rss_kib: ru.ru_maxrss.max(0) as u64,
+        cpu_s: observer_report::round_ms(secs(ru.ru_utime) + secs(ru.ru_stime)),
     }
 }
 

@@ -251,8 +251,10 @@ pub enum Body {
         op: Op,
         range: PageRange,
     },
+    /// The syscall returned `ret` (a negative errno when it failed).
     SyscallExit {
         op: Op,
+        ret: i32,
     },
     /// A folio left the page cache (filemap:mm_filemap_delete_from_page_cache).
     /// `still_mapped` is Some when the probe could read the mapcount: true

@@ -110,7 +110,10 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             op: op_of(raw.aux),
             range,
         },
-        abi::Kind::SyscallExit => Body::SyscallExit { op: op_of(raw.aux) },
+        abi::Kind::SyscallExit => Body::SyscallExit {
+            op: op_of(raw.aux),
+            ret: raw.ret,
+        },
         abi::Kind::FolioDelete => Body::FolioDelete {
             index: raw.start,
             pfn: raw.aux,
@@ -314,7 +317,13 @@ mod tests {
             }
         ));
         let ev = decode(&raw(abi::Kind::SyscallExit, abi::OP_FTRUNCATE)).unwrap();
-        assert_eq!(ev.body, Body::SyscallExit { op: Op::Ftruncate });
+        assert_eq!(
+            ev.body,
+            Body::SyscallExit {
+                op: Op::Ftruncate,
+                ret: 0
+            }
+        );
         for (aux, op) in [
             (abi::OP_MADV_REMOVE, Op::MadvRemove),
             (abi::OP_CLONE, Op::Clone),
@@ -323,7 +332,7 @@ mod tests {
             (99, Op::Unknown),
         ] {
             let ev = decode(&raw(abi::Kind::SyscallExit, aux)).unwrap();
-            assert_eq!(ev.body, Body::SyscallExit { op });
+            assert_eq!(ev.body, Body::SyscallExit { op, ret: 0 });
         }
     }
 

@@ -31,7 +31,7 @@ mod window;
 mod tests;
 
 pub use alert::{Alert, AlertKind, Evidence, PteCounts, StackIds, Stale, WindowInfo};
-pub use classes::{ClassA, ClassB, Classes, WindowsByOp};
+pub use classes::{ClassA, ClassB, Classes, OpCounts};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -135,7 +135,9 @@ pub struct Stats {
     /// Class A and B outcomes, counted as their windows end.
     pub classes: Classes,
     /// Final-closed windows by operation.
-    pub windows_by_op: WindowsByOp,
+    pub windows_by_op: OpCounts,
+    /// Invalidating syscalls that failed and removed nothing: not windows.
+    pub failed_calls: OpCounts,
 }
 
 /// The syscall a task is inside, and the windows it opened or resumed there.
@@ -345,14 +347,14 @@ impl Correlator {
             Body::SyscallEnter { op, range } => {
                 self.syscall_enter(ts, file, task, fidelity, op, range, out)
             }
-            Body::SyscallExit { .. } => self.syscall_exit(ts, task.tid, out),
+            Body::SyscallExit { ret, .. } => self.syscall_exit(ts, task.tid, ret, out),
             Body::FolioDelete {
                 index,
                 pfn,
                 still_mapped,
             } => {
                 self.adopt_syscall_file(ts, file, &task, fidelity);
-                self.folio_delete(ts, file, index, pfn, still_mapped)
+                self.folio_delete(ts, file, task.tid, index, pfn, still_mapped)
             }
             Body::PteInstall { range } => {
                 let install = Install {
@@ -451,6 +453,8 @@ impl Correlator {
             unmapped: None,
             punch_stack: None,
             ptes: Default::default(),
+            calls: u32::from(!by_syscall),
+            removed: 0,
         });
         self.stats.windows_opened += 1;
         self.stats.open_windows += 1;
@@ -529,6 +533,7 @@ impl Correlator {
                         w.resume();
                     }
                     w.depth += 1;
+                    w.calls += 1;
                     w.absorb(range, fidelity);
                     if w.op == Op::Unknown {
                         w.op = op;
@@ -732,15 +737,24 @@ impl Correlator {
 
     /// The syscall's return ends every operation it performed: the task
     /// cannot resume them, so waiting out the op gap would only glue
-    /// back-to-back punches into one window.
-    fn syscall_exit(&mut self, ts: u64, tid: u32, out: &mut Vec<Alert>) {
+    /// back-to-back punches into one window. A call that failed (`ret < 0`)
+    /// and removed nothing was no invalidation: its syscall-made windows
+    /// are dropped and the call is counted as failed instead.
+    fn syscall_exit(&mut self, ts: u64, tid: u32, ret: i32, out: &mut Vec<Alert>) {
         let Some(sc) = self.syscalls.remove(&tid) else {
             return;
         };
+        let failed = ret < 0;
+        let mut invalidated = false;
         for &(file, id) in &sc.windows {
             let Some(w) = self.window_mut(file, id) else {
                 continue;
             };
+            if failed && w.calls == 0 && w.removed == 0 {
+                self.discard(file, id);
+                continue;
+            }
+            invalidated = true;
             // Depth above zero here means an exit record was lost: the calls
             // are over all the same.
             if w.closed_ts.is_none() {
@@ -749,6 +763,25 @@ impl Correlator {
             self.final_close(file, id, out);
         }
         self.end_refills(tid, &sc, out);
+        if failed && !invalidated && sc.op.invalidates() {
+            self.stats.failed_calls.count(sc.op);
+        }
+    }
+
+    /// Forgets a window that turned out to be none: no alert, no outcome,
+    /// not counted as a window.
+    fn discard(&mut self, file: FileId, id: u64) {
+        let Some(fw) = self.files.get_mut(&file) else {
+            return;
+        };
+        if let Some(pos) = fw.active.iter().position(|w| w.id == id) {
+            fw.active.remove(pos);
+            self.stats.windows_opened -= 1;
+            self.stats.open_windows -= 1;
+        }
+        if fw.is_empty() {
+            self.files.remove(&file);
+        }
     }
 
     /// The task's syscall is over: no later block removal can move the close
@@ -775,6 +808,7 @@ impl Correlator {
         &mut self,
         ts: u64,
         file: FileId,
+        tid: u32,
         index: u64,
         pfn: u64,
         still_mapped: Option<bool>,
@@ -791,6 +825,9 @@ impl Correlator {
         // operation's.
         let mut attributed = false;
         for w in &mut fw.active {
+            if w.tid() == tid {
+                w.removed += 1;
+            }
             for p in w.pending.iter_mut().chain(w.gap_candidates.iter_mut()) {
                 if p.counts_deletion(index, ts) {
                     p.folios_removed += 1;

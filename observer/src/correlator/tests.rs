@@ -59,7 +59,7 @@ fn sys_enter(ts: u64, f: FileId, tid: u32, op: Op, range: PageRange) -> Event {
 }
 
 fn sys_exit(ts: u64, f: FileId, tid: u32, op: Op) -> Event {
-    ev(ts, f, tid, Body::SyscallExit { op })
+    ev(ts, f, tid, Body::SyscallExit { op, ret: 0 })
 }
 
 fn folio(ts: u64, f: FileId, index: u64) -> Event {
@@ -543,6 +543,109 @@ fn syscall_windows_mode_brackets_the_syscall() {
     assert_eq!(a.window_fidelity, Fidelity::Tracepoint);
     assert_eq!(a.fidelity, Fidelity::Tracepoint);
     assert_eq!(stats.windows_opened, 1);
+}
+
+/// stress-ng's fpunch makes unaligned collapse and insert calls that fail
+/// with EINVAL before touching the page cache. In tracepoint mode their
+/// syscall opened a window all the same; a failed call that removed nothing
+/// is dropped (no alert, no window) and counted as a failed call, while a
+/// failed call that did remove folios stays a window of its operation.
+#[test]
+fn failed_calls_that_removed_nothing_are_no_windows() {
+    let cfg = Config {
+        syscall_windows: true,
+        ..Config::default()
+    };
+    let f = file(16);
+    let tp = |mut e: Event| {
+        e.fidelity = Fidelity::Tracepoint;
+        e
+    };
+    let failed = |ts, op| tp(ev(ts, f, 400, Body::SyscallExit { op, ret: -22 }));
+    let deleted_by = |ts, tid, index| {
+        let mut e = tp(folio(ts, f, index));
+        e.task = task(tid);
+        e
+    };
+    let events = vec![
+        // Fails, removes nothing, a fault-around meanwhile: not a window.
+        tp(sys_enter(
+            T0,
+            f,
+            400,
+            Op::CollapseRange,
+            pages(3, PageRange::EOF),
+        )),
+        tp(map(T0 + MS, T0 + MS, f, 401, pages(0, 15))),
+        // Another task's removal does not make it an invalidation.
+        deleted_by(T0 + MS + US, 402, 5),
+        failed(T0 + 2 * MS, Op::CollapseRange),
+        // Fails after removing a folio (say, ENOSPC midway): a window.
+        tp(sys_enter(
+            T0 + 10 * MS,
+            f,
+            400,
+            Op::InsertRange,
+            pages(3, PageRange::EOF),
+        )),
+        deleted_by(T0 + 10 * MS + US, 400, 4),
+        tp(map(T0 + 11 * MS, T0 + 11 * MS, f, 401, pages(0, 15))),
+        failed(T0 + 12 * MS, Op::InsertRange),
+        // A success that removed nothing is a window as always.
+        tp(sys_enter(T0 + 20 * MS, f, 400, Op::PunchHole, pages(4, 7))),
+        tp(map(T0 + 21 * MS, T0 + 21 * MS, f, 401, pages(0, 15))),
+        tp(sys_exit(T0 + 22 * MS, f, 400, Op::PunchHole)),
+    ];
+    let (alerts, stats) = run_with(cfg, events);
+    let got: Vec<_> = alerts.iter().map(|a| (a.window.op, a.ts)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Op::InsertRange, T0 + 11 * MS),
+            (Op::PunchHole, T0 + 21 * MS)
+        ]
+    );
+    assert_eq!(stats.windows_opened, 2);
+    assert_eq!(stats.windows_closed, 2);
+    assert_eq!(stats.open_windows, 0);
+    assert_eq!(stats.windows_by_op.get(Op::CollapseRange), 0);
+    assert_eq!(stats.windows_by_op.get(Op::InsertRange), 1);
+    assert_eq!(stats.failed_calls.get(Op::CollapseRange), 1);
+    assert_eq!(stats.failed_calls.total(), 1);
+}
+
+/// With function probes, a failed syscall that called no invalidator is a
+/// failed call; one whose unmap and truncate ran stays a window.
+#[test]
+fn failed_calls_are_counted_with_function_probes_too() {
+    let f = file(17);
+    let mut events = vec![
+        sys_enter(T0, f, 500, Op::CollapseRange, pages(3, 9)),
+        ev(
+            T0 + MS,
+            f,
+            500,
+            Body::SyscallExit {
+                op: Op::CollapseRange,
+                ret: -22,
+            },
+        ),
+        sys_enter(T0 + 10 * MS, f, 500, Op::ZeroRange, pages(3, 9)),
+    ];
+    events.extend(punch(T0 + 10 * MS + US, f, 500, pages(3, 9)));
+    events.push(ev(
+        T0 + 11 * MS,
+        f,
+        500,
+        Body::SyscallExit {
+            op: Op::ZeroRange,
+            ret: -28,
+        },
+    ));
+    let (_, stats) = run(events);
+    assert_eq!(stats.failed_calls.get(Op::CollapseRange), 1);
+    assert_eq!(stats.failed_calls.get(Op::ZeroRange), 0);
+    assert_eq!(stats.windows_by_op.get(Op::ZeroRange), 1);
 }
 
 /// Tracepoint mode: truncate(2) and madvise(MADV_REMOVE) name no file at

@@ -59,6 +59,11 @@ pub(crate) struct Window {
     pub punch_stack: Option<u32>,
     /// Class A: PTEs installed inside the window, page by page.
     pub ptes: PteLedger,
+    /// Invalidating function calls (unmap, truncate) seen in the window;
+    /// zero for a window only a syscall made (tracepoint mode).
+    pub calls: u32,
+    /// Folios the window's task removed from the file while it was open.
+    pub removed: u64,
 }
 
 impl Window {

@@ -1,9 +1,11 @@
-//! JSON lines, written by hand: the agent has no serde, and the records are
-//! flat enough that a correct string escaper is all it takes.
+//! Alerts as JSON lines, written by hand: one allocation per alert on the
+//! hot output path, and a string escaper that keeps control characters as
+//! `\u00XX`. The startup and summary records are serde types
+//! (observer-report).
 
 use std::fmt::Write as _;
 
-use super::{Frames, Startup, UtcTime, unix_ns};
+use super::{Frames, UtcTime, unix_ns};
 use crate::correlator::{Alert, AlertKind, PteCounts, Stale};
 use crate::event::{PageRange, Task};
 
@@ -202,42 +204,11 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     s
 }
 
-/// `{"type":"startup","kernel":..,"probes":[{"function":..,"method":..,"refused":[..]}]}`
-pub fn startup(st: &Startup) -> String {
-    let mut s = String::with_capacity(256);
-    s.push_str("{\"type\":\"startup\",\"kernel\":");
-    push_str(&mut s, &st.kernel);
-    s.push_str(",\"probes\":[");
-    for (i, p) in st.probes.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str("{\"function\":");
-        push_str(&mut s, &p.function);
-        s.push_str(",\"method\":");
-        push_opt_str(&mut s, p.method.as_deref());
-        s.push_str(",\"refused\":[");
-        for (j, r) in p.refused.iter().enumerate() {
-            if j > 0 {
-                s.push(',');
-            }
-            s.push_str("{\"method\":");
-            push_str(&mut s, &r.method);
-            s.push_str(",\"reason\":");
-            push_str(&mut s, &r.reason);
-            s.push('}');
-        }
-        s.push_str("]}");
-    }
-    s.push_str("]}");
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sink::tests::{sample_alert, sample_stale_data, sample_stale_pte};
-    use crate::sink::{StartupProbe, StartupRefusal};
+    use crate::sink::{Startup, StartupProbe, StartupRefusal};
 
     #[test]
     fn escapes_quotes_backslashes_and_control_characters() {
@@ -380,7 +351,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            startup(&st),
+            st.to_json(),
             concat!(
                 r#"{"type":"startup","kernel":"6.12.9","probes":["#,
                 r#"{"function":"filemap_map_pages","method":"kprobe","refused":[{"method":"fentry","reason":"no BTF for \"vmlinux\""}]},"#,
@@ -388,7 +359,7 @@ mod tests {
             )
         );
         assert_eq!(
-            startup(&Startup::default()),
+            Startup::default().to_json(),
             r#"{"type":"startup","kernel":"","probes":[]}"#
         );
     }

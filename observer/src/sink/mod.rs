@@ -10,7 +10,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::correlator::Alert;
-pub use summary::{Lost, Summary, Verdict};
+pub use observer_report::{Lost, Summary, Verdict};
 
 /// Symbolized kernel stacks of an alert's two sides, innermost frame first.
 /// Only critical alerts carry them.
@@ -42,29 +42,7 @@ pub fn no_stacks(_stack_id: u32) -> Option<Vec<String>> {
     None
 }
 
-/// How one kernel function ended up observed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StartupProbe {
-    pub function: String,
-    /// The attach method that worked ("fentry", "kprobe", "tracepoint");
-    /// `None` when every rung of the ladder refused.
-    pub method: Option<String>,
-    /// Methods tried before, and why the kernel turned them down.
-    pub refused: Vec<StartupRefusal>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StartupRefusal {
-    pub method: String,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Startup {
-    /// Kernel release, as `uname -r` prints it.
-    pub kernel: String,
-    pub probes: Vec<StartupProbe>,
-}
+pub use observer_report::{Refusal as StartupRefusal, Startup, StartupProbe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -102,7 +80,7 @@ impl Sink {
     pub fn startup(&mut self, startup: &Startup) -> Result<()> {
         let record = match self.format {
             Format::Text => text::startup(startup),
-            Format::Json => json::startup(startup),
+            Format::Json => startup.to_json(),
         };
         self.emit(&record)
     }
@@ -119,7 +97,7 @@ impl Sink {
 
     pub fn summary(&mut self, summary: &Summary) -> Result<()> {
         let record = match self.format {
-            Format::Text => summary.to_text(),
+            Format::Text => summary::text(summary),
             Format::Json => summary.to_json(),
         };
         self.emit(&record)
