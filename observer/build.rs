@@ -5,7 +5,7 @@ fn main() -> anyhow::Result<()> {
     // without the eBPF toolchain; the loader then refuses to start, saying why.
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
-        let out = PathBuf::from(env::var("OUT_DIR")?).join("observer");
+        let out = PathBuf::from(env::var("OUT_DIR")?).join("observer-ebpf");
         fs::write(out, [])?;
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());

@@ -4,7 +4,9 @@
 //! eBPF object (built for bpfel) and the agent (built for the host) lay the
 //! records out identically. Struct offsets of *kernel* types are not here: they
 //! come from the running kernel's BTF at load time, inside [`Config`].
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod probes;
 
 /// Page index meaning "to the end of the file".
 pub const EOF_PAGE: u64 = u64::MAX;
@@ -251,7 +253,27 @@ pub struct Config {
     /// Kernel address of the variable `vmemmap_base` (x86-64 with a
     /// randomized memory layout), to compute pfns; 0: pfn not reported.
     pub vmemmap_base_addr: u64,
+
+    // `observer run --scope cmd`: which tasks are watched.
+    /// SCOPE_HOST, SCOPE_CGROUP or SCOPE_TREE.
+    pub scope: u32,
+    /// SCOPE_CGROUP: the level of the command's cgroup in the cgroup2
+    /// hierarchy (its ancestor at this level is itself).
+    pub scope_cgroup_level: u32,
+    /// SCOPE_CGROUP: the id of the cgroup the command runs in.
+    pub scope_cgroup_id: u64,
+    /// SCOPE_TREE: `parent_pid` and `child_pid` in sched:sched_process_fork.
+    pub tp_fork_parent_pid: u32,
+    pub tp_fork_child_pid: u32,
 }
+
+/// Every task is watched.
+pub const SCOPE_HOST: u32 = 0;
+/// Only tasks in the cgroup `Config::scope_cgroup_id` and below.
+pub const SCOPE_CGROUP: u32 = 1;
+/// Only tasks whose tgid is in the `SCOPE_TASKS` map (the command, and what
+/// it forks, followed by sched_process_fork/exit): without cgroup2.
+pub const SCOPE_TREE: u32 = 2;
 
 impl Config {
     pub const UNKNOWN: u32 = u32::MAX;

@@ -1,12 +1,15 @@
 //! Records, counters and the kernel-side window table (the pre-filter).
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_ktime_get_ns,
+};
 use observer_abi::{
     COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, Config, Event, FileKey, Kind, NO_STACK,
-    WindowState,
+    SCOPE_CGROUP, SCOPE_HOST, WindowState, probes::Prog,
 };
 
-use crate::maps::{COUNTERS, EVENTS, OPEN_ANY, WINDOWS};
+use crate::maps::{COUNTERS, EVENTS, HITS, OPEN_ANY, SCOPE_TASKS, WINDOWS};
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -18,6 +21,15 @@ pub fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// Counts one run of `prog`.
+#[inline(always)]
+pub fn hit(prog: Prog) {
+    if let Some(c) = HITS.get_ptr_mut(prog as u32) {
+        // Per-CPU slot: no other writer.
+        unsafe { *c += 1 };
+    }
+}
+
 #[inline(always)]
 pub fn count(slot: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(slot) {
@@ -26,10 +38,25 @@ pub fn count(slot: u32) {
     }
 }
 
-/// The agent's own activity is never news.
+/// Whether the current task's activity is not reported: the agent's own
+/// never is, and with `observer run --scope cmd` nothing outside the
+/// command's cgroup or process tree.
 #[inline(always)]
-pub fn is_self(cfg: &Config) -> bool {
-    (bpf_get_current_pid_tgid() >> 32) as u32 == cfg.self_tgid
+pub fn ignored(cfg: &Config) -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == cfg.self_tgid {
+        return true;
+    }
+    match cfg.scope {
+        SCOPE_HOST => false,
+        SCOPE_CGROUP => {
+            // Its ancestor at the command's level: the command's cgroup for
+            // every task the command started, even in cgroups of their own.
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.scope_cgroup_level as i32) };
+            id != cfg.scope_cgroup_id
+        }
+        _ => unsafe { SCOPE_TASKS.get(&tgid) }.is_none(),
+    }
 }
 
 /// What a probe reports; [`send`] adds the task. Fields as in

@@ -23,6 +23,8 @@ mod emit;
 #[cfg(target_arch = "bpf")]
 mod fentry;
 #[cfg(target_arch = "bpf")]
+mod functions;
+#[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod kprobe;

@@ -2,7 +2,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use observer_abi::{COUNTERS as COUNTER_SLOTS, Config, FileKey, WindowState};
+use observer_abi::{COUNTERS as COUNTER_SLOTS, Config, FileKey, WindowState, probes::PROG_COUNT};
 
 /// Records for the agent. Resized by the agent at load time.
 #[map]
@@ -19,6 +19,12 @@ pub static WINDOWS: LruHashMap<FileKey, WindowState> = LruHashMap::with_max_entr
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Runs of each program (`Prog` as the index): probe health. A program
+/// that never ran while its partner ran thousands of times is a probe that
+/// went silent.
+#[map]
+pub static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROG_COUNT as u32, 0);
 
 /// What an entry probe learnt, for its exit probe (kretprobes see no
 /// arguments; fexit does, but one path for both keeps them identical).
@@ -52,5 +58,11 @@ pub static OPEN_ANY: Array<u64> = Array::with_max_entries(3, 0);
 /// The file of each task's most recent invalidation (unmap/truncate entry),
 /// for filesystem probes that see a module-private inode type whose layout
 /// the agent could not read (no module BTF).
+/// `--scope cmd` without cgroup2: the tgids of the command's process tree.
+/// The command adds itself before it execs; sched_process_fork adds its
+/// children, sched_process_exit removes them.
+#[map]
+pub static SCOPE_TASKS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
+
 #[map]
 pub static LAST_FILE: LruHashMap<u32, FileKey> = LruHashMap::with_max_entries(4096, 0);

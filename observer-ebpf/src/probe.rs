@@ -8,7 +8,7 @@ use observer_abi::{
 
 use crate::{
     emit::{
-        Record, any_stashed, any_unnamed, any_window_open, count, is_self, now, send, stashed_add,
+        Record, any_stashed, any_unnamed, any_window_open, count, ignored, now, send, stashed_add,
         tid, unnamed_add, window_close, window_is_open, window_open, worth_sending,
     },
     kernel::{
@@ -121,7 +121,7 @@ pub fn invalidate_enter<C: StackIdContext>(
     end: u64,
 ) {
     let Some(cfg) = config() else { return };
-    if is_self(cfg) {
+    if ignored(cfg) {
         return;
     }
     let Some(key) = file_of_mapping(cfg, mapping) else {
@@ -150,7 +150,7 @@ pub fn shmem_undo_enter<C: StackIdContext>(
     lend: i64,
 ) {
     let Some(cfg) = config() else { return };
-    if is_self(cfg) {
+    if ignored(cfg) {
         return;
     }
     let Some(key) = file_of_inode(cfg, inode) else {
@@ -190,7 +190,7 @@ pub fn fs_remove_enter<C: StackIdContext>(
     aux: u64,
 ) {
     let Some(cfg) = config() else { return };
-    if is_self(cfg) {
+    if ignored(cfg) {
         return;
     }
     let inode = match file {
@@ -290,7 +290,7 @@ fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<(F
         return None;
     }
     let cfg = config()?;
-    if is_self(cfg) {
+    if ignored(cfg) {
         return None;
     }
     let Some(vma) = read_u64(vmf, cfg.vm_fault_vma) else {
@@ -389,7 +389,7 @@ pub fn folio_delete(folio: u64, fidelity: u8) {
         return;
     };
     adopt_syscall_file(&key);
-    if !(window_is_open(&key) || cfg.full_stream != 0) || is_self(cfg) {
+    if !(window_is_open(&key) || cfg.full_stream != 0) || ignored(cfg) {
         return;
     }
     let Some(index) = read_u64(folio, cfg.page_index) else {
@@ -447,7 +447,7 @@ pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Optio
         count(COUNTER_UNRESOLVED + Kind::FolioAdd as u32);
         return;
     };
-    if !window_is_open(&key) || is_self(cfg) {
+    if !window_is_open(&key) || ignored(cfg) {
         return;
     }
     let Some(f) = Folio::read(cfg, folio) else {
@@ -470,7 +470,7 @@ pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Optio
 #[inline(always)]
 pub fn map_pages_enter(vmf: u64, start: u64, end: u64) {
     let Some(cfg) = config() else { return };
-    if is_self(cfg) {
+    if ignored(cfg) {
         return;
     }
     let Some(key) = file_of_fault(cfg, vmf) else {
@@ -518,7 +518,7 @@ pub fn map_pages_exit(fidelity: u8) {
 pub fn map_pages_point(cfg: &Config, key: FileKey, start: u64, end: u64, fidelity: u8) {
     // A point has no entry: only a window open right now can meet it, so the
     // clock is read only for the rare record that is sent.
-    if worth_sending(cfg, &key, u64::MAX) && !is_self(cfg) {
+    if worth_sending(cfg, &key, u64::MAX) && !ignored(cfg) {
         let ts = now();
         send(Record::new(Kind::MapPages, fidelity, ts, key, start, end));
     }
@@ -527,7 +527,7 @@ pub fn map_pages_point(cfg: &Config, key: FileKey, start: u64, end: u64, fidelit
 /// Syscall-level window (tracepoint fallback) or operation label.
 #[inline(always)]
 pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64, fidelity: u8) {
-    if is_self(cfg) {
+    if ignored(cfg) {
         return;
     }
     let ts = now();

@@ -6,20 +6,21 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use observer_abi::{
     Config, EOF_PAGE, FALLOC_INVALIDATING, FICLONE, FICLONERANGE, FIDEDUPERANGE,
     FIDELITY_TRACEPOINT, FileKey, Kind, MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE, OP_DEDUPE_RANGE,
-    OP_FALLOCATE, OP_FTRUNCATE, OP_MADV_REMOVE, OP_TRUNCATE, TP_MAP_PAGES_LAYOUT,
+    OP_FALLOCATE, OP_FTRUNCATE, OP_MADV_REMOVE, OP_TRUNCATE, SCOPE_TREE, TP_MAP_PAGES_LAYOUT,
+    probes::Prog,
 };
 
 use crate::{
-    emit::{Record, is_self, now, send},
+    emit::{Record, hit, ignored, now, send},
     kernel::{config, file_of_fd},
-    maps::WINDOWS,
+    maps::{SCOPE_TASKS, WINDOWS},
     probe::{adopt_syscall_file, byte_pages, map_pages_point, syscall_enter, syscall_exit},
 };
 
@@ -48,6 +49,7 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 
 #[tracepoint(category = "filemap", name = "mm_filemap_map_pages")]
 pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
+    hit(Prog::MapPagesTp);
     let Some(cfg) = config() else { return 0 };
     let [ino, dev, start, end] = TP_MAP_PAGES_LAYOUT;
     // Direct context loads at constant offsets: the verifier allows them in
@@ -68,6 +70,7 @@ pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
 /// tracepoint (raw_tracepoint.rs), which also reads the mapcount.
 #[tracepoint(category = "filemap", name = "mm_filemap_delete_from_page_cache")]
 pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
+    hit(Prog::FolioDeleteTp);
     let Some(cfg) = config() else { return 0 };
     let (Some(ino), Some(dev), Some(index), Some(pfn)) = (
         field::<u64>(&ctx, cfg.tp_del_ino),
@@ -83,7 +86,7 @@ pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
         Some(w) => w.open > 0,
         None => false,
     };
-    if (open || cfg.full_stream != 0) && !is_self(cfg) {
+    if (open || cfg.full_stream != 0) && !ignored(cfg) {
         send(Record {
             entry_ts: 0,
             aux: pfn,
@@ -102,6 +105,7 @@ pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_fallocate")]
 pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
+    hit(Prog::SysEnterFallocate);
     let Some(cfg) = config() else { return 0 };
     let (fd, mode, offset, len) = (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), arg(&ctx, 3));
     // Plain allocation keeps the page cache; only invalidating modes matter.
@@ -126,16 +130,9 @@ pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_fallocate")]
-pub fn sys_exit_fallocate(ctx: TracePointContext) -> u32 {
-    if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
-    }
-    0
-}
-
 #[tracepoint(category = "syscalls", name = "sys_enter_ftruncate")]
 pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
+    hit(Prog::SysEnterFtruncate);
     let Some(cfg) = config() else { return 0 };
     let key = file_of_fd(cfg, arg(&ctx, 0)).unwrap_or_default();
     syscall_enter(
@@ -149,18 +146,11 @@ pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_ftruncate")]
-pub fn sys_exit_ftruncate(ctx: TracePointContext) -> u32 {
-    if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
-    }
-    0
-}
-
 /// truncate(2) names a path, which the kernel has not resolved yet at entry:
 /// the record labels the operation but its file is unknown (ino 0).
 #[tracepoint(category = "syscalls", name = "sys_enter_truncate")]
 pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
+    hit(Prog::SysEnterTruncate);
     let Some(cfg) = config() else { return 0 };
     syscall_enter(
         cfg,
@@ -173,19 +163,12 @@ pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_truncate")]
-pub fn sys_exit_truncate(ctx: TracePointContext) -> u32 {
-    if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
-    }
-    0
-}
-
 /// madvise(MADV_REMOVE) names a virtual range; which file backs it is only
 /// known once the kernel looked up the vma, so the record labels the
 /// operation and the function probes name the file.
 #[tracepoint(category = "syscalls", name = "sys_enter_madvise")]
 pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
+    hit(Prog::SysEnterMadvise);
     if arg(&ctx, 2) != MADV_REMOVE {
         return 0;
     }
@@ -198,14 +181,6 @@ pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
         OP_MADV_REMOVE,
         FIDELITY_TRACEPOINT,
     );
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_madvise")]
-pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
-    if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
-    }
     0
 }
 
@@ -232,10 +207,22 @@ struct DedupeRange {
     dest_offset: u64,
 }
 
+/// Every invalidating syscall's exit (attached to each sys_exit_*): its
+/// return value, and the end of a syscall window.
+#[tracepoint]
+pub fn sys_exit_invalidating(ctx: TracePointContext) -> u32 {
+    hit(Prog::SysExit);
+    if let Some(cfg) = config() {
+        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
+    }
+    0
+}
+
 /// The remap ioctls invalidate the destination range. ioctl is hot on some
 /// hosts: everything but the three commands leaves after one compare.
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
 pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    hit(Prog::SysEnterIoctl);
     let cmd = arg(&ctx, 1) as u32;
     if cmd != FICLONE && cmd != FICLONERANGE && cmd != FIDEDUPERANGE {
         return 0;
@@ -273,10 +260,39 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
-pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
-    if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
+/// `--scope cmd` without cgroup2: a task of the command's tree that forks
+/// brings the child into the tree. Runs in the parent.
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    hit(Prog::ForkTp);
+    let Some(cfg) = config() else { return 0 };
+    if cfg.scope != SCOPE_TREE {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { SCOPE_TASKS.get(&tgid) }.is_none() {
+        return 0;
+    }
+    // A new thread shares its tgid, already present; a new process's pid
+    // is its tgid.
+    if let Some(child) = field::<u32>(&ctx, cfg.tp_fork_child_pid) {
+        let _ = SCOPE_TASKS.insert(&child, &1, 0);
+    }
+    0
+}
+
+/// A process of the tree ended (its main thread exits last but for
+/// rare cases): its tgid may be reused by anyone.
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    hit(Prog::ExitTp);
+    let Some(cfg) = config() else { return 0 };
+    if cfg.scope != SCOPE_TREE {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        let _ = SCOPE_TASKS.remove(&((pid_tgid >> 32) as u32));
     }
     0
 }

@@ -34,6 +34,16 @@ pub struct Startup {
     pub kernel: String,
     /// The core functions first, then the optional sources of truth.
     pub probes: Vec<StartupProbe>,
+    /// Every program the observer holds in the kernel, with the kernel's id
+    /// for it: what must be gone once the observer is (the kernel cuts names
+    /// to 15 bytes, so ids, not names, identify them).
+    pub programs: Vec<LoadedProgram>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedProgram {
+    pub name: String,
+    pub id: u32,
 }
 
 /// How one kernel function ended up observed.
@@ -316,6 +326,10 @@ mod tests {
                     method: "fentry".into(),
                     reason: "a \"quoted\"\nreason".into(),
                 }],
+            }],
+            programs: vec![LoadedProgram {
+                name: "sys_exit_invalidating".into(),
+                id: 42,
             }],
         };
         let line = st.to_json();

@@ -1,5 +1,6 @@
 //! The live agent: load and attach, then pump ring-buffer records through the
-//! correlator into the sink until Ctrl-C, SIGTERM or --duration.
+//! correlator into the sink until Ctrl-C, SIGTERM or --duration, or, for
+//! `observer run`, until the command ends.
 
 use std::{
     fs::File,
@@ -8,33 +9,61 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{SignalKind, signal};
+use observer_abi::probes::{Prog, Role};
 
 use crate::{
-    cli::{Cli, Command},
-    correlator::{self, Correlator},
+    cli::{self, Cli, Command},
+    correlator::{self, Correlator, Severity},
     filter::Filter,
+    health,
     loader::{self, Loaded},
     paths::PathCache,
+    run,
+    scope::CommandCgroup,
+    signals::Signals,
     sink::{self, Format, Sink, Summary},
     source::{self, Source},
 };
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the command line; the result is the process's exit code (0 but
+/// for `observer run`, whose code is CMD's or the verdict's).
+pub fn run(cli: Cli) -> Result<u8> {
     let filter = validate(&cli)?;
     if let Some(Command::Replay { file }) = &cli.command {
-        return crate::replay::run(&cli, file, filter);
+        crate::replay::run(&cli, file, filter)?;
+        return Ok(0);
     }
+    let run_args = match &cli.command {
+        Some(Command::Run(args)) => Some(args),
+        _ => None,
+    };
+    // A typo in CMD costs no attach.
+    let program = match run_args.map(|a| run::resolve(&a.cmd[0])) {
+        Some(Err(e)) => {
+            eprintln!("observer: error: cannot run {}", e.reason);
+            return Ok(e.code);
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("must run as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)");
     }
-    // Before the runtime starts any thread: a namespace is per thread.
+    // Before the runtime starts any thread: the signal mask and the mount
+    // namespace are per thread.
+    let blocked = Signals::block()?;
     let tracefs = loader::tracefs::ensure()?;
+    let (scope, cgroup) = match run_args {
+        Some(a) if a.scope == cli::Scope::Cmd => plan_scope(a.follow)?,
+        _ => (loader::Scope::Host, None),
+    };
     let loaded = loader::load(&loader::Options {
         btf: cli.btf.clone(),
+        scope,
         ringbuf_bytes: cli.ringbuf_kib * 1024,
         full_stream: cli.full_stream,
-        best_method: cli.method,
+        best_method: cli.method.method(),
+        redirect: parse_redirects(&cli.redirect)?,
     })?;
     // Opened only now: a run that could not start must not have emptied the
     // user's file.
@@ -59,10 +88,20 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
     }
-    if !loaded.folio_deletes {
+    if !loaded.attached(Role::FolioDelete) {
         eprintln!(
             "observer: folio removals not observed (no filemap:mm_filemap_delete_from_page_cache): outcomes unknown"
         );
+    }
+    match (&scope, &cgroup) {
+        (loader::Scope::Cgroup { id, level }, Some(cg)) => eprintln!(
+            "observer: scope: the command's cgroup {} (id {id}, level {level}) and below",
+            cg.dir.display()
+        ),
+        (loader::Scope::Tree, _) => {
+            eprintln!("observer: scope: the command's process tree (sched_process_fork/exit)")
+        }
+        _ => {}
     }
     if cli.json {
         sink.startup(&startup(&loaded, kernel))
@@ -72,7 +111,72 @@ pub fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(pump(cli, loaded, sink, filter))
+    let host_ns = tracefs.host_ns;
+    let code = runtime.block_on(async {
+        let signals = Signals::new(blocked)?;
+        let child = match (run_args, program) {
+            (Some(args), Some(program)) => {
+                let launch = run::Launch {
+                    argv: &args.cmd,
+                    program,
+                    host_ns: host_ns.as_ref(),
+                    cgroup: cgroup.as_ref(),
+                    scope_map: (scope == loader::Scope::Tree)
+                        .then(|| loaded.scope_map_fd())
+                        .flatten(),
+                };
+                Some((launch, args.fail_on))
+            }
+            _ => None,
+        };
+        pump(&cli, loaded, sink, filter, signals, child).await
+    });
+    if let Some(cg) = cgroup
+        && let Err(e) = cg.remove()
+    {
+        eprintln!("observer: {e:#} (processes the command left behind are in it)");
+    }
+    code
+}
+
+/// `--redirect PROGRAM=TRACEPOINT` (tests only).
+fn parse_redirects(list: &[String]) -> Result<std::collections::BTreeMap<Prog, String>> {
+    list.iter()
+        .map(|r| {
+            let (name, tp) = r
+                .split_once('=')
+                .with_context(|| format!("bad --redirect {r}: expected PROGRAM=TRACEPOINT"))?;
+            let prog = Prog::ALL
+                .iter()
+                .find(|p| p.name() == name)
+                .with_context(|| format!("bad --redirect {r}: no program {name}"))?;
+            Ok((*prog, tp.to_owned()))
+        })
+        .collect()
+}
+
+/// `--scope cmd`: a cgroup of the command's own where cgroup2 is mounted,
+/// else (or when asked) its process tree.
+fn plan_scope(follow: cli::Follow) -> Result<(loader::Scope, Option<CommandCgroup>)> {
+    if follow == cli::Follow::Tree {
+        return Ok((loader::Scope::Tree, None));
+    }
+    match CommandCgroup::create() {
+        Ok(Some(cg)) => Ok((
+            loader::Scope::Cgroup {
+                id: cg.id,
+                level: cg.level,
+            },
+            Some(cg),
+        )),
+        Ok(None) if follow == cli::Follow::Auto => Ok((loader::Scope::Tree, None)),
+        Ok(None) => anyhow::bail!("--scope cmd: no cgroup2 is mounted"),
+        Err(e) if follow == cli::Follow::Auto => {
+            eprintln!("observer: {e:#}: following the process tree instead");
+            Ok((loader::Scope::Tree, None))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Everything the user typed is checked before anything is loaded.
@@ -94,26 +198,47 @@ pub(crate) fn validate(cli: &Cli) -> Result<Filter> {
     {
         anyhow::bail!("bad --duration {d}: must be a positive number of seconds");
     }
+    if matches!(cli.command, Some(Command::Run(_))) && cli.duration.is_some() {
+        anyhow::bail!("--duration does not apply to `run`: the command's end ends the run");
+    }
     Ok(filter)
 }
 
+/// Alerts and the summary go to `--output`, else stdout; for `run`, whose
+/// stdout is the command's, stderr.
 pub(crate) fn open_sink(cli: &Cli, boot_to_realtime_ns: i64) -> Result<Sink> {
     let out: Box<dyn Write + Send> = match &cli.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot write to {}", path.display()))?,
         ),
+        None if matches!(cli.command, Some(Command::Run(_))) => Box::new(io::stderr()),
         None => Box::new(io::stdout()),
     };
     let format = if cli.json { Format::Json } else { Format::Text };
     Ok(Sink::new(format, out, boot_to_realtime_ns))
 }
 
-async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> Result<()> {
+/// Why the watch ended.
+enum End {
+    /// Ctrl-C, SIGTERM or --duration.
+    Stopped,
+    /// `run`: the command ended with this exit code.
+    Command(u8),
+}
+
+async fn pump(
+    cli: &Cli,
+    mut loaded: Loaded,
+    mut sink: Sink,
+    filter: Filter,
+    mut signals: Signals,
+    command: Option<(run::Launch<'_>, cli::FailOn)>,
+) -> Result<u8> {
     let mut source = Source::new(&mut loaded.ebpf)?;
     if let Some(Command::Record { file }) = &cli.command {
         let wiring = crate::trace::Wiring {
             syscall_windows: loaded.syscall_windows,
-            folio_deletes: loaded.folio_deletes,
+            folio_deletes: loaded.attached(Role::FolioDelete),
             boot_to_realtime_ns: sink.boot_to_realtime_ns(),
         };
         source.recorder = Some(crate::trace::Recorder::create(file, wiring)?);
@@ -124,10 +249,10 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
         syscall_windows: loaded.syscall_windows,
         ..correlator::Config::default()
     });
-    if loaded.folio_deletes {
+    if loaded.attached(Role::FolioDelete) {
         correlator.expect_folio_deletes();
     }
-    if loaded.sources.pte_install {
+    if loaded.attached(Role::PteInstall) {
         correlator.expect_pte_installs();
     }
     // Stacks of critical alerts, read from the STACKS map and symbolized;
@@ -140,8 +265,6 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
             .as_ref()?;
         Some(addrs.iter().map(|&a| ksyms.symbolize(a)).collect())
     };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = cli.duration.map(Duration::from_secs_f64);
     let stop = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(stop);
@@ -149,17 +272,46 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
     let mut tick = tokio::time::interval(Duration::from_millis(cli.reorder_ms.max(10)));
     let started = Instant::now();
     let mut paths = PathCache::default();
-    let mut shown = 0u64;
+    let mut out = Output::default();
     let mut events = Vec::new();
     let mut alerts = Vec::new();
 
-    eprintln!(
-        "observer: ready: watching{} (Ctrl-C to stop)",
-        deadline
-            .map(|d| format!(" for {:.1}s", d.as_secs_f64()))
-            .unwrap_or_default()
-    );
-    loop {
+    let (mut child, fail_on) = match &command {
+        Some((launch, fail_on)) => {
+            eprintln!(
+                "observer: ready: running {}",
+                launch
+                    .argv
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            match launch.spawn() {
+                Ok(c) => (Some(c), Some(*fail_on)),
+                Err(e) => {
+                    let e = run::spawn_error(&e);
+                    eprintln!(
+                        "observer: error: cannot run {}: {}",
+                        launch.program.display(),
+                        e.reason
+                    );
+                    return Ok(e.code);
+                }
+            }
+        }
+        None => {
+            eprintln!(
+                "observer: ready: watching{} (Ctrl-C to stop)",
+                deadline
+                    .map(|d| format!(" for {:.1}s", d.as_secs_f64()))
+                    .unwrap_or_default()
+            );
+            (None, None)
+        }
+    };
+    let child_pid = child.as_ref().and_then(|c| c.id());
+    let end = loop {
         tokio::select! {
             r = source.next_batch(&mut events) => {
                 r?;
@@ -176,31 +328,47 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
                 }
                 correlator.advance(monotonic_ns(), &mut alerts);
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut stop => break,
+            sig = signals.next() => {
+                let sig = sig?;
+                match child_pid {
+                    // The command ends the run; it decides what a signal
+                    // means. From a terminal it got the signal already.
+                    Some(pid) => {
+                        if !sig.from_terminal {
+                            // SAFETY: kill on the child's pid.
+                            unsafe { libc::kill(pid as i32, sig.signo) };
+                        }
+                    }
+                    None => break End::Stopped,
+                }
+            }
+            status = async { child.as_mut().expect("a child").wait().await }, if child.is_some() => {
+                break End::Command(run::status_code(status.context("waiting for the command")?));
+            }
+            _ = &mut stop => break End::Stopped,
         }
-        shown += emit(
+        out.emit(
             &mut sink,
             &filter,
             Some(&mut paths),
             &mut alerts,
-            &cli,
+            cli,
             &resolve_stack,
         )?;
-    }
+    };
+    drop(child);
 
     source.drain(&mut events)?;
     for ev in events.drain(..) {
         correlator.push(ev, &mut alerts);
     }
     correlator.flush(&mut alerts);
-    shown += emit(
+    out.emit(
         &mut sink,
         &filter,
         Some(&mut paths),
         &mut alerts,
-        &cli,
+        cli,
         &resolve_stack,
     )?;
     let counters = source::read_counters(&loaded.ebpf)?;
@@ -213,15 +381,20 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
             );
         }
     }
-    let summary = summarize(
+    let mut summary = summarize(
         &correlator,
         &counters,
         source.undecodable,
         started.elapsed(),
-        shown,
+        out.shown,
     );
-    sink.summary(&summary).with_context(|| output_name(&cli))?;
-    if cli.output.is_some() || cli.json {
+    summary.health = health::assess(&ran(&loaded, &counters));
+    for s in &summary.health.silent {
+        eprintln!("observer: {}", health::warning(s));
+    }
+    sink.summary(&summary).with_context(|| output_name(cli))?;
+    let stream_is_stderr = cli.output.is_none() && child_pid.is_some();
+    if (cli.output.is_some() || cli.json) && !stream_is_stderr {
         let text = sink::summary::text(&summary);
         eprint!("{text}{}", if text.ends_with('\n') { "" } else { "\n" });
     }
@@ -231,36 +404,65 @@ async fn pump(cli: Cli, mut loaded: Loaded, mut sink: Sink, filter: Filter) -> R
     // Dropping the object detaches and unloads every program.
     drop(source);
     drop(loaded);
-    Ok(())
+    Ok(match end {
+        End::Stopped => 0,
+        End::Command(code) => {
+            let fail_on = fail_on.and_then(|f| match f {
+                cli::FailOn::Never => None,
+                cli::FailOn::Warning => Some(Severity::Warning),
+                cli::FailOn::Critical => Some(Severity::Critical),
+            });
+            let exit = run::exit_code(code, out.worst, fail_on);
+            if exit == run::EXIT_FAIL_ON {
+                eprintln!(
+                    "observer: exit {exit}: a {} alert was seen (the command exited {code})",
+                    out.worst.map_or("?", Severity::as_str)
+                );
+            }
+            exit
+        }
+    })
 }
 
-/// Writes the alerts that pass the filter; `paths` is None on replay, where
-/// the recorded pids no longer name the same processes. `resolve_stack` turns
-/// a kernel stack id of a critical alert into symbolized frames (innermost
-/// first), or `None`: [`sink::no_stacks`] where no stack can be read.
-pub(crate) fn emit(
-    sink: &mut Sink,
-    filter: &Filter,
-    mut paths: Option<&mut PathCache>,
-    alerts: &mut Vec<correlator::Alert>,
-    cli: &Cli,
-    resolve_stack: &dyn Fn(u32) -> Option<Vec<String>>,
-) -> Result<u64> {
-    let mut shown = 0;
-    for alert in alerts.drain(..) {
-        if !filter.matches(&alert) {
-            continue;
+/// What the sinks were given: how many alerts passed the filter, and the
+/// worst severity among all, filtered or not (the verdict ignores filters).
+#[derive(Default)]
+pub(crate) struct Output {
+    pub shown: u64,
+    pub worst: Option<Severity>,
+}
+
+impl Output {
+    /// Writes the alerts that pass the filter; `paths` is None on replay,
+    /// where the recorded pids no longer name the same processes.
+    /// `resolve_stack` turns a kernel stack id of a critical alert into
+    /// symbolized frames (innermost first), or `None`: [`sink::no_stacks`]
+    /// where no stack can be read.
+    pub(crate) fn emit(
+        &mut self,
+        sink: &mut Sink,
+        filter: &Filter,
+        mut paths: Option<&mut PathCache>,
+        alerts: &mut Vec<correlator::Alert>,
+        cli: &Cli,
+        resolve_stack: &dyn Fn(u32) -> Option<Vec<String>>,
+    ) -> Result<()> {
+        for alert in alerts.drain(..) {
+            self.worst = self.worst.max(Some(alert.kind.severity()));
+            if !filter.matches(&alert) {
+                continue;
+            }
+            let path = paths
+                .as_deref_mut()
+                .and_then(|p| p.resolve(alert.file, alert.task.pid))
+                .map(str::to_owned);
+            let frames = sink::Frames::of(&alert, resolve_stack);
+            sink.alert(&alert, path.as_deref(), &frames)
+                .with_context(|| output_name(cli))?;
+            self.shown += 1;
         }
-        let path = paths
-            .as_deref_mut()
-            .and_then(|p| p.resolve(alert.file, alert.task.pid))
-            .map(str::to_owned);
-        let frames = sink::Frames::of(&alert, resolve_stack);
-        sink.alert(&alert, path.as_deref(), &frames)
-            .with_context(|| output_name(cli))?;
-        shown += 1;
+        Ok(())
     }
-    Ok(shown)
 }
 
 pub(crate) fn output_name(cli: &Cli) -> String {
@@ -308,6 +510,22 @@ pub(crate) fn summarize(
     }
 }
 
+/// Each attached program with its row's role and its runs.
+fn ran(loaded: &Loaded, counters: &source::KernelCounters) -> Vec<health::Ran> {
+    loaded
+        .probes
+        .iter()
+        .filter(|p| p.method.is_some())
+        .flat_map(|p| {
+            p.programs.iter().map(|&prog| health::Ran {
+                prog,
+                role: p.row.role,
+                hits: counters.hits.get(prog as usize).copied().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
 /// The agent's peak RSS and CPU time so far.
 pub(crate) fn usage() -> observer_report::AgentUsage {
     // SAFETY: getrusage fills the struct it is given.
@@ -323,6 +541,14 @@ pub(crate) fn usage() -> observer_report::AgentUsage {
 fn startup(loaded: &Loaded, kernel: String) -> sink::Startup {
     sink::Startup {
         kernel,
+        programs: loaded
+            .program_ids()
+            .into_iter()
+            .map(|(p, id)| observer_report::LoadedProgram {
+                name: p.name().to_owned(),
+                id,
+            })
+            .collect(),
         probes: loaded
             .probes
             .iter()

@@ -1,10 +1,28 @@
 //! Command line of the observer.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::loader::Method;
+
+/// `--method`: the best rung to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl MethodArg {
+    pub fn method(self) -> Method {
+        match self {
+            MethodArg::Fentry => Method::Fentry,
+            MethodArg::Kprobe => Method::Kprobe,
+            MethodArg::Tracepoint => Method::Tracepoint,
+        }
+    }
+}
 
 /// Watches for page-table entries that fault-around (filemap_map_pages)
 /// installs inside a hole-punch/truncate invalidation window
@@ -19,7 +37,8 @@ pub struct Cli {
     #[arg(global = true, long)]
     pub json: bool,
 
-    /// Write alerts and the summary to FILE instead of stdout.
+    /// Write alerts and the summary to FILE instead of stdout (stderr for
+    /// `run`, whose stdout is the command's).
     #[arg(global = true, long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
@@ -56,10 +75,10 @@ pub struct Cli {
     #[arg(
         global = true,
         long,
-        value_name = "fentry|kprobe|tracepoint",
-        default_value = "fentry"
+        value_enum,
+        default_value_t = MethodArg::Fentry
     )]
-    pub method: Method,
+    pub method: MethodArg,
 
     /// Send every filemap_map_pages call to the agent, not only those on
     /// files with an open window (for debugging the pre-filter; costly).
@@ -74,6 +93,12 @@ pub struct Cli {
     #[arg(global = true, long, value_name = "MS", default_value_t = 50)]
     pub reorder_ms: u64,
 
+    /// Tests only: attach a raw tracepoint program at another tracepoint
+    /// (PROGRAM=TRACEPOINT), one the workload never reaches, to make its
+    /// probe silent on purpose.
+    #[arg(global = true, long, value_name = "PROGRAM=TRACEPOINT", hide = true)]
+    pub redirect: Vec<String>,
+
     /// Print the verifier log of refused rungs too.
     #[arg(global = true, long, short)]
     pub verbose: bool,
@@ -81,6 +106,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Load and attach, then run CMD with the terminal's stdin, stdout and
+    /// stderr, and exit with its status; or with 112 when an alert reached
+    /// --fail-on (that beats CMD's status). 125: the observer failed; 126:
+    /// CMD is not executable; 127: CMD was not found; CMD killed by signal N:
+    /// 128+N. Alerts go to --output, or to stderr.
+    Run(RunArgs),
     /// Watch live, and also write every raw record to FILE for `replay`.
     Record {
         #[arg(value_name = "FILE")]
@@ -92,4 +123,53 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Exit with 112 once an alert of this severity or worse was seen
+    /// (critical: stale_pte, stale_data).
+    #[arg(long, value_enum, default_value_t = FailOn::Critical)]
+    pub fail_on: FailOn,
+
+    /// Which tasks are watched: the whole host (a punch and the fault that
+    /// races it may come from different processes), or only CMD and what it
+    /// starts (its cgroup, or its process tree without cgroup2).
+    #[arg(long, value_enum, default_value_t = Scope::Host)]
+    pub scope: Scope,
+
+    /// How `--scope cmd` follows CMD: its own cgroup2 (when cgroup2 is
+    /// mounted), or its process tree (sched_process_fork/exit).
+    #[arg(long, value_enum, default_value_t = Follow::Auto, hide = true)]
+    pub follow: Follow,
+
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum FailOn {
+    /// Never fail on a verdict: CMD's status only.
+    Never,
+    Warning,
+    Critical,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scope {
+    Host,
+    Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Follow {
+    Auto,
+    Cgroup,
+    Tree,
 }

@@ -1,7 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use observer::{agent, cli::Cli};
+use observer::{
+    agent,
+    cli::{Cli, Command},
+    run,
+};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -12,15 +16,18 @@ fn main() -> ExitCode {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
             eprintln!("observer: error: {}", first.trim_start_matches("error: "));
-            return ExitCode::FAILURE;
+            // `observer run`'s own failures are 125, as timeout(1)'s are.
+            let running = std::env::args().skip(1).any(|a| a == "run");
+            return ExitCode::from(if running { run::EXIT_OBSERVER } else { 1 });
         }
     };
+    let running = matches!(cli.command, Some(Command::Run(_)));
     match agent::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line for the reason; a verifier log, if any, follows it.
             eprintln!("observer: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(if running { run::EXIT_OBSERVER } else { 1 })
         }
     }
 }

@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context, Result};
 
 use crate::{
-    agent::{emit, open_sink, output_name, summarize},
+    agent::{Output, open_sink, output_name, summarize},
     cli::Cli,
     correlator::{self, Correlator},
     filter::Filter,
@@ -37,20 +37,20 @@ pub fn run(cli: &Cli, file: &Path, filter: Filter) -> Result<()> {
         file.display()
     );
     let mut alerts = Vec::new();
-    let mut shown = 0;
+    let mut out = Output::default();
     for ev in events {
         correlator.push(ev, &mut alerts);
-        shown += emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
+        out.emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
     }
     correlator.flush(&mut alerts);
-    shown += emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
+    out.emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
     // The kernel's counters were not recorded: only what the records show.
     let summary = summarize(
         &correlator,
         &KernelCounters::default(),
         undecodable,
         span,
-        shown,
+        out.shown,
     );
     sink.summary(&summary).with_context(|| output_name(cli))?;
     Ok(())

@@ -214,6 +214,8 @@ pub struct KernelCounters {
     pub filtered: u64,
     /// Records not sent because a kernel pointer chain could not be read.
     pub unresolved: [u64; abi::KIND_MAX],
+    /// Runs of each program, by `Prog` index.
+    pub hits: Vec<u64>,
 }
 
 pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
@@ -227,6 +229,11 @@ pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
         c.unresolved[k as usize] = sum(abi::COUNTER_UNRESOLVED + k)?;
     }
     c.filtered = sum(abi::COUNTER_FILTERED)?;
+    let hits: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map("HITS").context("no HITS map")?)?;
+    c.hits = (0..abi::probes::PROG_COUNT as u32)
+        .map(|i| Ok(hits.get(&i, 0)?.iter().sum()))
+        .collect::<Result<_>>()?;
     Ok(c)
 }
 

@@ -841,6 +841,14 @@ impl ObserverProcess {
         self.child.id()
     }
 
+    /// Everything written to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout
+            .lock()
+            .map(|s| String::from_utf8_lossy(&s).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Everything written to stderr so far.
     pub fn stderr_so_far(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
@@ -925,42 +933,6 @@ impl Drop for ObserverProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Names of the observer's BPF programs (the kernel keeps the first 15 bytes;
-/// bpftool shows the full name when the object has BTF).
-pub const OBSERVER_PROG_NAMES: &[&str] = &[
-    "mm_filemap_map_pages",
-    "mm_filemap_delete_from_page_cache",
-    "sys_enter_fallocate",
-    "sys_exit_fallocate",
-    "sys_enter_ftruncate",
-    "sys_exit_ftruncate",
-    "sys_enter_truncate",
-    "sys_exit_truncate",
-    "unmap_mapping_range_fentry",
-    "unmap_mapping_range_fexit",
-    "unmap_mapping_range_kprobe",
-    "unmap_mapping_range_kretprobe",
-    "truncate_inode_pages_range_fentry",
-    "truncate_inode_pages_range_fexit",
-    "truncate_inode_pages_range_kprobe",
-    "truncate_inode_pages_range_kretprobe",
-    "filemap_map_pages_fentry",
-    "filemap_map_pages_fexit",
-    "filemap_map_pages_kprobe",
-    "filemap_map_pages_kretprobe",
-];
-
-/// Whether a program name (full, or cut to 15 bytes by the kernel) is one of
-/// [`OBSERVER_PROG_NAMES`].
-pub fn is_observer_prog_name(name: &str) -> bool {
-    const KERNEL_NAME_MAX: usize = 15;
-    let cut = |s: &str| s.as_bytes()[..s.len().min(KERNEL_NAME_MAX)].to_vec();
-    !name.is_empty()
-        && OBSERVER_PROG_NAMES
-            .iter()
-            .any(|n| *n == name || (name.len() == KERNEL_NAME_MAX && cut(n) == cut(name)))
 }
 
 /// One entry of `bpftool prog show --json` / `bpftool link show --json`.
@@ -1068,24 +1040,6 @@ pub fn bpf_held_by(pid: u32) -> Result<HeldBpf> {
     held.link_ids.sort_unstable();
     held.link_ids.dedup();
     Ok(held)
-}
-
-/// BPF program ids held by any live process (walks /proc/*/fdinfo).
-pub fn bpf_prog_ids_held_by_anyone() -> Vec<u64> {
-    let mut ids = Vec::new();
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for p in procs.flatten() {
-            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Ok(h) = bpf_held_by(pid) {
-                ids.extend(h.prog_ids);
-            }
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 #[cfg(test)]

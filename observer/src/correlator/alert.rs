@@ -18,7 +18,35 @@ pub enum AlertKind {
     StaleData,
 }
 
+/// How much an alert matters, worst last (ordered for `--fail-on`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 impl AlertKind {
+    /// A PTE installed in a window and zapped again is what every punch on
+    /// xfs 6.4+ and ext4 looks like: information. The damage is critical.
+    pub fn severity(self) -> Severity {
+        if self.is_critical() {
+            Severity::Critical
+        } else {
+            Severity::Info
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::PteInPunchWindow => "pte_in_punch_window",

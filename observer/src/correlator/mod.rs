@@ -30,7 +30,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
-pub use alert::{Alert, AlertKind, Evidence, PteCounts, StackIds, Stale, WindowInfo};
+pub use alert::{Alert, AlertKind, Evidence, PteCounts, Severity, StackIds, Stale, WindowInfo};
 pub use classes::{ClassA, ClassB, Classes, OpCounts};
 
 use std::cmp::Reverse;

@@ -1,90 +1,59 @@
-//! The attach ladder: for each kernel function, the best probe mechanism the
-//! running kernel accepts (fentry/fexit, then kprobe/kretprobe, then
-//! tracepoints), with the reason every better rung was refused.
+//! The attach ladder: for each row of the probe table
+//! (`observer_abi::probes`), the best rung the running kernel accepts
+//! (fentry/fexit, then kprobe/kretprobe, then tracepoints), with the reason
+//! every better rung was refused.
 //!
-//! The three core functions are required. The optional sources of truth
-//! follow them in [`Loaded::probes`] (never fatal; their lines say what was
-//! attached or why not): the PTE installer chosen from BTF/kallsyms
-//! (PteInstall), folio removal and insertion as raw tracepoints (mapcount,
-//! size, uptodate), the filesystems' block removal (FsRemove*), tmpfs's
+//! The three core functions and the invalidating syscalls are required.
+//! The optional sources of truth follow them in [`Loaded::probes`] (never
+//! fatal; their lines say what was attached or why not): the PTE installer
+//! chosen from BTF/kallsyms, folio removal and insertion as raw tracepoints
+//! (mapcount, size, uptodate), the filesystems' block removal, tmpfs's
 //! shmem_undo_range and shmem_add_to_page_cache.
 
 pub mod btf;
+mod ladder;
 mod offsets;
 pub mod tracefs;
 
-use std::{fmt, path::PathBuf};
+use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::Array,
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+use aya::{Ebpf, EbpfLoader, maps::Array};
+use observer_abi::{
+    Config,
+    probes::{PROBES, Probe, Prog, Role, Rung, Select, Target},
 };
-use observer_abi::Config;
+
+use ladder::Attacher;
+pub use ladder::Refusal;
+pub use observer_abi::probes::Method;
 
 /// The eBPF object, built by build.rs from observer-ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf"));
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Method {
-    Fentry,
-    Kprobe,
-    /// A tracepoint's raw arguments (the folio probes only).
-    RawTracepoint,
-    Tracepoint,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Fentry => "fentry",
-            Method::Kprobe => "kprobe",
-            Method::RawTracepoint => "raw_tracepoint",
-            Method::Tracepoint => "tracepoint",
-        }
-    }
-}
-
-impl std::str::FromStr for Method {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fentry" => Ok(Method::Fentry),
-            "kprobe" => Ok(Method::Kprobe),
-            "raw_tracepoint" => Ok(Method::RawTracepoint),
-            "tracepoint" => Ok(Method::Tracepoint),
-            _ => bail!("bad method '{s}': expected fentry, kprobe, raw_tracepoint or tracepoint"),
-        }
-    }
-}
-
-pub struct Refusal {
-    pub method: Method,
-    pub reason: String,
-    /// The verifier's log, when the verifier was the one that refused.
-    pub verifier_log: Option<String>,
-}
-
-/// How one kernel function ended up being watched.
+/// How one row of the probe table ended up being watched.
 pub struct ProbeReport {
+    pub row: &'static Probe,
     pub function: &'static str,
     pub method: Option<Method>,
     pub via: String,
     pub refused: Vec<Refusal>,
-    /// An optional source of truth (PteInstall, folio add/delete, block
-    /// removal, shmem): the observer runs without it.
+    /// An optional source of truth: the observer runs without it.
     pub optional: bool,
+    /// The programs attached for it.
+    pub programs: Vec<Prog>,
 }
 
 impl ProbeReport {
-    fn new(function: &'static str, optional: bool) -> Self {
+    fn new(row: &'static Probe) -> Self {
         ProbeReport {
-            function,
+            row,
+            function: row.target.name(),
             method: None,
             via: String::new(),
             refused: Vec::new(),
-            optional,
+            optional: row.optional,
+            programs: Vec::new(),
         }
     }
 }
@@ -103,55 +72,144 @@ impl fmt::Display for ProbeReport {
     }
 }
 
+/// Which tasks the programs report (`observer run --scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Host,
+    /// The cgroup2 cgroup `id` at `level`, and every cgroup below it.
+    Cgroup {
+        id: u64,
+        level: u32,
+    },
+    /// The process tree of the tgids in the SCOPE_TASKS map.
+    Tree,
+}
+
 pub struct Options {
     pub btf: PathBuf,
+    pub scope: Scope,
     pub ringbuf_bytes: u32,
     pub full_stream: bool,
     /// Rungs better than this are skipped (for testing the fallbacks).
     pub best_method: Method,
+    /// Tests only: raw tracepoint programs attached at another tracepoint
+    /// (one the workload never reaches), to make a probe silent on purpose.
+    pub redirect: BTreeMap<Prog, String>,
 }
 
 pub struct Loaded {
     pub ebpf: Ebpf,
-    /// The three core functions first, then the optional probes.
+    /// The core functions and syscalls first, then the optional probes.
     pub probes: Vec<ProbeReport>,
     /// No function probe bounds windows: whole syscalls do.
     pub syscall_windows: bool,
-    /// Folio removals are reported (mm_filemap_delete_from_page_cache).
-    pub folio_deletes: bool,
-    /// Which optional sources of truth are attached.
-    pub sources: Sources,
-    pub names: Vec<String>,
 }
 
-/// The optional probes that made it, for consumers that must tell "none
-/// happened" from "not watched".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sources {
-    /// PteInstall records (the kernel's PTE installer).
-    pub pte_install: bool,
-    /// FolioDelete records carry the mapcount (raw tracepoint).
-    pub folio_mapcount: bool,
-    /// FolioAdd records (mm_filemap_add_to_page_cache).
-    pub folio_add: bool,
-    /// FolioAdd records for tmpfs (shmem_add_to_page_cache).
-    pub shmem_add: bool,
-    /// FsRemoveEnter/Exit records, per filesystem.
-    pub fs_remove_ext4: bool,
-    pub fs_remove_xfs: bool,
-    pub fs_remove_btrfs: bool,
-    /// ShmemUndoEnter/Exit records.
-    pub shmem_undo: bool,
+impl Loaded {
+    /// Whether some program of `role` is attached.
+    pub fn attached(&self, role: Role) -> bool {
+        self.probes
+            .iter()
+            .any(|p| p.row.role == role && p.method.is_some())
+    }
+
+    /// Every attached program, once.
+    pub fn programs(&self) -> Vec<Prog> {
+        let mut all: Vec<Prog> = self
+            .probes
+            .iter()
+            .flat_map(|p| p.programs.iter().copied())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The kernel's id of each attached program.
+    pub fn program_ids(&self) -> Vec<(Prog, u32)> {
+        self.programs()
+            .into_iter()
+            .filter_map(|p| {
+                let info = self.ebpf.program(p.name())?.info().ok()?;
+                Some((p, info.id()))
+            })
+            .collect()
+    }
+
+    /// The fd of the SCOPE_TASKS map, for a child that adds itself.
+    pub fn scope_map_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        match self.ebpf.map("SCOPE_TASKS")? {
+            aya::maps::Map::LruHashMap(m) => Some(m.fd().as_fd().as_raw_fd()),
+            _ => None,
+        }
+    }
 }
 
-const MAP_PAGES: &str = "filemap_map_pages";
-const UNMAP: &str = "unmap_mapping_range";
-const TRUNCATE: &str = "truncate_inode_pages_range";
-/// Invalidating syscalls: windows in tracepoint mode, operation labels in
-/// every mode.
-const SYSCALLS: [&str; 5] = ["fallocate", "ftruncate", "truncate", "madvise", "ioctl"];
-const FOLIO_DELETE: &str = "mm_filemap_delete_from_page_cache";
-const FOLIO_ADD: &str = "mm_filemap_add_to_page_cache";
+fn rows(role: Role) -> impl Iterator<Item = &'static Probe> {
+    PROBES.iter().filter(move |r| r.role == role)
+}
+
+/// "fentry/fexit", "kretprobe", "tracepoint filemap:x"...: what attached.
+fn describe(row: &Probe, rung: &Rung) -> String {
+    let both = rung.entry.is_some() && rung.exit.is_some();
+    match rung.method {
+        Method::Fentry if both => "fentry/fexit".into(),
+        Method::Fentry if rung.entry.is_none() => "fexit".into(),
+        Method::Fentry => "fentry".into(),
+        Method::Kprobe if both => "kprobe/kretprobe".into(),
+        Method::Kprobe if rung.entry.is_none() => "kretprobe".into(),
+        Method::Kprobe => "kprobe".into(),
+        Method::RawTracepoint => "raw_tracepoint".into(),
+        Method::Tracepoint => match rung.at.unwrap_or(row.target) {
+            Target::Tracepoint(c, n) => format!("tracepoint {c}:{n}"),
+            Target::Syscall(s) => format!("tracepoints syscalls:sys_{{enter,exit}}_{s}"),
+            Target::Function(f) => format!("tracepoint for {f}"),
+        },
+    }
+}
+
+/// Walks one row's ladder from `best` down: the first rung that attaches
+/// wins. `pre` may refuse a method before anything is loaded (a layout the
+/// program needs is missing); `note` follows the method in the report.
+fn ladder(
+    att: &mut Attacher,
+    ebpf: &mut Ebpf,
+    row: &'static Probe,
+    best: Method,
+    mut pre: impl FnMut(Method) -> std::result::Result<(), String>,
+    note: &dyn Fn(Method) -> String,
+) -> ProbeReport {
+    let mut report = ProbeReport::new(row);
+    for rung in row.rungs {
+        if rung.method < best {
+            report.refused.push(Refusal::skipped(rung.method));
+            continue;
+        }
+        if let Err(reason) = pre(rung.method) {
+            report.refused.push(Refusal::new(rung.method, reason));
+            continue;
+        }
+        match att.attach(ebpf, row.target, rung) {
+            Ok(progs) => {
+                report.method = Some(rung.method);
+                report.via = format!("{}{}", describe(row, rung), note(rung.method));
+                report.programs = progs;
+                return report;
+            }
+            Err(r) => report.refused.push(r),
+        }
+    }
+    report
+}
+
+fn no_note(_: Method) -> String {
+    String::new()
+}
+
+fn ok(_: Method) -> std::result::Result<(), String> {
+    Ok(())
+}
 
 pub fn load(opts: &Options) -> Result<Loaded> {
     if unsafe { libc::geteuid() } != 0 {
@@ -167,6 +225,18 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         .with_context(|| format!("cannot parse BTF at {}", opts.btf.display()))?;
     let mut config = offsets::resolve(&btf)?;
     config.full_stream = opts.full_stream as u32;
+    match opts.scope {
+        Scope::Host => {}
+        Scope::Cgroup { id, level } => {
+            config.scope = observer_abi::SCOPE_CGROUP;
+            config.scope_cgroup_id = id;
+            config.scope_cgroup_level = level;
+        }
+        Scope::Tree => {
+            config.scope = observer_abi::SCOPE_TREE;
+            offsets::fork_fields(&mut config).context("--scope cmd follows the process tree")?;
+        }
+    }
     // Without kallsyms, kprobes cannot be placed (and pfns not computed);
     // fentry and tracepoints do not need it.
     let ksyms = crate::symbols::Kallsyms::load().map_err(|e| format!("{e:#}"));
@@ -182,9 +252,10 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     let (btrfs_off, btrfs_note) = fs_inode_offset(&btf, "btrfs_replace_file_extents", "btrfs");
     config.xfs_inode_vnode = xfs_off;
     config.btrfs_inode_vnode = btrfs_off;
-    let pte = choose_pte_installer(&btf, ksyms.as_ref().ok(), &fault);
-    if let Ok(p) = &pte {
-        config.pte_addr_arg = p.addr_arg;
+    let mut att = Attacher::new(&btf, &aya_btf, ksyms.as_ref(), &opts.redirect);
+    let pte = choose_pte_installer(&att, &btf, &fault);
+    if let Ok((_, addr_arg)) = &pte {
+        config.pte_addr_arg = *addr_arg;
     }
 
     let mut ebpf = EbpfLoader::new()
@@ -193,83 +264,49 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         .load(OBJECT)
         .context("cannot load the eBPF object")?;
     write_config(&mut ebpf, &config)?;
-    let mut names = Vec::new();
-    let mut ctx = Ladder {
-        btf: &btf,
-        aya_btf: &aya_btf,
-        ksyms: ksyms.as_ref(),
-        best: opts.best_method,
-    };
+    let best = opts.best_method;
 
+    // The core functions.
     let mut probes = Vec::new();
-    for function in [UNMAP, TRUNCATE, MAP_PAGES] {
-        let mut report = ProbeReport::new(function, false);
-        for method in [Method::Fentry, Method::Kprobe] {
-            if method < opts.best_method {
-                report.refused.push(skipped(method));
-                continue;
-            }
-            let attempt = match method {
-                Method::Fentry => ctx.attach_fentry(&mut ebpf, function, function, &[Entry, Exit]),
-                _ => ctx.attach_kprobe(&mut ebpf, function, function, &[Entry, Exit]),
-            };
-            match attempt {
-                Ok(progs) => {
-                    report.method = Some(method);
-                    report.via = match method {
-                        Method::Fentry => "fentry/fexit".into(),
-                        _ => "kprobe/kretprobe".into(),
-                    };
-                    names.extend(progs);
-                    break;
+    for role in [Role::Unmap, Role::Truncate, Role::MapPages] {
+        for row in rows(role) {
+            let pre = |m: Method| match (role, m) {
+                (Role::MapPages, Method::Tracepoint) => {
+                    offsets::check_map_pages_layout().map_err(|e| format!("{e:#}"))
                 }
-                Err(r) => report.refused.push(r),
-            }
+                _ => Ok(()),
+            };
+            let note = |m: Method| match m {
+                Method::Tracepoint => " (a point after the PTEs went in)".to_string(),
+                _ => String::new(),
+            };
+            probes.push(ladder(&mut att, &mut ebpf, row, best, pre, &note));
         }
-        probes.push(report);
     }
 
-    // Tracepoints: the fallback for what is still unattached, and always the
-    // syscalls (they name the operation behind a window) and folio removals.
-    if probes[2].method.is_none() {
-        match offsets::check_map_pages_layout()
-            .and_then(|_| attach_tracepoint(&mut ebpf, "filemap", "mm_filemap_map_pages"))
-        {
-            Ok(n) => {
-                probes[2].method = Some(Method::Tracepoint);
-                probes[2].via =
-                    "tracepoint filemap:mm_filemap_map_pages (a point after the PTEs went in)"
-                        .into();
-                names.push(n);
-            }
-            Err(e) => probes[2].refused.push(refusal(Method::Tracepoint, e)),
-        }
-    }
+    // The invalidating syscalls: windows when no function probe bounds them,
+    // and in every mode the name of the operation behind a window.
     let mut syscalls = Vec::new();
     let mut syscall_errors = Vec::new();
-    for sc in SYSCALLS {
-        for dir in ["enter", "exit"] {
-            let tp = format!("sys_{dir}_{sc}");
-            match attach_tracepoint(&mut ebpf, "syscalls", &tp) {
-                Ok(n) => {
-                    names.push(n);
-                    if dir == "enter" {
-                        syscalls.push(sc);
-                    }
-                }
-                Err(e) => syscall_errors.push(format!("{tp}: {e:#}")),
-            }
+    for row in rows(Role::Syscall) {
+        let report = ladder(&mut att, &mut ebpf, row, Method::Fentry, ok, &no_note);
+        match report.method {
+            Some(_) => syscalls.push(row.target.name()),
+            None => syscall_errors.extend(
+                report
+                    .refused
+                    .iter()
+                    .map(|r| format!("{}: {}", row.target.name(), r.reason)),
+            ),
         }
+        probes.push(report);
     }
     let syscall_windows = probes[0].method.is_none() && probes[1].method.is_none();
     if syscall_windows {
         for p in &mut probes[..2] {
             if syscalls.is_empty() {
-                p.refused.push(Refusal {
-                    method: Method::Tracepoint,
-                    reason: syscall_errors.join("; "),
-                    verifier_log: None,
-                });
+                p.refused
+                    .push(Refusal::new(Method::Tracepoint, syscall_errors.join("; ")));
             } else {
                 p.method = Some(Method::Tracepoint);
                 p.via = format!(
@@ -280,171 +317,118 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         }
     }
     config.syscall_windows = syscall_windows as u32;
-
-    // The optional sources of truth.
-    let mut sources = Sources::default();
-
-    // 1. PteInstall: the per-version PTE installer.
-    let pte = match pte {
-        Ok(p) => ctx.ladder(
-            &mut ebpf,
-            p.function,
-            p.fentry,
-            p.kprobe,
-            " (pte_install: page-exact, windowed files only)",
-            &mut names,
-        ),
-        Err((function, reason)) => {
-            let mut r = ProbeReport::new(function, true);
-            r.refused.push(Refusal {
-                method: Method::Fentry,
-                reason,
-                verifier_log: None,
-            });
-            r
-        }
-    };
-    sources.pte_install = pte.method.is_some();
-    probes.push(pte);
-    // PMD mappings of large folios (filemap_map_pmd, finish_fault), 6.1+.
-    // 5.10 maps them inside alloc_set_pte, which reports one page then.
-    if btf.has_function("do_set_pmd") || ksyms.as_ref().is_ok_and(|k| k.has_function("do_set_pmd"))
-    {
-        // do_set_pmd(vmf, page) until 6.12, (vmf, folio, page) since 6.13:
-        // the fexit programs differ in where the return value sits.
-        let pmd = match (&fault, btf.param_count("do_set_pmd")) {
-            (Err(e), _) => Err(format!("vm_fault layout: {e}")),
-            (_, Some(3)) => Ok("do_set_pmd3"),
-            (_, Some(n)) if n != 2 => Err(format!(
-                "do_set_pmd has {n} parameters in BTF, the probe expects 2 or 3"
-            )),
-            _ => Ok("do_set_pmd"),
-        };
-        let r = match pmd {
-            Ok(prefix) => ctx.ladder_as(
-                &mut ebpf,
-                "do_set_pmd",
-                prefix,
-                &[Exit],
-                &[Entry, Exit],
-                " (pte_install for PMD mappings: 512 pages)",
-                &mut names,
-            ),
-            Err(reason) => {
-                let mut r = ProbeReport::new("do_set_pmd", true);
-                r.refused.push(Refusal {
-                    method: Method::Fentry,
-                    reason,
-                    verifier_log: None,
-                });
-                r
+    if opts.scope == Scope::Tree {
+        for row in rows(Role::Scope) {
+            let r = ladder(&mut att, &mut ebpf, row, Method::Fentry, ok, &no_note);
+            if r.method.is_none() {
+                bail!("--scope cmd follows the process tree, but {r}");
             }
-        };
-        probes.push(r);
+            probes.push(r);
+        }
     }
 
-    // 2. FolioDelete: raw tracepoint (mapcount), else the classic one.
-    let mut del = ProbeReport::new(FOLIO_DELETE, true);
-    match ctx.raw_tracepoint(&mut ebpf, "folio_delete_raw_tp", FOLIO_DELETE, &folio) {
-        Ok(n) => {
-            names.push(n);
-            del.method = Some(Method::RawTracepoint);
-            del.via = format!(
-                "raw_tracepoint (folio_delete: index, size, mapcount at removal{})",
-                if config.vmemmap_base_addr != 0 {
-                    ", pfn"
-                } else {
-                    "; pfn 0: no vmemmap_base in kallsyms"
-                }
-            );
-            sources.folio_mapcount = true;
+    // 1. The PTE installer of this kernel, and PMD mappings of large folios.
+    match pte {
+        Ok((row, _)) => probes.push(ladder(&mut att, &mut ebpf, row, best, ok, &|_| {
+            " (pte_install: page-exact, windowed files only)".into()
+        })),
+        Err((row, reason)) => {
+            let mut r = ProbeReport::new(row);
+            r.refused.push(Refusal::new(Method::Fentry, reason));
+            probes.push(r);
         }
-        Err(r) => {
-            del.refused.push(r);
-            match offsets::delete_fields(&mut config)
-                .and_then(|_| attach_tracepoint(&mut ebpf, "filemap", FOLIO_DELETE))
-            {
-                Ok(n) => {
-                    names.push(n);
-                    del.method = Some(Method::Tracepoint);
-                    del.via = format!("tracepoint filemap:{FOLIO_DELETE} (no mapcount)");
-                }
-                Err(e) => del.refused.push(refusal(Method::Tracepoint, e)),
+    }
+    if att.knows("do_set_pmd") {
+        // Since 6.13 do_set_pmd(vmf, folio, page): the fexit programs differ
+        // in where the return value sits.
+        let params = btf.param_count("do_set_pmd");
+        let row = rows(Role::PmdInstall).find(|r| match (r.select, params) {
+            (Select::Params(ns), Some(n)) => ns.contains(&(n as u8)),
+            // No prototype in BTF (a module): the kprobes serve both.
+            (_, None) => true,
+            (Select::Always, _) => true,
+        });
+        match (row, &fault) {
+            (Some(row), Ok(())) => probes.push(ladder(&mut att, &mut ebpf, row, best, ok, &|_| {
+                " (pte_install for PMD mappings: 512 pages)".into()
+            })),
+            (Some(row), Err(e)) => {
+                let mut r = ProbeReport::new(row);
+                r.refused.push(Refusal::new(
+                    Method::Fentry,
+                    format!("vm_fault layout: {e}"),
+                ));
+                probes.push(r);
+            }
+            (None, _) => {
+                let mut r = ProbeReport::new(rows(Role::PmdInstall).next().expect("a PMD row"));
+                r.refused.push(Refusal::new(
+                    Method::Fentry,
+                    format!(
+                        "do_set_pmd has {} parameters in BTF, the probes expect 2 or 3",
+                        params.unwrap_or(0)
+                    ),
+                ));
+                probes.push(r);
             }
         }
     }
-    let folio_deletes = del.method.is_some();
-    probes.push(del);
 
-    // 3. FsRemoveEnter/Exit: the filesystems' block removal.
-    for (function, note) in [
-        ("ext4_ext_remove_space", String::new()),
-        ("ext4_ind_remove_space", String::new()),
-        ("xfs_free_file_space", format!(" ({xfs_note})")),
-        ("btrfs_replace_file_extents", format!(" ({btrfs_note})")),
-    ] {
-        let r = ctx.ladder(
-            &mut ebpf,
-            function,
-            &[Entry, Exit],
-            &[Entry, Exit],
-            &note,
-            &mut names,
-        );
-        let on = r.method.is_some();
-        match function {
-            "xfs_free_file_space" => sources.fs_remove_xfs = on,
-            "btrfs_replace_file_extents" => sources.fs_remove_btrfs = on,
-            _ => sources.fs_remove_ext4 |= on,
+    // 2. Folio removals: the raw tracepoint (mapcount), else the classic one.
+    let pfn = config.vmemmap_base_addr != 0;
+    for row in rows(Role::FolioDelete) {
+        let pre = |m: Method| match m {
+            Method::RawTracepoint => folio
+                .clone()
+                .map_err(|e| format!("struct page/folio layout: {e}")),
+            _ => offsets::delete_fields(&mut config).map_err(|e| format!("{e:#}")),
+        };
+        let note = |m: Method| {
+            match m {
+            Method::RawTracepoint if pfn => {
+                " (folio_delete: index, size, mapcount at removal, pfn)".to_string()
+            }
+            Method::RawTracepoint => {
+                " (folio_delete: index, size, mapcount at removal; pfn 0: no vmemmap_base in kallsyms)"
+                    .to_string()
+            }
+            _ => " (no mapcount)".to_string(),
         }
-        probes.push(r);
+        };
+        probes.push(ladder(&mut att, &mut ebpf, row, best, pre, &note));
     }
 
-    // 4. FolioAdd: raw tracepoint; tmpfs through shmem_add_to_page_cache.
-    let mut add = ProbeReport::new(FOLIO_ADD, true);
-    match ctx.raw_tracepoint(&mut ebpf, "folio_add_raw_tp", FOLIO_ADD, &folio) {
-        Ok(n) => {
-            names.push(n);
-            add.method = Some(Method::RawTracepoint);
-            add.via = "raw_tracepoint (folio_add: index, size, uptodate)".into();
-            sources.folio_add = true;
-        }
-        Err(r) => add.refused.push(r),
+    // 3. The filesystems' block removal.
+    for row in rows(Role::FsRemove) {
+        let note = match row.target.name() {
+            "xfs_free_file_space" => format!(" ({xfs_note})"),
+            "btrfs_replace_file_extents" => format!(" ({btrfs_note})"),
+            _ => String::new(),
+        };
+        probes.push(ladder(&mut att, &mut ebpf, row, best, ok, &|_| {
+            note.clone()
+        }));
     }
-    probes.push(add);
-    let shmem_add = match &folio {
-        Ok(()) => ctx.ladder(
-            &mut ebpf,
-            "shmem_add_to_page_cache",
-            &[Entry],
-            &[Entry],
-            " (folio_add for tmpfs, at entry)",
-            &mut names,
-        ),
-        Err(e) => {
-            let mut r = ProbeReport::new("shmem_add_to_page_cache", true);
-            r.refused.push(Refusal {
-                method: Method::Fentry,
-                reason: format!("struct page/folio layout: {e}"),
-                verifier_log: None,
-            });
-            r
-        }
+
+    // 4. Page-cache insertions, and tmpfs's own.
+    let folio_pre = |_: Method| {
+        folio
+            .clone()
+            .map_err(|e| format!("struct page/folio layout: {e}"))
     };
-    sources.shmem_add = shmem_add.method.is_some();
-    probes.push(shmem_add);
-
-    // 5. ShmemUndoEnter/Exit.
-    let undo = ctx.ladder(
-        &mut ebpf,
-        "shmem_undo_range",
-        &[Entry, Exit],
-        &[Entry, Exit],
-        "",
-        &mut names,
-    );
-    sources.shmem_undo = undo.method.is_some();
-    probes.push(undo);
+    for row in rows(Role::FolioAdd) {
+        probes.push(ladder(&mut att, &mut ebpf, row, best, folio_pre, &|_| {
+            " (folio_add: index, size, uptodate)".into()
+        }));
+    }
+    for row in rows(Role::ShmemAdd) {
+        probes.push(ladder(&mut att, &mut ebpf, row, best, folio_pre, &|_| {
+            " (folio_add for tmpfs, at entry)".into()
+        }));
+    }
+    for row in rows(Role::ShmemUndo) {
+        probes.push(ladder(&mut att, &mut ebpf, row, best, ok, &no_note));
+    }
 
     // Again, with what the attach results decided (syscall windows, the
     // classic folio-delete fallback's fields).
@@ -466,9 +450,6 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         ebpf,
         probes,
         syscall_windows,
-        folio_deletes,
-        sources,
-        names,
     })
 }
 
@@ -536,361 +517,84 @@ fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The PTE installer to probe, and how.
-struct PteInstaller {
-    function: &'static str,
-    fentry: &'static [Half],
-    kprobe: &'static [Half],
-    /// `Config::pte_addr_arg`.
-    addr_arg: u32,
-}
-
-/// PteInstall: the first PTE installer this kernel has, with the signature
-/// the program expects: set_pte_range (6.5+), do_set_pte (5.12..6.4),
-/// alloc_set_pte (..5.11). Err: the function named in the report and why.
+/// PteInstall: the first PTE installer this kernel has, with a prototype
+/// its programs read: set_pte_range (6.5+), do_set_pte (5.12..6.4),
+/// alloc_set_pte (..5.11); and `Config::pte_addr_arg` for it. Err: the row
+/// to report and why.
 fn choose_pte_installer(
+    att: &Attacher,
     btf: &btf::Btf,
-    ksyms: Option<&crate::symbols::Kallsyms>,
     fault: &std::result::Result<(), String>,
-) -> std::result::Result<PteInstaller, (&'static str, String)> {
-    let known = |f: &str| btf.has_function(f) || ksyms.is_some_and(|k| k.has_function(f));
-    let Some(function) = ["set_pte_range", "do_set_pte", "alloc_set_pte"]
-        .into_iter()
-        .find(|f| known(f))
-    else {
+) -> std::result::Result<(&'static Probe, u32), (&'static Probe, String)> {
+    let first = rows(Role::PteInstall).next().expect("a PTE installer row");
+    let mut candidates = rows(Role::PteInstall);
+    let Some(row) = candidates.find(|r| att.knows(r.target.name())) else {
+        let names: Vec<&str> = rows(Role::PteInstall).map(|r| r.target.name()).collect();
         return Err((
-            "set_pte_range",
-            "none of set_pte_range, do_set_pte, alloc_set_pte is in BTF or kallsyms".into(),
+            first,
+            format!("none of {} is in BTF or kallsyms", names.join(", ")),
         ));
     };
+    let function = row.target.name();
     if let Err(e) = fault {
-        return Err((function, format!("vm_fault layout: {e}")));
+        return Err((row, format!("vm_fault layout: {e}")));
     }
     let params = btf.param_count(function);
-    let (fentry, kprobe, expected): (&'static [Half], &'static [Half], &[usize]) = match function {
-        "set_pte_range" => (&[Entry], &[Entry], &[5]),
-        "do_set_pte" => (&[Entry], &[Entry], &[2, 3]),
-        _ => (&[Exit], &[Entry, Exit], &[2]),
-    };
-    if let Some(n) = params
-        && !expected.contains(&n)
+    if let (Select::Params(ns), Some(n)) = (row.select, params)
+        && !ns.contains(&(n as u8))
     {
         return Err((
-            function,
-            format!("{function} has {n} parameters in BTF, the probe expects {expected:?}"),
+            row,
+            format!("{function} has {n} parameters in BTF, the probe expects {ns:?}"),
         ));
     }
+    // Where the user address is: an argument (set_pte_range's 5th, the
+    // 3-argument do_set_pte's 3rd) or vmf->address.
     let addr_arg = match (function, params) {
         ("set_pte_range", _) => 4,
         ("do_set_pte", Some(2)) => 0,
         ("do_set_pte", _) => 2,
         _ => 0,
     };
-    Ok(PteInstaller {
-        function,
-        fentry,
-        kprobe,
-        addr_arg,
-    })
+    Ok((row, addr_arg))
 }
 
-/// Entry or exit half of a probe pair.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Half {
-    Entry,
-    Exit,
-}
-use Half::{Entry, Exit};
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
 
-/// What the attach ladders share.
-struct Ladder<'a> {
-    btf: &'a btf::Btf,
-    aya_btf: &'a aya::Btf,
-    ksyms: std::result::Result<&'a crate::symbols::Kallsyms, &'a String>,
-    best: Method,
-}
+    use observer_abi::probes::{PROBES, Prog};
 
-impl Ladder<'_> {
-    /// fentry/fexit, then kprobe/kretprobe, for an optional probe. Programs
-    /// are named `{function}_{fentry,fexit,kprobe,kretprobe}`; `fentry` and
-    /// `kprobe` list the halves each rung has. `note` follows the method.
-    fn ladder(
-        &mut self,
-        ebpf: &mut Ebpf,
-        function: &'static str,
-        fentry: &[Half],
-        kprobe: &[Half],
-        note: &str,
-        names: &mut Vec<String>,
-    ) -> ProbeReport {
-        self.ladder_as(ebpf, function, function, fentry, kprobe, note, names)
-    }
+    use super::OBJECT;
 
-    /// [`Self::ladder`] with programs named after `prefix` (a variant of
-    /// the function's programs for another prototype).
-    #[allow(clippy::too_many_arguments)]
-    fn ladder_as(
-        &mut self,
-        ebpf: &mut Ebpf,
-        function: &'static str,
-        prefix: &str,
-        fentry: &[Half],
-        kprobe: &[Half],
-        note: &str,
-        names: &mut Vec<String>,
-    ) -> ProbeReport {
-        let mut report = ProbeReport::new(function, true);
-        for method in [Method::Fentry, Method::Kprobe] {
-            if method < self.best {
-                report.refused.push(skipped(method));
-                continue;
-            }
-            let (halves, attempt) = match method {
-                Method::Fentry => (fentry, self.attach_fentry(ebpf, function, prefix, fentry)),
-                _ => (kprobe, self.attach_kprobe(ebpf, function, prefix, kprobe)),
-            };
-            match attempt {
-                Ok(progs) => {
-                    names.extend(progs);
-                    report.method = Some(method);
-                    let base = match (method, halves.len()) {
-                        (Method::Fentry, 2) => "fentry/fexit",
-                        (Method::Fentry, _) if halves[0] == Exit => "fexit",
-                        (Method::Fentry, _) => "fentry",
-                        (_, 2) => "kprobe/kretprobe",
-                        _ => "kprobe",
-                    };
-                    report.via = format!("{base}{note}");
-                    return report;
-                }
-                Err(r) => report.refused.push(r),
-            }
-        }
-        report
-    }
-
-    fn attach_fentry(
-        &mut self,
-        ebpf: &mut Ebpf,
-        function: &str,
-        prefix: &str,
-        halves: &[Half],
-    ) -> std::result::Result<Vec<String>, Refusal> {
-        let fail = |e| refusal(Method::Fentry, e);
-        if !self.btf.has_function(function) {
-            if let Ok(k) = self.ksyms
-                && let Some(m) = k.module_of(function)
-            {
-                return Err(fail(anyhow::anyhow!(
-                    "in module {m}: aya 0.14 cannot load fentry against a module's BTF (no attach_btf_obj_fd)"
-                )));
-            }
-            return Err(fail(anyhow::anyhow!(
-                "not in the kernel's BTF (inlined or missing)"
-            )));
-        }
-        let progs: Vec<(String, Half)> = halves
+    /// The probe table and the built eBPF object name the same programs: a
+    /// row without a program, or a program without a row, fails here and
+    /// not at attach time on some kernel.
+    #[test]
+    fn the_object_has_exactly_the_tables_programs() {
+        assert!(
+            !OBJECT.is_empty(),
+            "built with AYA_BUILD_SKIP: no eBPF object to check (build with `cargo xtask build`)"
+        );
+        let obj = aya_obj::Object::parse(OBJECT).expect("the eBPF object parses");
+        let in_object: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        let in_table: BTreeSet<&str> = PROBES
             .iter()
-            .map(|&h| match h {
-                Entry => (format!("{prefix}_fentry"), h),
-                Exit => (format!("{prefix}_fexit"), h),
-            })
+            .flat_map(|r| r.rungs)
+            .flat_map(|r| r.programs())
+            .map(Prog::name)
             .collect();
-        let result = (|| -> Result<()> {
-            for (name, half) in &progs {
-                match half {
-                    Entry => {
-                        let p: &mut FEntry = program(ebpf, name)?;
-                        p.load(function, self.aya_btf).context("load fentry")?;
-                        p.attach().context("attach fentry")?;
-                    }
-                    Exit => {
-                        let p: &mut FExit = program(ebpf, name)?;
-                        p.load(function, self.aya_btf).context("load fexit")?;
-                        p.attach().context("attach fexit")?;
-                    }
-                }
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => Ok(progs.into_iter().map(|(n, _)| n).collect()),
-            Err(e) => {
-                for (name, half) in &progs {
-                    match half {
-                        Entry => unload::<FEntry>(ebpf, name),
-                        Exit => unload::<FExit>(ebpf, name),
-                    }
-                }
-                Err(fail(e))
-            }
-        }
-    }
-
-    fn attach_kprobe(
-        &mut self,
-        ebpf: &mut Ebpf,
-        function: &str,
-        prefix: &str,
-        halves: &[Half],
-    ) -> std::result::Result<Vec<String>, Refusal> {
-        let fail = |e| refusal(Method::Kprobe, e);
-        if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-            return Err(fail(anyhow::anyhow!(
-                "the kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe missing: CONFIG_KPROBES off?)"
-            )));
-        }
-        match self.ksyms {
-            Err(e) => return Err(fail(anyhow::anyhow!("{e}"))),
-            Ok(k) if !k.has_function(function) => {
-                return Err(fail(anyhow::anyhow!(
-                    "not in /proc/kallsyms (inlined, missing, or its module is not loaded)"
-                )));
-            }
-            Ok(_) => {}
-        }
-        let progs: Vec<String> = halves
-            .iter()
-            .map(|h| match h {
-                Entry => format!("{prefix}_kprobe"),
-                Exit => format!("{prefix}_kretprobe"),
-            })
-            .collect();
-        let result = (|| -> Result<()> {
-            for name in &progs {
-                let p: &mut KProbe = program(ebpf, name)?;
-                p.load().with_context(|| format!("load {name}"))?;
-                p.attach(function, 0)
-                    .with_context(|| format!("attach {name}"))?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => Ok(progs),
-            Err(e) => {
-                for name in &progs {
-                    unload::<KProbe>(ebpf, name);
-                }
-                Err(fail(e))
-            }
-        }
-    }
-
-    /// A raw tracepoint program `prog` on filemap:`tp`, which reads the
-    /// folio through the BTF layout in `layout`.
-    fn raw_tracepoint(
-        &mut self,
-        ebpf: &mut Ebpf,
-        prog: &str,
-        tp: &str,
-        layout: &std::result::Result<(), String>,
-    ) -> std::result::Result<String, Refusal> {
-        let fail = |e| refusal(Method::RawTracepoint, e);
-        if Method::RawTracepoint < self.best {
-            return Err(skipped(Method::RawTracepoint));
-        }
-        if let Err(e) = layout {
-            return Err(fail(anyhow::anyhow!("struct page/folio layout: {e}")));
-        }
-        if let Err(e) = tracefs::check("filemap", tp) {
-            return Err(fail(e));
-        }
-        let result = (|| -> Result<()> {
-            let p: &mut RawTracePoint = program(ebpf, prog)?;
-            p.load()
-                .with_context(|| format!("load raw_tracepoint {tp}"))?;
-            p.attach(tp)
-                .with_context(|| format!("attach raw_tracepoint {tp}"))?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => Ok(prog.to_owned()),
-            Err(e) => {
-                unload::<RawTracePoint>(ebpf, prog);
-                Err(fail(e))
-            }
-        }
+        let missing: Vec<_> = in_table.difference(&in_object).collect();
+        let unlisted: Vec<_> = in_object.difference(&in_table).collect();
+        assert!(
+            missing.is_empty(),
+            "rows whose program is not in the object: {missing:?}"
+        );
+        assert!(
+            unlisted.is_empty(),
+            "programs in the object without a row: {unlisted:?}"
+        );
+        let all: BTreeSet<&str> = Prog::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(all, in_table, "Prog variants and rows disagree");
     }
 }
-
-fn skipped(method: Method) -> Refusal {
-    Refusal {
-        method,
-        reason: "skipped by --method".into(),
-        verifier_log: None,
-    }
-}
-
-fn refusal(method: Method, e: anyhow::Error) -> Refusal {
-    let verifier_log = e
-        .chain()
-        .find_map(|c| match c.downcast_ref::<ProgramError>() {
-            Some(ProgramError::LoadError { verifier_log, .. }) => {
-                let log = verifier_log.to_string();
-                (!log.trim().is_empty()).then_some(log)
-            }
-            _ => None,
-        });
-    // aya's LoadError prints the whole verifier log; keep the reason to one
-    // line and carry the log separately.
-    let mut parts = Vec::new();
-    for c in e.chain() {
-        if let Some(ProgramError::LoadError { io_error, .. }) = c.downcast_ref::<ProgramError>() {
-            parts.push(format!("BPF_PROG_LOAD: {io_error}"));
-            break;
-        }
-        parts.push(c.to_string());
-    }
-    let reason = parts.join(": ");
-    Refusal {
-        method,
-        reason,
-        verifier_log,
-    }
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    let p = ebpf
-        .program_mut(name)
-        .with_context(|| format!("eBPF object has no program {name}"))?;
-    Ok(p.try_into()?)
-}
-
-fn attach_tracepoint(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<String> {
-    tracefs::check(category, name)?;
-    let p: &mut TracePoint = program(ebpf, name)?;
-    p.load()
-        .with_context(|| format!("load {category}:{name}"))?;
-    p.attach(category, name)
-        .with_context(|| format!("attach {category}:{name}"))?;
-    Ok(name.to_owned())
-}
-
-/// A half-attached rung must not stay loaded: the next rung takes over.
-fn unload<'a, T>(ebpf: &'a mut Ebpf, name: &str)
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-    T: Unload + 'a,
-{
-    if let Ok(p) = program::<T>(ebpf, name) {
-        let _ = p.unload_program();
-    }
-}
-
-trait Unload {
-    fn unload_program(&mut self) -> Result<(), ProgramError>;
-}
-
-macro_rules! impl_unload {
-    ($($t:ty),*) => {$(
-        impl Unload for $t {
-            fn unload_program(&mut self) -> Result<(), ProgramError> {
-                self.unload()
-            }
-        }
-    )*};
-}
-impl_unload!(FEntry, FExit, KProbe, RawTracePoint);

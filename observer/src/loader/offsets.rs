@@ -61,6 +61,11 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         inode_i_mapping: Config::UNKNOWN,
         _pad2: 0,
         vmemmap_base_addr: 0,
+        scope: observer_abi::SCOPE_HOST,
+        scope_cgroup_level: 0,
+        scope_cgroup_id: 0,
+        tp_fork_parent_pid: Config::UNKNOWN,
+        tp_fork_child_pid: Config::UNKNOWN,
     };
     // folio_layout and fault_layout, which only the optional probes need,
     // are the loader's to call: their errors say why a probe is missing.
@@ -181,6 +186,14 @@ pub fn check_map_pages_layout() -> Result<()> {
             observer_abi::TP_MAP_PAGES_LAYOUT
         );
     }
+    Ok(())
+}
+
+/// sched:sched_process_fork's pids, for `--scope cmd` without cgroup2.
+pub fn fork_fields(cfg: &mut Config) -> Result<()> {
+    let f = Format::read("sched", "sched_process_fork")?;
+    cfg.tp_fork_parent_pid = f.offset("parent_pid", 4)?;
+    cfg.tp_fork_child_pid = f.offset("child_pid", 4)?;
     Ok(())
 }
 

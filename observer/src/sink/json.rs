@@ -333,6 +333,7 @@ mod tests {
     #[test]
     fn startup_lists_probes_and_refusals() {
         let st = Startup {
+            programs: vec![],
             kernel: "6.12.9".into(),
             probes: vec![
                 StartupProbe {
@@ -355,12 +356,12 @@ mod tests {
             concat!(
                 r#"{"type":"startup","kernel":"6.12.9","probes":["#,
                 r#"{"function":"filemap_map_pages","method":"kprobe","refused":[{"method":"fentry","reason":"no BTF for \"vmlinux\""}]},"#,
-                r#"{"function":"unmap_mapping_range","method":null,"refused":[]}]}"#
+                r#"{"function":"unmap_mapping_range","method":null,"refused":[]}],"programs":[]}"#
             )
         );
         assert_eq!(
             Startup::default().to_json(),
-            r#"{"type":"startup","kernel":"","probes":[]}"#
+            r#"{"type":"startup","kernel":"","probes":[],"programs":[]}"#
         );
     }
 }

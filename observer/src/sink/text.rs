@@ -297,6 +297,7 @@ mod tests {
     #[test]
     fn startup_lines() {
         let st = Startup {
+            programs: vec![],
             kernel: "6.12.9".into(),
             probes: vec![
                 StartupProbe {
