@@ -258,7 +258,7 @@ pub struct Config {
     /// SCOPE_HOST, SCOPE_CGROUP or SCOPE_TREE.
     pub scope: u32,
     /// SCOPE_CGROUP: the level of the command's cgroup in the cgroup2
-    /// hierarchy (its ancestor at this level is itself).
+    /// hierarchy (reported; the programs compare the task's own cgroup).
     pub scope_cgroup_level: u32,
     /// SCOPE_CGROUP: the id of the cgroup the command runs in.
     pub scope_cgroup_id: u64,
@@ -269,7 +269,7 @@ pub struct Config {
 
 /// Every task is watched.
 pub const SCOPE_HOST: u32 = 0;
-/// Only tasks in the cgroup `Config::scope_cgroup_id` and below.
+/// Only tasks in the cgroup `Config::scope_cgroup_id`.
 pub const SCOPE_CGROUP: u32 = 1;
 /// Only tasks whose tgid is in the `SCOPE_TASKS` map (the command, and what
 /// it forks, followed by sched_process_fork/exit): without cgroup2.

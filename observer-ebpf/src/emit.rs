@@ -1,8 +1,7 @@
 //! Records, counters and the kernel-side window table (the pre-filter).
 
 use aya_ebpf::helpers::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_ktime_get_ns,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
 };
 use observer_abi::{
     COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, Config, Event, FileKey, Kind, NO_STACK,
@@ -49,12 +48,10 @@ pub fn ignored(cfg: &Config) -> bool {
     }
     match cfg.scope {
         SCOPE_HOST => false,
-        SCOPE_CGROUP => {
-            // Its ancestor at the command's level: the command's cgroup for
-            // every task the command started, even in cgroups of their own.
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.scope_cgroup_level as i32) };
-            id != cfg.scope_cgroup_id
-        }
+        // The task's own cgroup: bpf_get_current_ancestor_cgroup_id would
+        // also follow the command's tasks into cgroups of their own, but
+        // tracing programs on 5.10 may not call it.
+        SCOPE_CGROUP => (unsafe { bpf_get_current_cgroup_id() }) != cfg.scope_cgroup_id,
         _ => unsafe { SCOPE_TASKS.get(&tgid) }.is_none(),
     }
 }

@@ -205,7 +205,7 @@ pub struct Silence {
 /// The agent's own cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentUsage {
-    /// Peak resident set size (getrusage's ru_maxrss).
+    /// Peak resident set size (VmHWM).
     pub peak_rss_kib: u64,
     /// User plus system CPU time.
     pub cpu_s: f64,

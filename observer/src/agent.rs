@@ -95,7 +95,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
     match (&scope, &cgroup) {
         (loader::Scope::Cgroup { id, level }, Some(cg)) => eprintln!(
-            "observer: scope: the command's cgroup {} (id {id}, level {level}) and below",
+            "observer: scope: the command's cgroup {} (id {id}, level {level})",
             cg.dir.display()
         ),
         (loader::Scope::Tree, _) => {
@@ -526,14 +526,24 @@ fn ran(loaded: &Loaded, counters: &source::KernelCounters) -> Vec<health::Ran> {
         .collect()
 }
 
-/// The agent's peak RSS and CPU time so far.
+/// The agent's peak RSS and CPU time so far. The peak is VmHWM of this
+/// process's memory: getrusage's ru_maxrss carries over the parent's peak
+/// across fork and exec.
 pub(crate) fn usage() -> observer_report::AgentUsage {
+    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     observer_report::AgentUsage {
-        peak_rss_kib: ru.ru_maxrss.max(0) as u64,
+        peak_rss_kib,
         cpu_s: observer_report::round_ms(secs(ru.ru_utime) + secs(ru.ru_stime)),
     }
 }

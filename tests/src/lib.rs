@@ -18,6 +18,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
+pub mod stream;
+pub mod stress;
+
+pub use stream::{Stream, assert_nothing_vanished};
+
 // ---------------------------------------------------------------------------
 // Locating binaries
 // ---------------------------------------------------------------------------

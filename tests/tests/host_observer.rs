@@ -742,3 +742,45 @@ fn replay_of_a_recording_gives_the_live_alerts() {
     assert_eq!(live, first);
     assert!(first.iter().all(|a| a["dev"] == dev.as_str()));
 }
+
+/// A probe made silent on purpose (its program attached at a tracepoint the
+/// workload never reaches) while its partner fires thousands of times: the
+/// summary's health section and a warning line name it. Unredirected, the
+/// same run has no finding.
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn a_silent_probe_is_named_in_the_health_section() {
+    let _serial = serial();
+    let m = loop_mount(FsType::Xfs);
+    let file = m.path().join("racer.dat");
+    for silenced in [true, false] {
+        let redirect = ["--redirect", "folio_add_raw_tp=bpf_test_finish"];
+        let o = observe_race(&m, &file, if silenced { &redirect } else { &[] }, &[]);
+        let Ok(Record::Summary(s)) = Record::parse(&o.records.summary.to_string()) else {
+            panic!("not a summary: {}", o.records.summary);
+        };
+        let named: Vec<&str> = s.health.silent.iter().map(|x| x.program.as_str()).collect();
+        let warning =
+            "observer: warning: probe folio_add_raw_tp never ran while folio_delete_raw_tp ran";
+        if silenced {
+            assert_eq!(named, ["folio_add_raw_tp"], "{:?}", s.health);
+            assert_eq!(s.health.silent[0].partner, "folio_delete_raw_tp");
+            assert!(s.health.silent[0].partner_hits >= 1000, "{:?}", s.health);
+            assert_eq!(s.health.hits.get("folio_add_raw_tp"), 0);
+            assert!(o.exit.stderr.contains(warning), "{}", o.exit.stderr);
+            assert!(
+                o.exit
+                    .stderr
+                    .contains("health           SILENT: folio_add_raw_tp")
+            );
+        } else {
+            assert!(named.is_empty(), "{:?}", s.health);
+            assert!(s.health.hits.get("folio_add_raw_tp") > 0, "{:?}", s.health);
+            assert!(
+                !o.exit.stderr.contains("warning: probe"),
+                "{}",
+                o.exit.stderr
+            );
+        }
+    }
+}

@@ -23,21 +23,19 @@ struct Run {
 
 impl Run {
     fn boot(kernel: &str) -> Run {
+        Run::boot_with(kernel, &["--duration", "4"])
+    }
+
+    fn boot_with(kernel: &str, args: &[&str]) -> Run {
         let _guard = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let xtask = std::env::var_os("XTASK_BIN")
             .expect("XTASK_BIN is unset: run the VM tests through `cargo xtask test`");
         let dir = std::env::temp_dir().join(format!("observer-vm-test-{kernel}"));
         let _ = std::fs::remove_dir_all(&dir);
         let status = Command::new(xtask)
-            .args([
-                "vm",
-                "--kernel",
-                kernel,
-                "--duration",
-                "4",
-                "--no-build",
-                "--out",
-            ])
+            .args(["vm", "--kernel", kernel])
+            .args(args)
+            .args(["--no-build", "--out"])
             .arg(&dir)
             .status()
             .expect("cannot run xtask vm");
@@ -271,4 +269,66 @@ fn debian_6_1_fentry_sees_the_race_on_ext4_and_xfs_mmaplock_prevents_it() {
     // Fault-around did run on the file; the pre-filter found no window open.
     assert!(s["filtered"].as_u64().unwrap() > 0, "{s}");
     assert!(xfs.racer["faults"].as_u64().unwrap() > 0);
+}
+
+/// `observer run` on a kernel with a real critical race: on 5.10 ext4,
+/// buffered reads refill a punched range before the blocks are freed
+/// (stale_data, see the truth table). The command (the racer, then `exit
+/// 3`) fails for reasons of its own; the observer's exit status is 112 all
+/// the same. On 5.10 xfs nothing is critical and the command's 3 passes
+/// through.
+#[test]
+#[ignore = "needs root and qemu: run by cargo xtask test"]
+fn debian_5_10_run_fails_on_stale_data_whatever_the_command_exits() {
+    let run = Run::boot_with(
+        "5.10",
+        &[
+            "--fs",
+            "ext4,xfs",
+            "--duration",
+            "6",
+            "--racer-args",
+            "--op punch --punch-pages 16 --fault-threads 2 --readers 2",
+            "--run-exit",
+            "3",
+        ],
+    );
+    assert!(
+        kernel_release(&run.dir).starts_with("5.10."),
+        "booted {}",
+        kernel_release(&run.dir)
+    );
+    for (fs, want) in [("ext4", "112"), ("xfs", "3")] {
+        let rc = run.text(&format!("{fs}.observer.rc"));
+        let racer = run.text(&format!("{fs}.racer.rc"));
+        assert_eq!(
+            racer.trim(),
+            "0",
+            "racer on {fs}: {}",
+            run.text(&format!("{fs}.racer.log"))
+        );
+        let lines: Vec<Value> = run
+            .text(&format!("{fs}.alerts.json"))
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        let s = lines.last().expect("a summary");
+        assert_eq!(s["type"], "summary");
+        let stale = s["classes"]["b"]["stale_data"].as_u64().unwrap();
+        assert_eq!(
+            rc.trim(),
+            want,
+            "observer run on {fs} exited {rc} with stale_data {stale}; log:\n{}",
+            run.text(&format!("{fs}.observer.log"))
+        );
+        match fs {
+            "ext4" => {
+                assert!(stale > 0, "{s}");
+                assert!(run.text(&format!("{fs}.observer.log")).contains(
+                    "observer: exit 112: a critical alert was seen (the command exited 3)"
+                ));
+            }
+            _ => assert_eq!(stale, 0, "{s}"),
+        }
+    }
 }

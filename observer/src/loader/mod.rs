@@ -76,7 +76,7 @@ impl fmt::Display for ProbeReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
     Host,
-    /// The cgroup2 cgroup `id` at `level`, and every cgroup below it.
+    /// The tasks of the cgroup2 cgroup `id` (at `level`).
     Cgroup {
         id: u64,
         level: u32,

@@ -16,6 +16,9 @@ TMPFS=@TMPFS@
 # 1: keep only the startup record, the summary, the alert counts by kind and
 # a few alerts of each kind instead of every alert (see trim()).
 TRIM=@TRIM@
+# Not empty: each step runs as `observer run -- CMD`, CMD being the racer
+# and then `exit $RUN_EXIT`; the observer's status goes to NAME.observer.rc.
+RUN_EXIT=@RUN_EXIT@
 BENCH_ROUNDS=@BENCH_ROUNDS@
 BENCH_PAGES=@BENCH_PAGES@
 BENCH_FAULT_ROUNDS=@BENCH_FAULT_ROUNDS@
@@ -222,8 +225,18 @@ steps_scenario() {
 				continue
 			fi
 		fi
-		under_observer "$name" "$r" "" racer_run "$name" "$fs" "$secs" "$args"
-		rc=$?
+		if [ -n "$RUN_EXIT" ]; then
+			: >"$r.observer.log"
+			/etc/xtask/observer.sh "$r" run --fail-on critical -- sh -c \
+				'racer --file "$1" --duration "$2" $3 >"$4.racer.json" 2>"$4.racer.log" </dev/null
+				echo $? >"$4.racer.rc"; exit $5' \
+				sh "/mnt/$fs/racer.dat" "$secs" "$args" "$r" "$RUN_EXIT"
+			rc=$?
+			echo $rc >"$r.observer.rc"
+		else
+			under_observer "$name" "$r" "" racer_run "$name" "$fs" "$secs" "$args"
+			rc=$?
+		fi
 		log "[$name] observer exited with status $rc; $(grep -c '"type":"alert"' "$r.alerts.json" 2>/dev/null) alerts"
 		[ "$TRIM" = 1 ] && trim "$r"
 		rm -f "/mnt/$fs/racer.dat" "/mnt/$fs/racer.dat.src"

@@ -75,6 +75,9 @@ pub enum Scenario<'a> {
         racer: Option<&'a Path>,
         steps: &'a [Step],
         trim: bool,
+        /// Each step as `observer run -- CMD`, where CMD runs the racer and
+        /// then exits with this status: the exit-code contract, in a guest.
+        run_exit: Option<u8>,
     },
     /// The guest side of `cargo xtask bench --kernel`: faultbench bare and
     /// under the observer, alternating, on the XFS disk.
@@ -179,9 +182,13 @@ fn init_script(c: &Contents, modules: &[&str]) -> String {
         ("TMPFS", flag(c.tmpfs)),
     ];
     match *c.scenario {
-        Scenario::Steps { trim, .. } => vars.extend([
+        Scenario::Steps { trim, run_exit, .. } => vars.extend([
             ("MODE", "steps".into()),
             ("TRIM", flag(trim)),
+            (
+                "RUN_EXIT",
+                run_exit.map(|n| n.to_string()).unwrap_or_default(),
+            ),
             ("BENCH_ROUNDS", "0".into()),
             ("BENCH_PAGES", "0".into()),
             ("BENCH_FAULT_ROUNDS", "0".into()),
@@ -196,6 +203,7 @@ fn init_script(c: &Contents, modules: &[&str]) -> String {
         } => vars.extend([
             ("MODE", "bench".into()),
             ("TRIM", "0".into()),
+            ("RUN_EXIT", String::new()),
             ("BENCH_ROUNDS", rounds.to_string()),
             ("BENCH_PAGES", pages.to_string()),
             ("BENCH_FAULT_ROUNDS", fault_rounds.to_string()),
@@ -369,6 +377,7 @@ mod tests {
                 racer: None,
                 steps: &steps,
                 trim: true,
+                run_exit: None,
             },
             Scenario::Bench {
                 faultbench: Path::new("/bin/true"),

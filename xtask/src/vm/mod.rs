@@ -82,6 +82,11 @@ pub struct VmArgs {
     /// Keep the disk images and initramfs (in <out>/work) for inspection.
     #[arg(long)]
     keep_work: bool,
+    /// Run each filesystem's racer as `observer run --fail-on critical --
+    /// sh -c 'racer ...; exit N'`; the observer's exit status goes to
+    /// FS.observer.rc (the exit-code contract, tested on a real kernel).
+    #[arg(long, value_name = "N")]
+    run_exit: Option<u8>,
 }
 
 pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
@@ -152,6 +157,7 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
                 racer: racer.as_deref(),
                 steps: &steps,
                 trim: false,
+                run_exit: args.run_exit,
             },
             out: &out,
             timeout: Duration::from_secs(timeout),
@@ -228,6 +234,7 @@ pub fn steps(ws: &Workspace, g: &StepsGuest, stall: Duration) -> Result<StepsOut
                 racer: Some(g.racer),
                 steps: g.steps,
                 trim: true,
+                run_exit: None,
             },
             out: g.out,
             timeout: g.timeout,
