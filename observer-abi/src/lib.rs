@@ -44,6 +44,43 @@ pub enum Kind {
 pub const KIND_MAX: usize = 15;
 
 impl Kind {
+    /// The kind's name in summaries (`events`, `kernel_emitted`, losses).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::UnmapEnter => "unmap_mapping_range:enter",
+            Kind::UnmapExit => "unmap_mapping_range:exit",
+            Kind::TruncateEnter => "truncate_inode_pages_range:enter",
+            Kind::TruncateExit => "truncate_inode_pages_range:exit",
+            Kind::MapPages => "filemap_map_pages",
+            Kind::SyscallEnter => "syscall:enter",
+            Kind::SyscallExit => "syscall:exit",
+            Kind::FolioDelete => "folio_delete",
+            Kind::PteInstall => "pte_install",
+            Kind::FolioAdd => "folio_add",
+            Kind::FsRemoveEnter => "fs_remove:enter",
+            Kind::FsRemoveExit => "fs_remove:exit",
+            Kind::ShmemUndoEnter => "shmem_undo_range:enter",
+            Kind::ShmemUndoExit => "shmem_undo_range:exit",
+        }
+    }
+
+    pub const ALL: [Kind; KIND_MAX - 1] = [
+        Kind::UnmapEnter,
+        Kind::UnmapExit,
+        Kind::TruncateEnter,
+        Kind::TruncateExit,
+        Kind::MapPages,
+        Kind::SyscallEnter,
+        Kind::SyscallExit,
+        Kind::FolioDelete,
+        Kind::PteInstall,
+        Kind::FolioAdd,
+        Kind::FsRemoveEnter,
+        Kind::FsRemoveExit,
+        Kind::ShmemUndoEnter,
+        Kind::ShmemUndoExit,
+    ];
+
     pub fn from_u8(v: u8) -> Option<Kind> {
         Some(match v {
             1 => Kind::UnmapEnter,
@@ -309,7 +346,8 @@ pub const COUNTER_EMITTED: u32 = 0; // + kind
 pub const COUNTER_LOST: u32 = 16; // + kind: ring buffer full
 pub const COUNTER_FILTERED: u32 = 32; // map_pages dropped by the pre-filter
 pub const COUNTER_UNRESOLVED: u32 = 40; // + kind: a kernel pointer chain could not be read
-pub const COUNTERS: u32 = 64;
+pub const COUNTER_NO_ENTRY: u32 = 64; // + kind: an exit found no STASH entry
+pub const COUNTERS: u32 = 80;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -124,6 +124,17 @@ programs! {
     ExitTp = "sched_process_exit",
 }
 
+impl Prog {
+    /// The role of the row the program serves (each serves one role).
+    pub fn role(self) -> Role {
+        PROBES
+            .iter()
+            .find(|r| r.rungs.iter().any(|g| g.programs().any(|p| p == self)))
+            .map(|r| r.role)
+            .expect("every program has a row")
+    }
+}
+
 /// Slots in the `HITS` array.
 pub const PROG_COUNT: usize = Prog::ALL.len();
 

@@ -1,6 +1,6 @@
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use observer_abi::{COUNTERS as COUNTER_SLOTS, Config, FileKey, WindowState, probes::PROG_COUNT};
 
@@ -38,9 +38,11 @@ pub struct Stash {
     pub aux: u64,
 }
 
-/// Keyed by tid << 8 | record kind of the entry.
+/// Keyed by tid << 8 | record kind of the entry. An LRU, so that entries
+/// whose exit never came (a missed return) cannot fill it; an evicted
+/// entry's exit is counted (COUNTER_NO_ENTRY).
 #[map]
-pub static STASH: HashMap<u64, Stash> = HashMap::with_max_entries(8192, 0);
+pub static STASH: LruHashMap<u64, Stash> = LruHashMap::with_max_entries(16384, 0);
 
 /// Kernel stacks of PteInstall, FolioAdd and window enter/exit records
 /// (`Event::stack_id`). A hash collision with another stack gives NO_STACK.

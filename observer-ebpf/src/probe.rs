@@ -2,8 +2,8 @@
 
 use aya_ebpf::programs::tracing::StackIdContext;
 use observer_abi::{
-    COUNTER_UNRESOLVED, Config, EOF_PAGE, FLAG_MAPCOUNT_KNOWN, FLAG_SHMEM, FLAG_STILL_MAPPED,
-    FLAG_UPTODATE, FileKey, Kind, NO_STACK,
+    COUNTER_NO_ENTRY, COUNTER_UNRESOLVED, Config, EOF_PAGE, FLAG_MAPCOUNT_KNOWN, FLAG_SHMEM,
+    FLAG_STILL_MAPPED, FLAG_UPTODATE, FileKey, Kind, NO_STACK,
 };
 
 use crate::{
@@ -92,14 +92,45 @@ fn window_enter<C: StackIdContext>(
     });
 }
 
+/// An entry whose call is not reported (its file could not be read, and was
+/// counted as unresolved): its exit must not count as one without entry.
+#[inline(always)]
+fn stash_unresolved(enter: Kind) {
+    let stash = Stash {
+        ts: 0,
+        key: FileKey::default(),
+        start: 0,
+        end: 0,
+        aux: 0,
+    };
+    let _ = STASH.insert(&stash_key(enter), &stash, 0);
+}
+
+/// The entry a function probe's exit pairs with, taken out of STASH. None
+/// for an ignored task, for an entry that was unresolved, and for one that
+/// is gone: STASH is an LRU, which evicts silently, so that last case (or a
+/// call already running when the observer attached) is counted.
+#[inline(always)]
+fn take_entry(enter: Kind, exit: Kind) -> Option<Stash> {
+    let cfg = config()?;
+    if ignored(cfg) {
+        return None;
+    }
+    let skey = stash_key(enter);
+    let Some(stash) = (unsafe { STASH.get(&skey) }).copied() else {
+        count(COUNTER_NO_ENTRY + exit as u32);
+        return None;
+    };
+    let _ = STASH.remove(&skey);
+    (stash.key.ino != 0).then_some(stash)
+}
+
 /// Exit of the call [`window_enter`] saw; `enter` names its entry record.
 #[inline(always)]
 fn window_exit<C: StackIdContext>(ctx: &C, enter: Kind, exit: Kind, fidelity: u8) {
-    let skey = stash_key(enter);
-    let Some(stash) = (unsafe { STASH.get(&skey) }).copied() else {
+    let Some(stash) = take_entry(enter, exit) else {
         return;
     };
-    let _ = STASH.remove(&skey);
     let ts = now();
     window_close(&stash.key, ts);
     send(Record {
@@ -126,6 +157,7 @@ pub fn invalidate_enter<C: StackIdContext>(
     }
     let Some(key) = file_of_mapping(cfg, mapping) else {
         count(COUNTER_UNRESOLVED + enter as u32);
+        stash_unresolved(enter);
         return;
     };
     let _ = LAST_FILE.insert(&tid(), &key, 0);
@@ -155,6 +187,7 @@ pub fn shmem_undo_enter<C: StackIdContext>(
     }
     let Some(key) = file_of_inode(cfg, inode) else {
         count(COUNTER_UNRESOLVED + Kind::ShmemUndoEnter as u32);
+        stash_unresolved(Kind::ShmemUndoEnter);
         return;
     };
     let (start, end) = truncate_pages(lstart, lend);
@@ -208,6 +241,7 @@ pub fn fs_remove_enter<C: StackIdContext>(
     };
     let Some(key) = key else {
         count(COUNTER_UNRESOLVED + Kind::FsRemoveEnter as u32);
+        stash_unresolved(Kind::FsRemoveEnter);
         return;
     };
     // Whether the blocks go while the punching task holds invalidate_lock.
@@ -475,6 +509,7 @@ pub fn map_pages_enter(vmf: u64, start: u64, end: u64) {
     }
     let Some(key) = file_of_fault(cfg, vmf) else {
         count(COUNTER_UNRESOLVED + Kind::MapPages as u32);
+        stash_unresolved(Kind::MapPages);
         return;
     };
     let stash = Stash {
@@ -492,11 +527,9 @@ pub fn map_pages_enter(vmf: u64, start: u64, end: u64) {
 #[inline(always)]
 pub fn map_pages_exit(fidelity: u8) {
     let Some(cfg) = config() else { return };
-    let skey = stash_key(Kind::MapPages);
-    let Some(stash) = (unsafe { STASH.get(&skey) }).copied() else {
+    let Some(stash) = take_entry(Kind::MapPages, Kind::MapPages) else {
         return;
     };
-    let _ = STASH.remove(&skey);
     if worth_sending(cfg, &stash.key, stash.ts) {
         send(Record {
             entry_ts: stash.ts,

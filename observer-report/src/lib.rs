@@ -73,6 +73,9 @@ pub struct Summary {
     /// Records the kernel programs emitted, per kind: compared with
     /// `events`, they show what went missing in between.
     pub kernel_emitted: Counts,
+    /// Records the kernel had no ring-buffer room for, per kind (their sum
+    /// is `lost.ringbuf_full`).
+    pub kernel_dropped: Counts,
     pub lost: Lost,
     /// Fault-arounds the kernel pre-filter dropped because their file had no
     /// window: by design, not a loss.
@@ -105,11 +108,15 @@ pub struct Lost {
     pub late: u64,
     /// Records the agent could not decode (a kind it does not know).
     pub undecodable: u64,
+    /// Exits whose entry the kernel side no longer had (its per-task stash
+    /// is an LRU that evicts silently), or that began before the observer
+    /// attached: those calls were not seen whole.
+    pub no_entry: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.ringbuf_full + self.unresolved + self.late + self.undecodable
+        self.ringbuf_full + self.unresolved + self.late + self.undecodable + self.no_entry
     }
 }
 

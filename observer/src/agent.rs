@@ -13,16 +13,17 @@ use observer_abi::probes::{Prog, Role};
 
 use crate::{
     cli::{self, Cli, Command},
-    correlator::{self, Correlator, Severity},
+    correlator::Severity,
     filter::Filter,
     health,
     loader::{self, Loaded},
-    paths::PathCache,
+    pipeline::Pipeline,
     run,
     scope::CommandCgroup,
     signals::Signals,
-    sink::{self, Format, Sink, Summary},
+    sink::{self, Format, Sink},
     source::{self, Source},
+    trace::{Recorder, Trailer, Wiring},
 };
 
 /// Runs the command line; the result is the process's exit code (0 but
@@ -52,7 +53,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     // Before the runtime starts any thread: the signal mask and the mount
     // namespace are per thread.
     let blocked = Signals::block()?;
-    let tracefs = loader::tracefs::ensure()?;
+    let mut tracefs = loader::tracefs::ensure()?;
     let (scope, cgroup) = match run_args {
         Some(a) if a.scope == cli::Scope::Cmd => plan_scope(a.follow)?,
         _ => (loader::Scope::Host, None),
@@ -65,6 +66,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         best_method: cli.method.method(),
         redirect: parse_redirects(&cli.redirect)?,
     })?;
+    tracefs.leave()?;
     // Opened only now: a run that could not start must not have emptied the
     // user's file.
     let mut sink = open_sink(&cli, boot_to_realtime_ns())?;
@@ -103,15 +105,14 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         _ => {}
     }
+    let startup = startup(&loaded, kernel);
     if cli.json {
-        sink.startup(&startup(&loaded, kernel))
-            .with_context(|| output_name(&cli))?;
+        sink.startup(&startup).with_context(|| output_name(&cli))?;
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let host_ns = tracefs.host_ns;
     let code = runtime.block_on(async {
         let signals = Signals::new(blocked)?;
         let child = match (run_args, program) {
@@ -119,7 +120,6 @@ pub fn run(cli: Cli) -> Result<u8> {
                 let launch = run::Launch {
                     argv: &args.cmd,
                     program,
-                    host_ns: host_ns.as_ref(),
                     cgroup: cgroup.as_ref(),
                     scope_map: (scope == loader::Scope::Tree)
                         .then(|| loaded.scope_map_fd())
@@ -129,7 +129,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             _ => None,
         };
-        pump(&cli, loaded, sink, filter, signals, child).await
+        pump(&cli, loaded, &startup, sink, filter, signals, child).await
     });
     if let Some(cg) = cgroup
         && let Err(e) = cg.remove()
@@ -229,32 +229,30 @@ enum End {
 async fn pump(
     cli: &Cli,
     mut loaded: Loaded,
-    mut sink: Sink,
+    startup: &sink::Startup,
+    sink: Sink,
     filter: Filter,
     mut signals: Signals,
     command: Option<(run::Launch<'_>, cli::FailOn)>,
 ) -> Result<u8> {
     let mut source = Source::new(&mut loaded.ebpf)?;
-    if let Some(Command::Record { file }) = &cli.command {
-        let wiring = crate::trace::Wiring {
-            syscall_windows: loaded.syscall_windows,
-            folio_deletes: loaded.attached(Role::FolioDelete),
-            boot_to_realtime_ns: sink.boot_to_realtime_ns(),
-        };
-        source.recorder = Some(crate::trace::Recorder::create(file, wiring)?);
-        eprintln!("observer: recording raw records to {}", file.display());
-    }
-    let mut correlator = Correlator::new(correlator::Config {
-        reorder_horizon_ns: cli.reorder_ms * 1_000_000,
+    let wiring = Wiring {
         syscall_windows: loaded.syscall_windows,
-        ..correlator::Config::default()
-    });
-    if loaded.attached(Role::FolioDelete) {
-        correlator.expect_folio_deletes();
-    }
-    if loaded.attached(Role::PteInstall) {
-        correlator.expect_pte_installs();
-    }
+        folio_deletes: loaded.attached(Role::FolioDelete),
+        pte_installs: loaded.attached(Role::PteInstall),
+        reorder_horizon_ns: cli.reorder_ms * 1_000_000,
+        boot_to_realtime_ns: sink.boot_to_realtime_ns(),
+    };
+    let recorder = match &cli.command {
+        Some(Command::Record { file }) => {
+            eprintln!("observer: recording to {}", file.display());
+            let mut r = Recorder::create(file, wiring)?;
+            r.startup(startup).context("cannot write the recording")?;
+            Some(r)
+        }
+        _ => None,
+    };
+    let mut pipeline = Pipeline::new(&wiring, filter, sink, output_name(cli), recorder, true);
     // Stacks of critical alerts, read from the STACKS map and symbolized;
     // kallsyms is read the first time one is needed.
     let kallsyms = std::cell::OnceCell::new();
@@ -271,10 +269,7 @@ async fn pump(
     // Releases held events when the stream goes quiet.
     let mut tick = tokio::time::interval(Duration::from_millis(cli.reorder_ms.max(10)));
     let started = Instant::now();
-    let mut paths = PathCache::default();
-    let mut out = Output::default();
-    let mut events = Vec::new();
-    let mut alerts = Vec::new();
+    let mut batch = source::Batch::default();
 
     let (mut child, fail_on) = match &command {
         Some((launch, fail_on)) => {
@@ -313,20 +308,16 @@ async fn pump(
     let child_pid = child.as_ref().and_then(|c| c.id());
     let end = loop {
         tokio::select! {
-            r = source.next_batch(&mut events) => {
+            r = source.next_batch(&mut batch) => {
                 r?;
-                for ev in events.drain(..) {
-                    correlator.push(ev, &mut alerts);
-                }
+                batch.drain(&mut |raw| pipeline.record(raw))?;
             }
             _ = tick.tick() => {
                 // Only what was already read may be declared settled by the
                 // clock: drain first, or a busy host makes records look late.
-                source.drain(&mut events)?;
-                for ev in events.drain(..) {
-                    correlator.push(ev, &mut alerts);
-                }
-                correlator.advance(monotonic_ns(), &mut alerts);
+                source.drain(&mut batch);
+                batch.drain(&mut |raw| pipeline.record(raw))?;
+                pipeline.tick(monotonic_ns())?;
             }
             sig = signals.next() => {
                 let sig = sig?;
@@ -347,59 +338,39 @@ async fn pump(
             }
             _ = &mut stop => break End::Stopped,
         }
-        out.emit(
-            &mut sink,
-            &filter,
-            Some(&mut paths),
-            &mut alerts,
-            cli,
-            &resolve_stack,
-        )?;
+        pipeline.emit(&resolve_stack)?;
     };
     drop(child);
 
-    source.drain(&mut events)?;
-    for ev in events.drain(..) {
-        correlator.push(ev, &mut alerts);
-    }
-    correlator.flush(&mut alerts);
-    out.emit(
-        &mut sink,
-        &filter,
-        Some(&mut paths),
-        &mut alerts,
-        cli,
-        &resolve_stack,
-    )?;
+    source.drain(&mut batch);
+    batch.drain(&mut |raw| pipeline.record(raw))?;
     let counters = source::read_counters(&loaded.ebpf)?;
-    for k in 1..counters.unresolved.len() {
-        if counters.unresolved[k] > 0 && k != observer_abi::Kind::MapPages as usize {
+    for k in observer_abi::Kind::ALL {
+        let n = counters.unresolved[k as usize];
+        if n > 0 && k != observer_abi::Kind::MapPages {
             eprintln!(
-                "observer: {} {} calls had no readable file (mapping without host inode): not windows",
-                counters.unresolved[k],
-                source::kind_name(k)
+                "observer: {n} {} calls had no readable file (mapping without host inode): not windows",
+                k.name()
             );
         }
     }
-    let mut summary = summarize(
-        &correlator,
-        &counters,
-        source.undecodable,
-        started.elapsed(),
-        out.shown,
-    );
-    summary.health = health::assess(&ran(&loaded, &counters));
+    let trailer = Trailer {
+        counters,
+        attached: loaded
+            .programs()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
+        duration_s: started.elapsed().as_secs_f64(),
+    };
+    let (summary, out) = pipeline.finish(Some(&trailer), &resolve_stack)?;
     for s in &summary.health.silent {
         eprintln!("observer: {}", health::warning(s));
     }
-    sink.summary(&summary).with_context(|| output_name(cli))?;
     let stream_is_stderr = cli.output.is_none() && child_pid.is_some();
     if (cli.output.is_some() || cli.json) && !stream_is_stderr {
         let text = sink::summary::text(&summary);
         eprint!("{text}{}", if text.ends_with('\n') { "" } else { "\n" });
-    }
-    if let Some(r) = source.recorder.take() {
-        r.finish().context("cannot write the recording")?;
     }
     // Dropping the object detaches and unloads every program.
     drop(source);
@@ -424,127 +395,10 @@ async fn pump(
     })
 }
 
-/// What the sinks were given: how many alerts passed the filter, and the
-/// worst severity among all, filtered or not (the verdict ignores filters).
-#[derive(Default)]
-pub(crate) struct Output {
-    pub shown: u64,
-    pub worst: Option<Severity>,
-}
-
-impl Output {
-    /// Writes the alerts that pass the filter; `paths` is None on replay,
-    /// where the recorded pids no longer name the same processes.
-    /// `resolve_stack` turns a kernel stack id of a critical alert into
-    /// symbolized frames (innermost first), or `None`: [`sink::no_stacks`]
-    /// where no stack can be read.
-    pub(crate) fn emit(
-        &mut self,
-        sink: &mut Sink,
-        filter: &Filter,
-        mut paths: Option<&mut PathCache>,
-        alerts: &mut Vec<correlator::Alert>,
-        cli: &Cli,
-        resolve_stack: &dyn Fn(u32) -> Option<Vec<String>>,
-    ) -> Result<()> {
-        for alert in alerts.drain(..) {
-            self.worst = self.worst.max(Some(alert.kind.severity()));
-            if !filter.matches(&alert) {
-                continue;
-            }
-            let path = paths
-                .as_deref_mut()
-                .and_then(|p| p.resolve(alert.file, alert.task.pid))
-                .map(str::to_owned);
-            let frames = sink::Frames::of(&alert, resolve_stack);
-            sink.alert(&alert, path.as_deref(), &frames)
-                .with_context(|| output_name(cli))?;
-            self.shown += 1;
-        }
-        Ok(())
-    }
-}
-
 pub(crate) fn output_name(cli: &Cli) -> String {
     match &cli.output {
         Some(p) => format!("cannot write to {}", p.display()),
         None => "cannot write to stdout".into(),
-    }
-}
-
-pub(crate) fn summarize(
-    correlator: &Correlator,
-    counters: &source::KernelCounters,
-    undecodable: u64,
-    elapsed: Duration,
-    shown: u64,
-) -> Summary {
-    let stats = correlator.stats();
-    let named = |v: &[u64]| -> observer_report::Counts {
-        (1..v.len()).map(|k| (source::kind_name(k), v[k])).collect()
-    };
-    let lost = sink::Lost {
-        ringbuf_full: counters.lost.iter().sum(),
-        // An invalidation whose mapping has no readable host inode cannot be
-        // a window on a mapped file; only an unreadable fault-around can
-        // hide a race.
-        unresolved: counters.unresolved[observer_abi::Kind::MapPages as usize],
-        late: stats.late_events,
-        undecodable,
-    };
-    Summary {
-        duration_s: observer_report::round_ms(elapsed.as_secs_f64()),
-        events: stats.events.by_kind().into_iter().collect(),
-        kernel_emitted: named(&counters.emitted),
-        lost,
-        filtered: counters.filtered,
-        windows: stats.windows_opened,
-        windows_by_op: stats.windows_by_op.by_op().into_iter().collect(),
-        failed_calls: stats.failed_calls.by_op().into_iter().collect(),
-        alerts: stats.alerts,
-        alerts_shown: shown,
-        classes: stats.classes,
-        health: observer_report::Health::default(),
-        agent: usage(),
-        verdict: sink::Verdict::of(&stats.classes, stats.alerts, &lost, stats.windows_opened),
-    }
-}
-
-/// Each attached program with its row's role and its runs.
-fn ran(loaded: &Loaded, counters: &source::KernelCounters) -> Vec<health::Ran> {
-    loaded
-        .probes
-        .iter()
-        .filter(|p| p.method.is_some())
-        .flat_map(|p| {
-            p.programs.iter().map(|&prog| health::Ran {
-                prog,
-                role: p.row.role,
-                hits: counters.hits.get(prog as usize).copied().unwrap_or(0),
-            })
-        })
-        .collect()
-}
-
-/// The agent's peak RSS and CPU time so far. The peak is VmHWM of this
-/// process's memory: getrusage's ru_maxrss carries over the parent's peak
-/// across fork and exec.
-pub(crate) fn usage() -> observer_report::AgentUsage {
-    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    observer_report::AgentUsage {
-        peak_rss_kib,
-        cpu_s: observer_report::round_ms(secs(ru.ru_utime) + secs(ru.ru_stime)),
     }
 }
 

@@ -12,6 +12,8 @@ pub mod filter;
 pub mod health;
 pub mod loader;
 pub mod paths;
+pub mod pipeline;
+pub mod record;
 pub mod replay;
 pub mod run;
 pub mod scope;

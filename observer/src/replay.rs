@@ -1,57 +1,51 @@
-//! `observer replay FILE`: the correlator and sinks over a recording, with no
-//! probes and no root. The correlator is pure, so the alerts depend only on
-//! the records and their order.
+//! `observer replay FILE`: a recording through the live run's own pipeline,
+//! with no probes and no root. The recording holds every input the live
+//! pipeline had, in order, so the alerts and the summary are the live
+//! run's (but for paths and stacks, which only a live run can read).
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::{
-    agent::{Output, open_sink, output_name, summarize},
+    agent::{open_sink, output_name},
     cli::Cli,
-    correlator::{self, Correlator},
     filter::Filter,
+    pipeline::Pipeline,
     sink::no_stacks,
-    source::KernelCounters,
-    trace,
+    trace::{self, Entry},
 };
 
 pub fn run(cli: &Cli, file: &Path, filter: Filter) -> Result<()> {
-    let (wiring, events, undecodable) = trace::read(file)?;
-    let mut sink = open_sink(cli, wiring.boot_to_realtime_ns)?;
-    let mut correlator = Correlator::new(correlator::Config {
-        reorder_horizon_ns: cli.reorder_ms * 1_000_000,
-        syscall_windows: wiring.syscall_windows,
-        ..correlator::Config::default()
-    });
-    if wiring.folio_deletes {
-        correlator.expect_folio_deletes();
+    let rec = trace::read(file)?;
+    let mut sink = open_sink(cli, rec.wiring.boot_to_realtime_ns)?;
+    if let (true, Some(st)) = (cli.json, &rec.startup) {
+        sink.startup(st).with_context(|| output_name(cli))?;
     }
-    let span = match (events.first(), events.last()) {
-        (Some(a), Some(b)) => Duration::from_nanos(b.ts.saturating_sub(a.ts)),
-        _ => Duration::ZERO,
-    };
+    let records = rec
+        .entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Record(_)))
+        .count();
     eprintln!(
-        "observer: replaying {} records from {}",
-        events.len(),
+        "observer: replaying {records} records from {}",
         file.display()
     );
-    let mut alerts = Vec::new();
-    let mut out = Output::default();
-    for ev in events {
-        correlator.push(ev, &mut alerts);
-        out.emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
+    if rec.trailer.is_none() {
+        eprintln!(
+            "observer: the recording was cut short ({} torn bytes after the last whole entry): \
+             every whole record is replayed; the kernel's counters were not recorded",
+            rec.torn_bytes
+        );
     }
-    correlator.flush(&mut alerts);
-    out.emit(&mut sink, &filter, None, &mut alerts, cli, &no_stacks)?;
-    // The kernel's counters were not recorded: only what the records show.
-    let summary = summarize(
-        &correlator,
-        &KernelCounters::default(),
-        undecodable,
-        span,
-        out.shown,
-    );
-    sink.summary(&summary).with_context(|| output_name(cli))?;
+    let mut pipeline = Pipeline::new(&rec.wiring, filter, sink, output_name(cli), None, false);
+    for entry in &rec.entries {
+        match entry {
+            Entry::Record(raw) => pipeline.record(raw)?,
+            Entry::Tick(now) => pipeline.tick(*now)?,
+        }
+        pipeline.emit(&no_stacks)?;
+    }
+    pipeline.finish(rec.trailer.as_ref(), &no_stacks)?;
     Ok(())
 }

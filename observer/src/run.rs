@@ -7,7 +7,7 @@
 use std::{
     ffi::{OsStr, OsString},
     os::{
-        fd::{AsRawFd, OwnedFd, RawFd},
+        fd::RawFd,
         unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
     },
     path::{Path, PathBuf},
@@ -95,14 +95,11 @@ pub fn exit_code(cmd_code: u8, worst: Option<Severity>, fail_on: Option<Severity
     }
 }
 
-/// What the child does between fork and exec, in this order: back to the
-/// host's mount namespace (the observer may sit in a private one, and
-/// CMD's mounts belong where the user sees them), into its cgroup or its
-/// scope map, and the default signal mask.
+/// What the child does between fork and exec: into its cgroup or its scope
+/// map, and the default signal mask.
 pub struct Launch<'a> {
     pub argv: &'a [OsString],
     pub program: PathBuf,
-    pub host_ns: Option<&'a OwnedFd>,
     pub cgroup: Option<&'a CommandCgroup>,
     /// The SCOPE_TASKS map, for `--scope cmd` without cgroup2.
     pub scope_map: Option<RawFd>,
@@ -112,17 +109,11 @@ impl Launch<'_> {
     pub fn spawn(&self) -> std::io::Result<tokio::process::Child> {
         let mut cmd = std::process::Command::new(&self.program);
         cmd.arg0(&self.argv[0]).args(&self.argv[1..]);
-        let host_ns = self.host_ns.map(|fd| fd.as_raw_fd());
         let cgroup = self.cgroup.map(CommandCgroup::procs_fd);
         let scope_map = self.scope_map;
         // SAFETY: the closure only makes async-signal-safe syscalls.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some(ns) = host_ns
-                    && libc::setns(ns, libc::CLONE_NEWNS) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
                 if let Some(procs) = cgroup {
                     crate::scope::enter(procs)?;
                 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use observer::trace::{Recorder, Wiring, encode};
+use observer::trace::{Recorder, Trailer, Wiring, encode};
 use observer_abi::{
     Event, FALLOC_FL_PUNCH_HOLE, FIDELITY_FENTRY, FLAG_MAPCOUNT_KNOWN, FLAG_STILL_MAPPED,
     FLAG_UPTODATE, FS_REMOVE_EXT4_EXT, Kind, NO_STACK, OP_FALLOCATE,
@@ -51,7 +51,7 @@ fn replay(events: &[Event], extra: &[&str]) -> Vec<Value> {
     for e in events {
         r.record(&encode(e)).unwrap();
     }
-    r.finish().unwrap();
+    r.finish(&Trailer::default()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_observer"))
         .arg("replay")
         .arg(&trace)
@@ -119,7 +119,7 @@ fn synthetic_punch_yields_exactly_the_overlapping_alert() {
     assert_eq!(summary["type"], "summary");
     assert_eq!(summary["alerts"], 1);
     assert_eq!(summary["windows"], 1);
-    assert_eq!(summary["events"]["map_pages"], 4);
+    assert_eq!(summary["events"]["filemap_map_pages"], 4);
     assert_eq!(summary["verdict"], "race_observed");
     // No installer records in this stream: no page-exact counts.
     assert!(a["outcome"]["ptes"].is_null());
@@ -338,7 +338,8 @@ fn synthetic_stale_data_yields_exactly_one_critical_alert() {
     assert_eq!(b["stale_data"], 1);
     assert_eq!(summary["classes"]["a"]["ptes_in_window"], 0);
     assert_eq!(summary["events"]["folio_add"], 3);
-    assert_eq!(summary["events"]["fs_remove"], 2);
+    assert_eq!(summary["events"]["fs_remove:enter"], 1);
+    assert_eq!(summary["events"]["fs_remove:exit"], 1);
 }
 
 #[test]

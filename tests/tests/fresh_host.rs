@@ -62,7 +62,7 @@ fn starts_without_tracefs_and_leaves_the_hosts_mounts_alone() {
     let stderr = p.stderr_so_far();
     assert!(
         stderr.contains(
-            "observer: tracefs was not mounted: mounted it at /sys/kernel/tracing in the observer's own mount namespace"
+            "observer: tracefs was not mounted: mounted it at /sys/kernel/tracing in a mount namespace of the observer's own"
         ),
         "{stderr}"
     );

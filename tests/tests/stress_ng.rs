@@ -58,7 +58,7 @@ fn stressor_on(fs: FsType, s: &Stressor, extra: &[&str]) -> Stream {
         s.name,
         sum.windows_by_op,
         sum.failed_calls,
-        sum.events.get("map_pages"),
+        sum.events.get("filemap_map_pages"),
         sum.agent.peak_rss_kib
     );
     stream
@@ -124,7 +124,7 @@ fn mmap_file_fault_arounds_are_seen() {
     for fs in [FsType::Xfs, FsType::Ext4] {
         let s = stressor_on(fs, &stress::MMAP_FILE, &["--full-stream"]);
         assert!(
-            s.summary.events.get("map_pages") > 0,
+            s.summary.events.get("filemap_map_pages") > 0,
             "mmap-file on {fs}: no fault-around: {:?}",
             s.summary.events
         );

@@ -113,7 +113,9 @@ fn test(ws: &Workspace, args: Vec<String>) -> Result<()> {
     let bins = build_cmd::build(ws, false)?;
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
     let mut cmd = ws.cargo();
-    cmd.args(["test", "--workspace", "--release", "--"])
+    // Every test binary runs even after one failed: the total says how many
+    // failed, not only the first binary's.
+    cmd.args(["test", "--workspace", "--release", "--no-fail-fast", "--"])
         .arg("--include-ignored")
         .args(&args)
         .env("OBSERVER_BIN", &bins.observer)

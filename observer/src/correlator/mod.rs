@@ -68,59 +68,10 @@ impl Default for Config {
     }
 }
 
-/// Events received, per [`Body`] variant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EventCounts {
-    pub invalidate_enter: u64,
-    pub invalidate_exit: u64,
-    pub map_pages: u64,
-    pub syscall_enter: u64,
-    pub syscall_exit: u64,
-    pub folio_delete: u64,
-    pub pte_install: u64,
-    pub folio_add: u64,
-    pub fs_remove: u64,
-}
-
-impl EventCounts {
-    fn count(&mut self, body: &Body) {
-        let slot = match body {
-            Body::InvalidateEnter { .. } => &mut self.invalidate_enter,
-            Body::InvalidateExit { .. } => &mut self.invalidate_exit,
-            Body::MapPages { .. } => &mut self.map_pages,
-            Body::SyscallEnter { .. } => &mut self.syscall_enter,
-            Body::SyscallExit { .. } => &mut self.syscall_exit,
-            Body::FolioDelete { .. } => &mut self.folio_delete,
-            Body::PteInstall { .. } => &mut self.pte_install,
-            Body::FolioAdd { .. } => &mut self.folio_add,
-            Body::FsRemoveEnter { .. } | Body::FsRemoveExit { .. } => &mut self.fs_remove,
-        };
-        *slot += 1;
-    }
-
-    pub fn total(&self) -> u64 {
-        self.by_kind().iter().map(|(_, n)| n).sum()
-    }
-
-    /// Named counts, in a fixed order, for summaries.
-    pub fn by_kind(&self) -> [(&'static str, u64); 9] {
-        [
-            ("invalidate_enter", self.invalidate_enter),
-            ("invalidate_exit", self.invalidate_exit),
-            ("map_pages", self.map_pages),
-            ("syscall_enter", self.syscall_enter),
-            ("syscall_exit", self.syscall_exit),
-            ("folio_delete", self.folio_delete),
-            ("pte_install", self.pte_install),
-            ("folio_add", self.folio_add),
-            ("fs_remove", self.fs_remove),
-        ]
-    }
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    pub events: EventCounts,
+    /// Events taken, in any order.
+    pub events: u64,
     pub windows_opened: u64,
     /// Final-closed windows.
     pub windows_closed: u64,
@@ -216,7 +167,7 @@ impl Correlator {
 
     /// Takes one event in any order; appends alerts whose windows final-closed.
     pub fn push(&mut self, ev: Event, out: &mut Vec<Alert>) {
-        self.stats.events.count(&ev.body);
+        self.stats.events += 1;
         self.reorder.push(ev);
         self.drain_settled(out);
     }

@@ -26,17 +26,40 @@ fn root() -> Option<PathBuf> {
 pub struct Tracefs {
     pub root: PathBuf,
     /// Set when the observer mounted tracefs itself: the mount namespace it
-    /// left, for the children it runs (`observer run`), whose own mounts
-    /// must land where the user sees them.
-    pub host_ns: Option<OwnedFd>,
+    /// left, to go back to once the probes are attached.
+    host_ns: Option<OwnedFd>,
+    /// The observer mounted it (and says so at startup).
+    mounted: bool,
 }
 
 impl Tracefs {
+    /// Back to the host's mount namespace, once tracefs is no longer needed
+    /// (attached tracepoints do not need it): paths in /proc/PID/maps are
+    /// written relative to the reader's mounts, and the host's are the ones
+    /// that name the files the user knows; the observer's `run` children
+    /// make their mounts where the user sees them. The private namespace,
+    /// and its tracefs, go with the last reference. A thread may join a
+    /// mount namespace only while it shares its filesystem attributes with
+    /// no other: call this before any thread exists.
+    pub fn leave(&mut self) -> Result<()> {
+        let Some(ns) = self.host_ns.take() else {
+            return Ok(());
+        };
+        // SAFETY: setns on a namespace fd we own.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+            bail!(
+                "cannot return to the host's mount namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// The startup line, when there is something to say.
     pub fn note(&self) -> Option<String> {
-        self.host_ns.as_ref().map(|_| {
+        self.mounted.then(|| {
             format!(
-                "tracefs was not mounted: mounted it at {} in the observer's own mount namespace (the host's mounts are unchanged)",
+                "tracefs was not mounted: mounted it at {} in a mount namespace of the observer's own, for as long as attaching took (the host's mounts are unchanged)",
                 self.root.display()
             )
         })
@@ -55,6 +78,7 @@ pub fn ensure() -> Result<Tracefs> {
         return Ok(Tracefs {
             root,
             host_ns: None,
+            mounted: false,
         });
     }
     let why = |what: &str| {
@@ -104,6 +128,7 @@ pub fn ensure() -> Result<Tracefs> {
         Some(root) => Ok(Tracefs {
             root,
             host_ns: Some(host_ns),
+            mounted: true,
         }),
         None => bail!(why("mounted, but it shows no events/ directory")),
     }
@@ -129,16 +154,6 @@ fn mount(fstype: &str, target: &str) -> std::result::Result<(), String> {
             "mount -t {fstype} {target}: {}",
             std::io::Error::last_os_error()
         ));
-    }
-    Ok(())
-}
-
-/// Moves the calling (child) process back to the mount namespace `host_ns`.
-/// Async-signal-safe: for `pre_exec`.
-pub fn enter(host_ns: &OwnedFd) -> std::io::Result<()> {
-    // SAFETY: setns on a namespace fd we own.
-    if unsafe { libc::setns(host_ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

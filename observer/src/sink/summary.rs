@@ -32,8 +32,8 @@ pub fn text(sum: &Summary) -> String {
     let l = &sum.lost;
     let _ = writeln!(
         s,
-        "  lost             ringbuf_full {}, unresolved {}, late {}, undecodable {}",
-        l.ringbuf_full, l.unresolved, l.late, l.undecodable
+        "  lost             ringbuf_full {}, unresolved {}, late {}, undecodable {}, no_entry {}",
+        l.ringbuf_full, l.unresolved, l.late, l.undecodable, l.no_entry
     );
     let _ = writeln!(
         s,
@@ -144,6 +144,7 @@ mod tests {
             unresolved: 0,
             late: 2,
             undecodable: 0,
+            no_entry: 0,
         };
         Summary {
             duration_s: 12.3456,
@@ -153,6 +154,7 @@ mod tests {
             kernel_emitted: [("map_pages", 121), ("unmap_enter", 4)]
                 .into_iter()
                 .collect(),
+            kernel_dropped: [("map_pages", 1)].into_iter().collect(),
             lost,
             filtered: 900,
             windows: 4,
@@ -179,7 +181,7 @@ mod tests {
             "summary after 12.346 s\n\
              \x20 events received  map_pages 120, unmap_enter 4\n\
              \x20 kernel emitted   map_pages 121, unmap_enter 4\n\
-             \x20 lost             ringbuf_full 1, unresolved 0, late 2, undecodable 0\n\
+             \x20 lost             ringbuf_full 1, unresolved 0, late 2, undecodable 0, no_entry 0\n\
              \x20 filtered         900 (kernel pre-filter, not a loss)\n\
              \x20 windows          4 (punch_hole 3, ftruncate 1)\n\
              \x20 failed calls     collapse_range 7 (removed nothing: not windows)\n\
@@ -215,7 +217,7 @@ mod tests {
         let line = sample().to_json();
         for key in [
             r#"{"type":"summary","duration_s":12.3456,"#,
-            r#""lost":{"ringbuf_full":1,"unresolved":0,"late":2,"undecodable":0}"#,
+            r#""lost":{"ringbuf_full":1,"unresolved":0,"late":2,"undecodable":0,"no_entry":0}"#,
             r#""windows_by_op":{"punch_hole":3,"collapse_range":0,"ftruncate":1}"#,
             r#""failed_calls":{"collapse_range":7}"#,
             r#""classes":{"a":{"ptes_in_window":40,"rezapped":30,"stale_pte":0,"#,

@@ -1,0 +1,248 @@
+//! One pipeline for the live run and for replay: raw records are decoded,
+//! correlated, filtered and written, and the summary is made from what went
+//! through. The live agent feeds it from the ring buffer and the clock;
+//! replay feeds it a recording of exactly those inputs, so both print the
+//! same alerts and the same summary.
+
+use anyhow::{Context, Result};
+use observer_abi::{self as abi, probes::Prog};
+
+use crate::{
+    correlator::{self, Alert, Correlator, Severity},
+    filter::Filter,
+    health,
+    paths::PathCache,
+    record,
+    sink::{self, Sink, Summary},
+    source::KernelCounters,
+    trace::{Recorder, Trailer, Wiring},
+};
+
+/// Kernel stack id → symbolized frames, innermost first; None when it
+/// cannot be read (replay has no STACKS map).
+pub type StackResolver<'a> = &'a dyn Fn(u32) -> Option<Vec<String>>;
+
+pub struct Pipeline {
+    correlator: Correlator,
+    filter: Filter,
+    sink: Sink,
+    /// `observer record`: every input also goes here.
+    recorder: Option<Recorder>,
+    /// Live runs name files from the faulting process's mappings; replayed
+    /// pids no longer name the same processes.
+    paths: Option<PathCache>,
+    /// The destination's name, for write errors.
+    output: String,
+    received: [u64; abi::KIND_MAX],
+    undecodable: u64,
+    alerts: Vec<Alert>,
+    shown: u64,
+    worst: Option<Severity>,
+}
+
+/// What went to the sinks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Alerts that passed the filter.
+    pub shown: u64,
+    /// The worst severity among all alerts, filtered or not (the verdict
+    /// ignores filters).
+    pub worst: Option<Severity>,
+}
+
+impl Pipeline {
+    pub fn new(
+        wiring: &Wiring,
+        filter: Filter,
+        sink: Sink,
+        output: String,
+        recorder: Option<Recorder>,
+        live: bool,
+    ) -> Pipeline {
+        let mut correlator = Correlator::new(correlator::Config {
+            reorder_horizon_ns: wiring.reorder_horizon_ns,
+            syscall_windows: wiring.syscall_windows,
+            ..correlator::Config::default()
+        });
+        if wiring.folio_deletes {
+            correlator.expect_folio_deletes();
+        }
+        if wiring.pte_installs {
+            correlator.expect_pte_installs();
+        }
+        Pipeline {
+            correlator,
+            filter,
+            sink,
+            recorder,
+            paths: live.then(PathCache::default),
+            output,
+            received: [0; abi::KIND_MAX],
+            undecodable: 0,
+            alerts: Vec::new(),
+            shown: 0,
+            worst: None,
+        }
+    }
+
+    /// One raw ring-buffer record.
+    pub fn record(&mut self, raw: &[u8]) -> Result<()> {
+        if let Some(r) = &mut self.recorder {
+            r.record(raw).context("cannot write the recording")?;
+        }
+        match (record::kind_of(raw), record::decode(raw)) {
+            (Some(kind), Some(ev)) => {
+                self.received[kind as usize] += 1;
+                self.correlator.push(ev, &mut self.alerts);
+            }
+            _ => self.undecodable += 1,
+        }
+        Ok(())
+    }
+
+    /// The clock reached `now` (CLOCK_MONOTONIC ns): held records that can
+    /// no longer be overtaken are processed, and quiet windows close.
+    pub fn tick(&mut self, now: u64) -> Result<()> {
+        if let Some(r) = &mut self.recorder {
+            r.tick(now).context("cannot write the recording")?;
+        }
+        self.correlator.advance(now, &mut self.alerts);
+        Ok(())
+    }
+
+    /// Writes the alerts made so far that pass the filter.
+    pub fn emit(&mut self, stacks: StackResolver) -> Result<()> {
+        for alert in self.alerts.drain(..) {
+            self.worst = self.worst.max(Some(alert.kind.severity()));
+            if !self.filter.matches(&alert) {
+                continue;
+            }
+            let path = self
+                .paths
+                .as_mut()
+                .and_then(|p| p.resolve(alert.file, alert.task.pid))
+                .map(str::to_owned);
+            let frames = sink::Frames::of(&alert, stacks);
+            self.sink
+                .alert(&alert, path.as_deref(), &frames)
+                .with_context(|| self.output.clone())?;
+            self.shown += 1;
+        }
+        Ok(())
+    }
+
+    /// End of input: every window closes, the last alerts go out, and the
+    /// summary is written (and returned). `trailer` holds what only the end
+    /// of a live run knows; a recording cut short has none.
+    pub fn finish(
+        mut self,
+        trailer: Option<&Trailer>,
+        stacks: StackResolver,
+    ) -> Result<(Summary, Output)> {
+        self.correlator.flush(&mut self.alerts);
+        self.emit(stacks)?;
+        let none = Trailer::default();
+        let t = trailer.unwrap_or(&none);
+        let mut summary = summarize(
+            &self.correlator,
+            &t.counters,
+            &self.received,
+            self.undecodable,
+            t.duration_s,
+            self.shown,
+        );
+        summary.health = health::assess(&ran(&t.attached, &t.counters));
+        self.sink
+            .summary(&summary)
+            .with_context(|| self.output.clone())?;
+        if let Some(r) = self.recorder.take() {
+            r.finish(t).context("cannot write the recording")?;
+        }
+        Ok((
+            summary,
+            Output {
+                shown: self.shown,
+                worst: self.worst,
+            },
+        ))
+    }
+}
+
+fn summarize(
+    correlator: &Correlator,
+    counters: &KernelCounters,
+    received: &[u64; abi::KIND_MAX],
+    undecodable: u64,
+    duration_s: f64,
+    shown: u64,
+) -> Summary {
+    let stats = correlator.stats();
+    let by_kind = |v: &[u64; abi::KIND_MAX]| -> observer_report::Counts {
+        abi::Kind::ALL
+            .iter()
+            .map(|k| (k.name(), v[*k as usize]))
+            .collect()
+    };
+    let lost = sink::Lost {
+        ringbuf_full: counters.lost.iter().sum(),
+        // An invalidation whose mapping has no readable host inode cannot be
+        // a window on a mapped file; only an unreadable fault-around can
+        // hide a race.
+        unresolved: counters.unresolved[abi::Kind::MapPages as usize],
+        late: stats.late_events,
+        undecodable,
+        no_entry: counters.no_entry.iter().sum(),
+    };
+    Summary {
+        duration_s: observer_report::round_ms(duration_s),
+        events: by_kind(received),
+        kernel_emitted: by_kind(&counters.emitted),
+        kernel_dropped: by_kind(&counters.lost),
+        lost,
+        filtered: counters.filtered,
+        windows: stats.windows_opened,
+        windows_by_op: stats.windows_by_op.by_op().into_iter().collect(),
+        failed_calls: stats.failed_calls.by_op().into_iter().collect(),
+        alerts: stats.alerts,
+        alerts_shown: shown,
+        classes: stats.classes,
+        health: observer_report::Health::default(),
+        agent: usage(),
+        verdict: sink::Verdict::of(&stats.classes, stats.alerts, &lost, stats.windows_opened),
+    }
+}
+
+/// Each attached program with its row's role and its runs.
+fn ran(attached: &[String], counters: &KernelCounters) -> Vec<health::Ran> {
+    attached
+        .iter()
+        .filter_map(|name| Prog::ALL.iter().find(|p| p.name() == name))
+        .map(|&prog| health::Ran {
+            prog,
+            role: prog.role(),
+            hits: counters.hits.get(prog as usize).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// The agent's peak RSS and CPU time so far. The peak is VmHWM of this
+/// process's memory: getrusage's ru_maxrss carries over the parent's peak
+/// across fork and exec.
+pub fn usage() -> observer_report::AgentUsage {
+    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    observer_report::AgentUsage {
+        peak_rss_kib,
+        cpu_s: observer_report::round_ms(secs(ru.ru_utime) + secs(ru.ru_stime)),
+    }
+}
