@@ -11,6 +11,10 @@ pub enum Origin {
     Base,
     /// This Debian package provides it.
     Apt(&'static str),
+    /// This package from bookworm-backports, at least this major version:
+    /// qemu 7.2's TCG sometimes executes a breakpoint the kernel already
+    /// patched away (guest lockups, `Oops: int3`); 10.0 runs the guests clean.
+    Backports(&'static str, u32),
     /// `cargo install` (bpf-linker).
     Cargo,
 }
@@ -66,7 +70,7 @@ pub const TOOLS: &[Tool] = &[
     tool("busybox", Origin::Apt("busybox-static"), "the VM initramfs"),
     tool(
         "qemu-system-x86_64",
-        Origin::Apt("qemu-system-x86"),
+        Origin::Backports("qemu-system-x86", 10),
         "the VM tests and the matrix",
     ),
     tool(
@@ -108,6 +112,7 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn run_setup() -> Result<()> {
     apt_packages().context("installing apt packages")?;
+    backports().context("installing from bookworm-backports")?;
     nightly_rust_src().context("installing the nightly rust-src component")?;
     bpf_linker().context("installing bpf-linker")?;
     check_tools()
@@ -119,12 +124,80 @@ fn check_tools() -> Result<()> {
         .iter()
         .filter(|t| find_program(t.command).is_none())
         .map(|t| match t.origin {
-            Origin::Apt(p) => format!("{} (package {p}, for {})", t.command, t.used_by),
+            Origin::Apt(p) | Origin::Backports(p, _) => {
+                format!("{} (package {p}, for {})", t.command, t.used_by)
+            }
             _ => format!("{} (for {})", t.command, t.used_by),
         })
         .collect();
     if !missing.is_empty() {
         bail!("not found after setup: {}", missing.join("; "));
+    }
+    Ok(())
+}
+
+/// Debian's bookworm-backports, for the packages of [`Origin::Backports`]
+/// (apt pins backports low: nothing else comes from it).
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+const BACKPORTS: &str = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+                         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+
+/// The major version `command --version` prints first ("QEMU emulator
+/// version 10.0.2 ..." → 10).
+fn major_version(command: &str) -> Option<u32> {
+    let out = raw_output(Command::new(command).arg("--version")).ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.contains('.'))
+        .and_then(|w| w.split('.').next()?.parse().ok())
+}
+
+fn backports() -> Result<()> {
+    let wanted: Vec<(&Tool, &str, u32)> = TOOLS
+        .iter()
+        .filter_map(|t| match t.origin {
+            Origin::Backports(p, major) => Some((t, p, major)),
+            _ => None,
+        })
+        .filter(|(t, _, major)| major_version(t.command).is_none_or(|v| v < *major))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if !crate::util::is_root() {
+        bail!(
+            "apt-get needs root; run as root or install from bookworm-backports: {}",
+            wanted.iter().map(|w| w.1).collect::<Vec<_>>().join(" ")
+        );
+    }
+    if !std::path::Path::new(BACKPORTS_SOURCES).exists() {
+        say(format!(
+            "setup: adding bookworm-backports ({BACKPORTS_SOURCES})"
+        ));
+        std::fs::write(BACKPORTS_SOURCES, BACKPORTS)
+            .with_context(|| format!("cannot write {BACKPORTS_SOURCES}"))?;
+    }
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "-t",
+            "bookworm-backports",
+        ])
+        .args(wanted.iter().map(|w| w.1))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    for (t, p, major) in wanted {
+        match major_version(t.command) {
+            Some(v) if v >= major => say(format!("setup: {} {v} from {p}", t.command)),
+            v => bail!(
+                "{} is version {v:?} after installing {p}, want {major}",
+                t.command
+            ),
+        }
     }
     Ok(())
 }
