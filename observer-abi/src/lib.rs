@@ -6,6 +6,7 @@
 //! come from the running kernel's BTF at load time, inside [`Config`].
 #![cfg_attr(not(test), no_std)]
 
+pub mod filesystems;
 pub mod probes;
 
 /// Page index meaning "to the end of the file".
@@ -102,12 +103,6 @@ impl Kind {
     }
 }
 
-/// How a record was observed, best first. Ordered so that `min` gives the
-/// weaker side of a correlation.
-pub const FIDELITY_TRACEPOINT: u8 = 1;
-pub const FIDELITY_KPROBE: u8 = 2;
-pub const FIDELITY_FENTRY: u8 = 3;
-
 /// Syscall operations (low byte of `Event::aux` on syscall records; the
 /// fallocate mode sits in bits 8..40).
 pub const OP_FALLOCATE: u64 = 1;
@@ -187,6 +182,7 @@ pub struct Event {
     pub pid: u32,
     pub tid: u32,
     pub kind: u8,
+    /// The `probes::Method` that observed the record (`Method::code`).
     pub fidelity: u8,
     pub flags: u8,
     pub _pad: u8,

@@ -4,7 +4,10 @@
 //! loader walks [`PROBES`], and the tests and xtask take names from here; a
 //! unit test holds the table and the built object to each other.
 
-/// How a program attaches, best first: the order of the attach ladder.
+/// How a program attaches, best first: the order of the attach ladder. It
+/// is also the fidelity of what a record tells (trampolines see exact call
+/// boundaries, kprobes nearly, tracepoints are points): the weaker of two
+/// is the greater.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Method {
@@ -25,15 +28,25 @@ impl Method {
         }
     }
 
-    /// What a record made by this method can tell (`Event::fidelity`):
-    /// trampolines see exact call boundaries, kprobes nearly, tracepoints
-    /// are points.
-    pub const fn fidelity(self) -> u8 {
-        match self {
-            Method::Fentry => crate::FIDELITY_FENTRY,
-            Method::Kprobe => crate::FIDELITY_KPROBE,
-            Method::RawTracepoint | Method::Tracepoint => crate::FIDELITY_TRACEPOINT,
-        }
+    /// The record byte (`Event::fidelity`).
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub const fn from_code(code: u8) -> Option<Method> {
+        Some(match code {
+            0 => Method::Fentry,
+            1 => Method::Kprobe,
+            2 => Method::RawTracepoint,
+            3 => Method::Tracepoint,
+            _ => return None,
+        })
+    }
+
+    /// The weaker of two: an observation made of both is only as precise
+    /// as its less precise side.
+    pub fn weaker(self, other: Method) -> Method {
+        self.max(other)
     }
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use observer_abi::{FIDELITY_FENTRY, probes::Prog};
+use observer_abi::probes::{Method, Prog};
 
 use crate::{emit::hit, functions as f};
 
@@ -17,7 +17,7 @@ macro_rules! programs {
         #[$macro(function = $function)]
         pub fn $name(ctx: $ctx) -> u32 {
             hit(Prog::$prog);
-            $handler(&ctx, FIDELITY_FENTRY);
+            $handler(&ctx, Method::Fentry.code());
             0
         }
     )*};

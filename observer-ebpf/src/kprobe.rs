@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use observer_abi::{FIDELITY_KPROBE, probes::Prog};
+use observer_abi::probes::{Method, Prog};
 
 use crate::{emit::hit, functions as f};
 
@@ -17,7 +17,7 @@ macro_rules! programs {
         #[$macro]
         pub fn $name(ctx: $ctx) -> u32 {
             hit(Prog::$prog);
-            $handler(&ctx, FIDELITY_KPROBE);
+            $handler(&ctx, Method::Kprobe.code());
             0
         }
     )*};

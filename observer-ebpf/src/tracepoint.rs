@@ -11,10 +11,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_abi::{
-    Config, EOF_PAGE, FALLOC_INVALIDATING, FICLONE, FICLONERANGE, FIDEDUPERANGE,
-    FIDELITY_TRACEPOINT, FileKey, Kind, MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE, OP_DEDUPE_RANGE,
-    OP_FALLOCATE, OP_FTRUNCATE, OP_MADV_REMOVE, OP_TRUNCATE, SCOPE_TREE, TP_MAP_PAGES_LAYOUT,
-    probes::Prog,
+    Config, EOF_PAGE, FALLOC_INVALIDATING, FICLONE, FICLONERANGE, FIDEDUPERANGE, FileKey, Kind,
+    MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE, OP_DEDUPE_RANGE, OP_FALLOCATE, OP_FTRUNCATE,
+    OP_MADV_REMOVE, OP_TRUNCATE, SCOPE_TREE, TP_MAP_PAGES_LAYOUT,
+    probes::{Method, Prog},
 };
 
 use crate::{
@@ -23,6 +23,9 @@ use crate::{
     maps::{SCOPE_TASKS, WINDOWS},
     probe::{adopt_syscall_file, byte_pages, map_pages_point, syscall_enter, syscall_exit},
 };
+
+/// Tracepoint records are points.
+const POINT: u8 = Method::Tracepoint.code();
 
 /// Syscall arguments start after the 8-byte common header and `__syscall_nr`.
 const SYSCALL_ARG0: usize = 16;
@@ -61,7 +64,7 @@ pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
         ino: unsafe { *(at(ino) as *const u64) },
     };
     let (start, end) = unsafe { (*(at(start) as *const u64), *(at(end) as *const u64)) };
-    map_pages_point(cfg, key, start, end, FIDELITY_TRACEPOINT);
+    map_pages_point(cfg, key, start, end, POINT);
     0
 }
 
@@ -90,14 +93,7 @@ pub fn mm_filemap_delete_from_page_cache(ctx: TracePointContext) -> u32 {
         send(Record {
             entry_ts: 0,
             aux: pfn,
-            ..Record::new(
-                Kind::FolioDelete,
-                FIDELITY_TRACEPOINT,
-                now(),
-                key,
-                index,
-                index,
-            )
+            ..Record::new(Kind::FolioDelete, POINT, now(), key, index, index)
         });
     }
     0
@@ -125,7 +121,7 @@ pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
         offset >> 12,
         end,
         OP_FALLOCATE | (mode << 8),
-        FIDELITY_TRACEPOINT,
+        POINT,
     );
     0
 }
@@ -135,14 +131,7 @@ pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
     hit(Prog::SysEnterFtruncate);
     let Some(cfg) = config() else { return 0 };
     let key = file_of_fd(cfg, arg(&ctx, 0)).unwrap_or_default();
-    syscall_enter(
-        cfg,
-        key,
-        arg(&ctx, 1) >> 12,
-        EOF_PAGE,
-        OP_FTRUNCATE,
-        FIDELITY_TRACEPOINT,
-    );
+    syscall_enter(cfg, key, arg(&ctx, 1) >> 12, EOF_PAGE, OP_FTRUNCATE, POINT);
     0
 }
 
@@ -158,7 +147,7 @@ pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
         arg(&ctx, 1) >> 12,
         EOF_PAGE,
         OP_TRUNCATE,
-        FIDELITY_TRACEPOINT,
+        POINT,
     );
     0
 }
@@ -173,14 +162,7 @@ pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(cfg) = config() else { return 0 };
-    syscall_enter(
-        cfg,
-        FileKey::default(),
-        0,
-        EOF_PAGE,
-        OP_MADV_REMOVE,
-        FIDELITY_TRACEPOINT,
-    );
+    syscall_enter(cfg, FileKey::default(), 0, EOF_PAGE, OP_MADV_REMOVE, POINT);
     0
 }
 
@@ -213,7 +195,7 @@ struct DedupeRange {
 pub fn sys_exit_invalidating(ctx: TracePointContext) -> u32 {
     hit(Prog::SysExit);
     if let Some(cfg) = config() {
-        syscall_exit(cfg, FIDELITY_TRACEPOINT, ret(&ctx));
+        syscall_exit(cfg, POINT, ret(&ctx));
     }
     0
 }
@@ -256,7 +238,7 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     } else {
         file_of_fd(cfg, fd).unwrap_or_default()
     };
-    syscall_enter(cfg, key, start, end, op, FIDELITY_TRACEPOINT);
+    syscall_enter(cfg, key, start, end, op, POINT);
     0
 }
 

@@ -163,6 +163,10 @@ pub struct ClassB {
     /// Survivors read from disk by another task, on fully punched pages: a
     /// `stale_data` alert each.
     pub stale_data: u64,
+    /// Survivors read from disk by another task that the filesystem's own
+    /// lock kept from freed blocks (btrfs: observer_abi::filesystems):
+    /// counted, not critical.
+    pub exempt: u64,
     /// Evaluated windows whose block removal began with the punching task
     /// holding the file's invalidate_lock for writing (5.15+ ext4, xfs)...
     pub removals_under_lock: u64,

@@ -3,27 +3,11 @@
 
 use std::fmt;
 
-/// How an event was observed, weakest first (so `min` is the weaker side).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Fidelity {
-    /// Classic tracepoints: map_pages is a point at the end of the call and
-    /// the window is the whole invalidating syscall.
-    Tracepoint,
-    /// kprobe/kretprobe on the functions themselves.
-    Kprobe,
-    /// fentry/fexit on the functions themselves.
-    Fentry,
-}
+use observer_abi::filesystems::{self, Filesystem, Remover};
 
-impl Fidelity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fidelity::Tracepoint => "tracepoint",
-            Fidelity::Kprobe => "kprobe",
-            Fidelity::Fentry => "fentry",
-        }
-    }
-}
+/// How an event was observed: the attach method of its program (the probe
+/// table's, best first; the weaker of two is the greater).
+pub use observer_abi::probes::Method as Fidelity;
 
 /// A file as the kernel names it: `super_block::s_dev` (kernel dev_t encoding,
 /// major << 20 | minor) and the inode number.
@@ -106,21 +90,25 @@ pub enum Invalidator {
 
 /// The filesystem function that frees a punched range's blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FsRemover {
-    Ext4Extents,
-    Ext4Indirect,
-    Xfs,
-    Btrfs,
-}
+pub struct FsRemover(u64);
 
 impl FsRemover {
+    /// The remover whose records carry this `FS_REMOVE_*` code.
+    pub fn from_code(code: u64) -> Option<FsRemover> {
+        filesystems::by_code(code).map(|_| FsRemover(code))
+    }
+
+    fn entry(self) -> (&'static Filesystem, &'static Remover) {
+        filesystems::by_code(self.0).expect("made from a known code")
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            FsRemover::Ext4Extents => "ext4_ext_remove_space",
-            FsRemover::Ext4Indirect => "ext4_ind_remove_space",
-            FsRemover::Xfs => "xfs_free_file_space",
-            FsRemover::Btrfs => "btrfs_replace_file_extents",
-        }
+        self.entry().1.function
+    }
+
+    /// Its filesystem's policy.
+    pub fn filesystem(self) -> &'static Filesystem {
+        self.entry().0
     }
 }
 

@@ -129,7 +129,7 @@ fn check_comm(comm: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::{AlertKind, WindowInfo};
+    use crate::correlator::{Finding, WindowInfo};
     use crate::event::{Fidelity, Op, PageRange};
 
     fn task(pid: u32, tid: u32, comm: &str) -> Task {
@@ -142,9 +142,12 @@ mod tests {
 
     fn alert(dev: u32, ino: u64, faulter: Task, puncher: Task) -> Alert {
         Alert {
-            kind: AlertKind::PteInPunchWindow,
+            finding: Finding::PteInPunchWindow {
+                map_entry_ts: 1500,
+                folios_removed: None,
+                ptes: None,
+            },
             ts: 2000,
-            map_entry_ts: 1500,
             file: FileId { dev, ino },
             task: faulter,
             pages: PageRange::new(0, 15),
@@ -160,9 +163,6 @@ mod tests {
             fidelity: Fidelity::Fentry,
             map_fidelity: Fidelity::Fentry,
             window_fidelity: Fidelity::Fentry,
-            folios_removed: None,
-            ptes: None,
-            stale: None,
             evidence: Default::default(),
         }
     }

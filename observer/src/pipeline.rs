@@ -113,7 +113,7 @@ impl Pipeline {
     /// Writes the alerts made so far that pass the filter.
     pub fn emit(&mut self, stacks: StackResolver) -> Result<()> {
         for alert in self.alerts.drain(..) {
-            self.worst = self.worst.max(Some(alert.kind.severity()));
+            self.worst = self.worst.max(Some(alert.kind().severity()));
             if !self.filter.matches(&alert) {
                 continue;
             }

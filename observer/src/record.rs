@@ -82,11 +82,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             range,
         },
     };
-    let fidelity = match raw.fidelity {
-        abi::FIDELITY_FENTRY => Fidelity::Fentry,
-        abi::FIDELITY_KPROBE => Fidelity::Kprobe,
-        _ => Fidelity::Tracepoint,
-    };
+    let fidelity = Fidelity::from_code(raw.fidelity)?;
     let comm_len = raw
         .comm
         .iter()
@@ -110,13 +106,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 }
 
 fn fs_remover(aux: u64) -> Option<FsRemover> {
-    Some(match aux & abi::FS_REMOVE_MASK {
-        abi::FS_REMOVE_EXT4_EXT => FsRemover::Ext4Extents,
-        abi::FS_REMOVE_EXT4_IND => FsRemover::Ext4Indirect,
-        abi::FS_REMOVE_XFS => FsRemover::Xfs,
-        abi::FS_REMOVE_BTRFS => FsRemover::Btrfs,
-        _ => return None,
-    })
+    FsRemover::from_code(aux & abi::FS_REMOVE_MASK)
 }
 
 fn op_of(aux: u64) -> Op {
@@ -161,7 +151,7 @@ mod tests {
             pid: 100,
             tid: 101,
             kind: kind as u8,
-            fidelity: abi::FIDELITY_KPROBE,
+            fidelity: Fidelity::Kprobe.code(),
             ..Default::default()
         };
         ev.comm[..5].copy_from_slice(b"racer");

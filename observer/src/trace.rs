@@ -207,7 +207,7 @@ mod tests {
             ts: 7,
             ino: 131,
             kind: abi::Kind::MapPages as u8,
-            fidelity: abi::FIDELITY_FENTRY,
+            fidelity: abi::probes::Method::Fentry.code(),
             ..Default::default()
         };
         let raw = encode(&ev);

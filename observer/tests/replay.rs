@@ -6,8 +6,8 @@ use std::process::Command;
 
 use observer::trace::{Recorder, Trailer, Wiring, encode};
 use observer_abi::{
-    Event, FALLOC_FL_PUNCH_HOLE, FIDELITY_FENTRY, FLAG_MAPCOUNT_KNOWN, FLAG_STILL_MAPPED,
-    FLAG_UPTODATE, FS_REMOVE_EXT4_EXT, Kind, NO_STACK, OP_FALLOCATE,
+    Event, FALLOC_FL_PUNCH_HOLE, FLAG_MAPCOUNT_KNOWN, FLAG_STILL_MAPPED, FLAG_UPTODATE,
+    FS_REMOVE_EXT4_EXT, Kind, NO_STACK, OP_FALLOCATE,
 };
 use serde_json::Value;
 
@@ -24,7 +24,7 @@ fn ev(kind: Kind, ts: u64, tid: u32, ino: u64, start: u64, end: u64) -> Event {
         pid: 100,
         tid,
         kind: kind as u8,
-        fidelity: FIDELITY_FENTRY,
+        fidelity: observer_abi::probes::Method::Fentry.code(),
         stack_id: NO_STACK,
         ..Default::default()
     };

@@ -766,7 +766,11 @@ fn replay_of_a_recording_gives_the_live_alerts() {
     live.extend(o.records.alerts.iter().cloned());
     live.push(o.records.summary.clone());
     same(&live, &first, "the live run and its replay");
-    assert!(first[1..first.len() - 1].iter().all(|a| a["dev"] == dev.as_str()));
+    assert!(
+        first[1..first.len() - 1]
+            .iter()
+            .all(|a| a["dev"] == dev.as_str())
+    );
     let late = o.records.summary["lost"]["late"].as_u64().unwrap();
     eprintln!("replayed {} alerts, {late} late records", first.len() - 2);
 }

@@ -109,14 +109,28 @@ pub struct PteCounts {
     pub unknown: u64,
 }
 
-/// What makes a critical alert critical.
+/// What an alert found, with the facts only that finding has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stale {
+pub enum Finding {
+    /// A fault-around call that ran, at least partly, inside the window.
+    PteInPunchWindow {
+        /// Entry of the `filemap_map_pages` call (the alert's `ts` is its
+        /// exit).
+        map_entry_ts: u64,
+        /// Folios of `pages` deleted from the page cache between the
+        /// fault-around and the end of the operation. `None` when no folio
+        /// deletion was observed at all (source not attached).
+        folios_removed: Option<u64>,
+        /// Page-exact outcomes of this call's PTEs. `None` when no PTE
+        /// installer record was seen, when the call is a point (tracepoint),
+        /// or when the alert went out after its window.
+        ptes: Option<PteCounts>,
+    },
     /// The alert's `ts` is the PTE install; `pages` is the one page.
-    Pte { deleted_ts: u64, pfn: u64 },
+    StalePte { deleted_ts: u64, pfn: u64 },
     /// The alert's `ts` is the page-cache add (by `task`, not uptodate, so
     /// read from disk); `pages` are the refilled pages that survived.
-    Data {
+    StaleData {
         /// Last exit of the punching task's truncate in the operation.
         truncate_exit_ts: Option<u64>,
         fs_remove: FsRemover,
@@ -148,12 +162,10 @@ pub struct Evidence {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alert {
-    pub kind: AlertKind,
+    pub finding: Finding,
     /// The victim record's time: exit of the `filemap_map_pages` call, the
     /// PTE install (`stale_pte`) or the page-cache add (`stale_data`).
     pub ts: u64,
-    /// Entry of the `filemap_map_pages` call; equal to `ts` for other kinds.
-    pub map_entry_ts: u64,
     pub file: FileId,
     /// The faulting, installing or refilling task.
     pub task: Task,
@@ -167,16 +179,37 @@ pub struct Alert {
     /// The victim side's fidelity (map_pages, PTE installer, page-cache add).
     pub map_fidelity: Fidelity,
     pub window_fidelity: Fidelity,
-    /// Folios of `pages` deleted from the page cache between the fault-around
-    /// and the end of the operation: PTEs that may now point at freed folios.
-    /// `None` when no folio deletion was observed at all (source not attached),
-    /// and for the critical kinds.
-    pub folios_removed: Option<u64>,
-    /// `pte_in_punch_window` only: page-exact outcomes of this call's PTEs.
-    /// `None` when no PTE installer record was seen, when the call is a
-    /// point (tracepoint), or when the alert went out after its window.
-    pub ptes: Option<PteCounts>,
-    /// `Some` exactly for the critical kinds.
-    pub stale: Option<Stale>,
     pub evidence: Evidence,
+}
+
+impl Alert {
+    pub fn kind(&self) -> AlertKind {
+        match self.finding {
+            Finding::PteInPunchWindow { .. } => AlertKind::PteInPunchWindow,
+            Finding::StalePte { .. } => AlertKind::StalePte,
+            Finding::StaleData { .. } => AlertKind::StaleData,
+        }
+    }
+
+    /// When the victim's call began: the fault-around's entry, else `ts`.
+    pub fn map_entry_ts(&self) -> u64 {
+        match self.finding {
+            Finding::PteInPunchWindow { map_entry_ts, .. } => map_entry_ts,
+            _ => self.ts,
+        }
+    }
+
+    pub fn folios_removed(&self) -> Option<u64> {
+        match self.finding {
+            Finding::PteInPunchWindow { folios_removed, .. } => folios_removed,
+            _ => None,
+        }
+    }
+
+    pub fn ptes(&self) -> Option<PteCounts> {
+        match self.finding {
+            Finding::PteInPunchWindow { ptes, .. } => ptes,
+            _ => None,
+        }
+    }
 }

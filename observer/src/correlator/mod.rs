@@ -30,7 +30,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
-pub use alert::{Alert, AlertKind, Evidence, PteCounts, Severity, StackIds, Stale, WindowInfo};
+pub use alert::{Alert, AlertKind, Evidence, Finding, PteCounts, Severity, StackIds, WindowInfo};
 pub use classes::{ClassA, ClassB, Classes, OpCounts};
 
 use std::cmp::Reverse;
@@ -645,7 +645,7 @@ impl Correlator {
         if !(self.cfg.syscall_windows && op.invalidates() && !file.is_unknown()) {
             return;
         }
-        let fidelity = fidelity.min(Fidelity::Tracepoint);
+        let fidelity = fidelity.weaker(Fidelity::Tracepoint);
         let current = self
             .files
             .get(&file)
@@ -682,7 +682,7 @@ impl Correlator {
             return;
         };
         let op = self.syscall_op(task.tid);
-        let fidelity = fidelity.min(Fidelity::Tracepoint);
+        let fidelity = fidelity.weaker(Fidelity::Tracepoint);
         self.open_window(ts, file, task.clone(), fidelity, range, op, true);
     }
 

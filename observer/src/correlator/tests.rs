@@ -135,10 +135,10 @@ fn fault_around_inside_punch_window_alerts_with_all_fields() {
     let (alerts, stats) = run(events);
     assert_eq!(alerts.len(), 1);
     let a = &alerts[0];
-    assert_eq!(a.kind, AlertKind::PteInPunchWindow);
-    assert_eq!(a.kind.as_str(), "pte_in_punch_window");
+    assert_eq!(a.kind(), AlertKind::PteInPunchWindow);
+    assert_eq!(a.kind().as_str(), "pte_in_punch_window");
     assert_eq!(a.ts, T0 + 15 * US);
-    assert_eq!(a.map_entry_ts, T0 + 12 * US);
+    assert_eq!(a.map_entry_ts(), T0 + 12 * US);
     assert_eq!(a.file, f);
     assert_eq!(a.task, task(1240));
     assert_eq!(a.pages, pages(16, 31));
@@ -155,7 +155,7 @@ fn fault_around_inside_punch_window_alerts_with_all_fields() {
         }
     );
     assert_eq!(a.fidelity, Fidelity::Fentry);
-    assert_eq!(a.folios_removed, None);
+    assert_eq!(a.folios_removed(), None);
     assert_eq!(stats.windows_opened, 1);
     assert_eq!(stats.windows_closed, 1);
     assert_eq!(stats.alerts, 1);
@@ -370,7 +370,7 @@ fn window_opening_while_fault_around_is_in_flight() {
     events.sort_by_key(|e| e.ts);
     let (alerts, _) = run(events);
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].map_entry_ts, T0 - 5 * US);
+    assert_eq!(alerts[0].map_entry_ts(), T0 - 5 * US);
     assert_eq!(alerts[0].window.opened_ts, T0);
     assert_eq!(alerts[0].window.open_for_ns, 3 * US);
 }
@@ -420,7 +420,7 @@ fn long_fault_around_that_outlives_the_window() {
     assert_eq!(out[0].window.closed_ts, Some(T0 + 20 * US));
     assert_eq!(out[0].window.open_for_ns, 10 * MS);
     // The folio went before the fault-around returned: not a stale PTE.
-    assert_eq!(out[0].folios_removed, Some(0));
+    assert_eq!(out[0].folios_removed(), Some(0));
     assert_eq!(c.stats().alerts, 1);
 }
 
@@ -831,7 +831,7 @@ fn folios_removed_counts_deletions_in_range_after_the_fault_around() {
     events.sort_by_key(|e| e.ts);
     let (alerts, _) = run(events);
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].folios_removed, Some(3));
+    assert_eq!(alerts[0].folios_removed(), Some(3));
 }
 
 #[test]
@@ -842,7 +842,7 @@ fn folios_removed_is_unknown_without_deletion_records() {
     events.sort_by_key(|e| e.ts);
     let (alerts, _) = run(events);
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].folios_removed, None);
+    assert_eq!(alerts[0].folios_removed(), None);
 }
 
 #[test]
@@ -860,7 +860,7 @@ fn folios_removed_is_zero_when_the_source_is_known_attached() {
     );
     c.flush(&mut out);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].folios_removed, Some(0));
+    assert_eq!(out[0].folios_removed(), Some(0));
 }
 
 #[test]
@@ -1084,7 +1084,7 @@ fn fs_enter_locked(ts: u64, f: FileId, tid: u32, lock: InvalidateLock) -> Event 
         f,
         tid,
         Body::FsRemoveEnter {
-            fs: FsRemover::Ext4Extents,
+            fs: FsRemover::from_code(observer_abi::FS_REMOVE_EXT4_EXT).unwrap(),
             lock,
         },
     )
@@ -1096,7 +1096,7 @@ fn fs_exit(ts: u64, f: FileId, tid: u32) -> Event {
         f,
         tid,
         Body::FsRemoveExit {
-            fs: FsRemover::Ext4Extents,
+            fs: FsRemover::from_code(observer_abi::FS_REMOVE_EXT4_EXT).unwrap(),
         },
     )
 }
@@ -1133,7 +1133,7 @@ fn sorted(mut events: Vec<Event>) -> Vec<Event> {
 }
 
 fn of_kind(alerts: &[Alert], kind: AlertKind) -> Vec<&Alert> {
-    alerts.iter().filter(|a| a.kind == kind).collect()
+    alerts.iter().filter(|a| a.kind() == kind).collect()
 }
 
 #[test]
@@ -1162,9 +1162,9 @@ fn stale_pte_when_a_pte_installed_in_the_window_outlives_its_folio() {
     let stale = of_kind(&alerts, AlertKind::StalePte);
     assert_eq!(stale.len(), 1, "{alerts:#?}");
     let a = stale[0];
-    assert!(a.kind.is_critical());
+    assert!(a.kind().is_critical());
     assert_eq!(a.ts, T0 + 10 * US + 700);
-    assert_eq!(a.map_entry_ts, a.ts);
+    assert_eq!(a.map_entry_ts(), a.ts);
     assert_eq!(a.file, f);
     assert_eq!(a.task, task(301));
     assert_eq!(a.pages, pages(21, 21));
@@ -1182,11 +1182,11 @@ fn stale_pte_when_a_pte_installed_in_the_window_outlives_its_folio() {
     );
     assert_eq!(a.fidelity, Fidelity::Fentry);
     assert_eq!(
-        a.stale,
-        Some(Stale::Pte {
+        a.finding,
+        Finding::StalePte {
             deleted_ts: T0 + 13 * US,
             pfn: 0x1000 + 21
-        })
+        }
     );
     assert_eq!(
         a.evidence.stack_ids,
@@ -1195,12 +1195,12 @@ fn stale_pte_when_a_pte_installed_in_the_window_outlives_its_folio() {
             punch: Some(77)
         }
     );
-    assert_eq!((a.folios_removed, a.ptes), (None, None));
+    assert_eq!((a.folios_removed(), a.ptes()), (None, None));
     // The fault-around alert carries the page-exact counts of its PTEs.
     let race = of_kind(&alerts, AlertKind::PteInPunchWindow);
     assert_eq!(race.len(), 1);
     assert_eq!(
-        race[0].ptes,
+        race[0].ptes(),
         Some(PteCounts {
             installed: 4,
             rezapped: 2,
@@ -1209,7 +1209,7 @@ fn stale_pte_when_a_pte_installed_in_the_window_outlives_its_folio() {
             unknown: 1
         })
     );
-    assert_eq!(race[0].folios_removed, Some(4));
+    assert_eq!(race[0].folios_removed(), Some(4));
     assert_eq!(
         stats.classes.a,
         ClassA {
@@ -1474,7 +1474,7 @@ fn stale_data_for_a_disk_read_between_truncate_and_block_removal() {
     let stale = of_kind(&alerts, AlertKind::StaleData);
     assert_eq!(stale.len(), 1, "{alerts:#?}");
     let a = stale[0];
-    assert!(a.kind.is_critical());
+    assert!(a.kind().is_critical());
     assert_eq!(a.ts, T0 + 25 * US);
     assert_eq!(a.task, task(400));
     assert_eq!(a.pages, pages(24, 27));
@@ -1491,13 +1491,13 @@ fn stale_data_for_a_disk_read_between_truncate_and_block_removal() {
         }
     );
     assert_eq!(
-        a.stale,
-        Some(Stale::Data {
+        a.finding,
+        Finding::StaleData {
             truncate_exit_ts: Some(T0 + 20 * US),
-            fs_remove: FsRemover::Ext4Extents,
+            fs_remove: FsRemover::from_code(observer_abi::FS_REMOVE_EXT4_EXT).unwrap(),
             fs_remove_exit_ts: T0 + 40 * US,
             invalidate_lock: LockHolder::NotExposed,
-        })
+        }
     );
     assert_eq!(
         a.evidence.stack_ids,
@@ -1742,7 +1742,7 @@ fn classes_are_the_same_under_out_of_order_delivery_within_the_horizon() {
     assert_eq!(expected_stats.classes.b.survived, 10);
     let key = |a: &Alert| {
         (
-            a.kind.as_str(),
+            a.kind().as_str(),
             a.file.ino,
             a.window.task.tid,
             a.task.tid,
@@ -1782,7 +1782,7 @@ fn btrfs_refill_inside_the_punch_is_not_stale_data() {
         .map(|mut e| {
             match &mut e.body {
                 Body::FsRemoveEnter { fs, .. } | Body::FsRemoveExit { fs } => {
-                    *fs = FsRemover::Btrfs
+                    *fs = FsRemover::from_code(observer_abi::FS_REMOVE_BTRFS).unwrap()
                 }
                 _ => {}
             }
@@ -1798,6 +1798,8 @@ fn btrfs_refill_inside_the_punch_is_not_stale_data() {
     assert_eq!(stats.classes.b.refills, 1);
     assert_eq!(stats.classes.b.survived, 1);
     assert_eq!(stats.classes.b.stale_data, 0);
+    // Exempted by btrfs's policy, and counted as such.
+    assert_eq!(stats.classes.b.exempt, 1);
 }
 
 /// A 5.15+ punch holds invalidate_lock for writing from before its truncate
@@ -1871,10 +1873,10 @@ fn invalidate_lock_at_removal_and_at_refill() {
         stale
             .iter()
             .find(|a| a.file == f)
-            .and_then(|a| match a.stale {
-                Some(Stale::Data {
+            .and_then(|a| match a.finding {
+                Finding::StaleData {
                     invalidate_lock, ..
-                }) => Some(invalidate_lock),
+                } => Some(invalidate_lock),
                 _ => None,
             })
     };

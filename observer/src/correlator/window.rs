@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::alert::{Alert, AlertKind, Evidence, StackIds, Stale, WindowInfo};
+use super::alert::{Alert, Evidence, Finding, StackIds, WindowInfo};
 use super::classes::ClassA;
 use super::pte::{Install, Outcome, PteLedger, intersect};
 use super::refill::RefillWindow;
@@ -96,7 +96,7 @@ impl Window {
 
     pub fn transition(&mut self, fidelity: Option<Fidelity>, stack_id: Option<u32>) {
         if let Some(f) = fidelity {
-            self.fidelity = self.fidelity.min(f);
+            self.fidelity = self.fidelity.weaker(f);
         }
         if stack_id.is_some() {
             self.punch_stack = stack_id;
@@ -147,19 +147,15 @@ impl Window {
                 } => {
                     a.stale_pte += 1;
                     alerts.push(Alert {
-                        kind: AlertKind::StalePte,
+                        finding: Finding::StalePte { deleted_ts, pfn },
                         ts: install.ts,
-                        map_entry_ts: install.ts,
                         file: self.file,
                         task: install.task.clone(),
                         pages: PageRange::new(page, page),
                         window: self.info(install.ts),
-                        fidelity: install.fidelity.min(self.fidelity),
+                        fidelity: install.fidelity.weaker(self.fidelity),
                         map_fidelity: install.fidelity,
                         window_fidelity: self.fidelity,
-                        folios_removed: None,
-                        ptes: None,
-                        stale: Some(Stale::Pte { deleted_ts, pfn }),
                         evidence: Evidence {
                             stack_ids: StackIds {
                                 victim: install.stack_id,
@@ -175,7 +171,7 @@ impl Window {
 
     pub fn absorb(&mut self, range: PageRange, fidelity: Fidelity) {
         self.pages = self.pages.union(&range);
-        self.fidelity = self.fidelity.min(fidelity);
+        self.fidelity = self.fidelity.weaker(fidelity);
     }
 
     /// `pte_source`: PTE installer records exist, so a fault-around that ran
@@ -187,19 +183,19 @@ impl Window {
                 .counts_for(p.task.tid, p.map_entry_ts, p.ts, &p.pages, folio_source)
         });
         Alert {
-            kind: AlertKind::PteInPunchWindow,
+            finding: Finding::PteInPunchWindow {
+                map_entry_ts: p.map_entry_ts,
+                folios_removed: folio_source.then_some(p.folios_removed),
+                ptes,
+            },
             ts: p.ts,
-            map_entry_ts: p.map_entry_ts,
             file: self.file,
             window: self.info(p.ts),
             task: p.task,
             pages: p.pages,
-            fidelity: p.map_fidelity.min(self.fidelity),
+            fidelity: p.map_fidelity.weaker(self.fidelity),
             map_fidelity: p.map_fidelity,
             window_fidelity: self.fidelity,
-            folios_removed: folio_source.then_some(p.folios_removed),
-            ptes,
-            stale: None,
             evidence: Evidence {
                 stack_ids: StackIds {
                     victim: p.stack_id,

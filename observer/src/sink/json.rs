@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::{Frames, UtcTime, unix_ns};
-use crate::correlator::{Alert, AlertKind, PteCounts, Stale};
+use crate::correlator::{Alert, AlertKind, Finding, PteCounts};
 use crate::event::{PageRange, Task};
 
 /// Appends `s` as a JSON string literal. Control characters become `\u00XX`
@@ -103,8 +103,8 @@ fn push_ptes(out: &mut String, ptes: Option<&PteCounts>) {
 pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &Frames) -> String {
     let mut s = String::with_capacity(640);
     s.push_str("{\"type\":\"alert\",\"kind\":");
-    push_str(&mut s, a.kind.as_str());
-    if let Some(message) = a.kind.message() {
+    push_str(&mut s, a.kind().as_str());
+    if let Some(message) = a.kind().message() {
         s.push_str(",\"severity\":\"critical\",\"message\":");
         push_str(&mut s, message);
     }
@@ -126,11 +126,11 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     push_task(&mut s, &a.task);
     s.push_str(",\"pages\":");
     push_pages(&mut s, &a.pages);
-    if a.kind == AlertKind::PteInPunchWindow {
+    if let Finding::PteInPunchWindow { map_entry_ts, .. } = a.finding {
         let _ = write!(
             s,
-            ",\"map_pages\":{{\"entry_ns\":{},\"exit_ns\":{}}}",
-            a.map_entry_ts, a.ts
+            ",\"map_pages\":{{\"entry_ns\":{map_entry_ts},\"exit_ns\":{}}}",
+            a.ts
         );
     }
     let w = &a.window;
@@ -143,7 +143,7 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     let _ = write!(s, ",\"opened_ns\":{},\"closed_ns\":", w.opened_ts);
     push_opt_u64(&mut s, w.closed_ts);
     let _ = write!(s, ",\"open_for_ns\":{}}}", w.open_for_ns);
-    let victim_fidelity = match a.kind {
+    let victim_fidelity = match a.kind() {
         AlertKind::PteInPunchWindow => "map_pages_fidelity",
         AlertKind::StalePte | AlertKind::StaleData => "victim_fidelity",
     };
@@ -154,28 +154,32 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         a.map_fidelity.as_str(),
         a.window_fidelity.as_str()
     );
-    match a.stale {
-        None => {
+    match a.finding {
+        Finding::PteInPunchWindow {
+            folios_removed,
+            ptes,
+            ..
+        } => {
             s.push_str(",\"outcome\":{\"folios_removed\":");
-            push_opt_u64(&mut s, a.folios_removed);
+            push_opt_u64(&mut s, folios_removed);
             s.push_str(",\"ptes\":");
-            push_ptes(&mut s, a.ptes.as_ref());
+            push_ptes(&mut s, ptes.as_ref());
             s.push_str("}}");
             return s;
         }
-        Some(Stale::Pte { deleted_ts, pfn }) => {
+        Finding::StalePte { deleted_ts, pfn } => {
             let _ = write!(
                 s,
                 ",\"pte\":{{\"installed_ns\":{},\"deleted_ns\":{deleted_ts},\"pfn\":{pfn}}}",
                 a.ts
             );
         }
-        Some(Stale::Data {
+        Finding::StaleData {
             truncate_exit_ts,
             fs_remove,
             fs_remove_exit_ts,
             invalidate_lock,
-        }) => {
+        } => {
             let _ = write!(
                 s,
                 ",\"refill\":{{\"added_ns\":{},\"uptodate\":false,\"truncate_exit_ns\":",
@@ -245,7 +249,10 @@ mod tests {
             )
         );
         let mut a = sample_alert();
-        a.ptes = Some(PteCounts {
+        let Finding::PteInPunchWindow { ptes, .. } = &mut a.finding else {
+            unreachable!("a fault-around alert")
+        };
+        *ptes = Some(PteCounts {
             installed: 16,
             rezapped: 13,
             stale: 1,
@@ -318,7 +325,9 @@ mod tests {
         let mut a = sample_alert();
         a.window.pages = PageRange::new(20, PageRange::EOF);
         a.window.closed_ts = None;
-        a.folios_removed = None;
+        if let Finding::PteInPunchWindow { folios_removed, .. } = &mut a.finding {
+            *folios_removed = None;
+        }
         a.task.comm = "a\"b\n".into();
         let line = alert(&a, None, 0, &Frames::default());
         assert!(line.contains(r#""path":null"#));

@@ -25,7 +25,7 @@ impl Frames {
     /// to frames, `None` when the id cannot be resolved). Other alerts are
     /// many and get none, so the resolver is not even asked.
     pub fn of(alert: &Alert, resolve_stack: &dyn Fn(u32) -> Option<Vec<String>>) -> Frames {
-        if !alert.kind.is_critical() {
+        if !alert.kind().is_critical() {
             return Frames::default();
         }
         let ids = alert.evidence.stack_ids;
@@ -192,7 +192,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::{AlertKind, Evidence, StackIds, Stale, WindowInfo};
+    use crate::correlator::{Evidence, Finding, StackIds, WindowInfo};
     use crate::event::{Fidelity, FileId, Op, PageRange, Task};
     use std::sync::{Arc, Mutex};
 
@@ -290,9 +290,12 @@ mod tests {
 
     pub(crate) fn sample_alert() -> Alert {
         Alert {
-            kind: AlertKind::PteInPunchWindow,
+            finding: Finding::PteInPunchWindow {
+                map_entry_ts: 5_000_030_000,
+                folios_removed: Some(3),
+                ptes: None,
+            },
             ts: 5_000_038_000,
-            map_entry_ts: 5_000_030_000,
             file: FileId {
                 dev: 7 << 20,
                 ino: 131,
@@ -319,9 +322,6 @@ mod tests {
             fidelity: Fidelity::Fentry,
             map_fidelity: Fidelity::Fentry,
             window_fidelity: Fidelity::Fentry,
-            folios_removed: Some(3),
-            ptes: None,
-            stale: None,
             evidence: Evidence::default(),
         }
     }
@@ -329,16 +329,13 @@ mod tests {
     /// A `stale_pte` alert as the correlator makes it.
     pub(crate) fn sample_stale_pte() -> Alert {
         let mut a = sample_alert();
-        a.kind = AlertKind::StalePte;
-        a.ts = 5_000_036_000;
-        a.map_entry_ts = a.ts;
-        a.pages = PageRange::new(21, 21);
-        a.window.open_for_ns = 36_000;
-        a.folios_removed = None;
-        a.stale = Some(Stale::Pte {
+        a.finding = Finding::StalePte {
             deleted_ts: 5_000_045_000,
             pfn: 0x12345,
-        });
+        };
+        a.ts = 5_000_036_000;
+        a.pages = PageRange::new(21, 21);
+        a.window.open_for_ns = 36_000;
         a.evidence = Evidence {
             stack_ids: StackIds {
                 victim: Some(4),
@@ -351,21 +348,19 @@ mod tests {
     /// A `stale_data` alert as the correlator makes it.
     pub(crate) fn sample_stale_data() -> Alert {
         let mut a = sample_alert();
-        a.kind = AlertKind::StaleData;
         a.ts = 5_000_060_000;
-        a.map_entry_ts = a.ts;
         a.task.comm = "reader".into();
         a.pages = PageRange::new(24, 27);
         a.window.opened_ts = 5_000_010_000;
         a.window.closed_ts = Some(5_000_090_000);
         a.window.open_for_ns = 50_000;
-        a.folios_removed = None;
-        a.stale = Some(Stale::Data {
+        a.finding = Finding::StaleData {
             truncate_exit_ts: Some(5_000_040_000),
-            fs_remove: crate::event::FsRemover::Ext4Extents,
+            fs_remove: crate::event::FsRemover::from_code(observer_abi::FS_REMOVE_EXT4_EXT)
+                .unwrap(),
             fs_remove_exit_ts: 5_000_090_000,
             invalidate_lock: crate::event::LockHolder::NotExposed,
-        });
+        };
         a.evidence = Evidence {
             stack_ids: StackIds {
                 victim: Some(11),

@@ -76,8 +76,8 @@ pub fn text(sum: &Summary) -> String {
     );
     let _ = writeln!(
         s,
-        "  class b (refill) windows {} (unbounded {}): refills {}, survived {}, stale_data {}",
-        b.windows, b.unbounded, b.refills, b.survived, b.stale_data
+        "  class b (refill) windows {} (unbounded {}): refills {}, survived {}, stale_data {}, exempt {}",
+        b.windows, b.unbounded, b.refills, b.survived, b.stale_data, b.exempt
     );
     let _ = writeln!(
         s,
@@ -134,6 +134,7 @@ mod tests {
                 refills: 2,
                 survived: 1,
                 stale_data: 0,
+                exempt: 0,
                 removals_under_lock: 3,
                 removals_without_lock: 0,
                 refills_under_lock: 0,
@@ -188,7 +189,7 @@ mod tests {
              \x20 alerts           3 (2 shown)\n\
              \x20 class a (ptes)   in window 40: rezapped 30, stale_pte 0, \
              still_mapped_after_window 8, unknown 2; still mapped unattributed 0\n\
-             \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0\n\
+             \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0, exempt 0\n\
              \x20 invalidate_lock  removals under it 3, without it 0; refills under it 0\n\
              \x20 health           every attached probe fired or had no reason to\n\
              \x20 agent            peak rss 20480 KiB, cpu 0.25 s\n\

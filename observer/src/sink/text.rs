@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Frames, Startup, UtcTime, unix_ns};
-use crate::correlator::{Alert, AlertKind, Stale};
+use crate::correlator::{Alert, AlertKind, Finding};
 use crate::event::{PageRange, Task};
 
 /// Task names and paths are user-controlled: control characters are shown as
@@ -58,7 +58,7 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     let _ = write!(
         s,
         "{when} {} dev {}:{} ino {}",
-        a.kind.as_str().to_ascii_uppercase().replace('_', "-"),
+        a.kind().as_str().to_ascii_uppercase().replace('_', "-"),
         a.file.major(),
         a.file.minor(),
         a.file.ino
@@ -72,7 +72,7 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         " {} by {}{} | window #{} {} pages {} by {} open {}",
         pages(&a.pages),
         task(&a.task),
-        if a.kind == AlertKind::StaleData {
+        if a.kind() == AlertKind::StaleData {
             " read from disk"
         } else {
             ""
@@ -83,12 +83,12 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         task(&w.task),
         duration(w.open_for_ns)
     );
-    if let Some(Stale::Data {
+    if let Finding::StaleData {
         truncate_exit_ts,
         fs_remove,
         fs_remove_exit_ts,
         invalidate_lock,
-    }) = a.stale
+    } = a.finding
     {
         let since = |ts: u64| duration(ts.saturating_sub(w.opened_ts));
         if let Some(t) = truncate_exit_ts {
@@ -107,7 +107,7 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     }
     let _ = write!(s, " | {}", a.fidelity.as_str());
     if a.map_fidelity != a.window_fidelity {
-        let side = if a.kind.is_critical() {
+        let side = if a.kind().is_critical() {
             "victim"
         } else {
             "map_pages"
@@ -119,9 +119,9 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
             a.window_fidelity.as_str()
         );
     }
-    if let Some(message) = a.kind.message() {
+    if let Some(message) = a.kind().message() {
         let _ = write!(s, " | CRITICAL: {message}");
-        if let Some(Stale::Pte { deleted_ts, pfn }) = a.stale {
+        if let Finding::StalePte { deleted_ts, pfn } = a.finding {
             let _ = write!(
                 s,
                 " (removed {} after the install, pfn {pfn:#x})",
@@ -148,13 +148,13 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         }
         return s;
     }
-    match a.folios_removed {
+    match a.folios_removed() {
         Some(n) => {
             let _ = write!(s, " | removed {n}");
         }
         None => s.push_str(" | removed n/a"),
     }
-    if let Some(p) = a.ptes {
+    if let Some(p) = a.ptes() {
         let _ = write!(
             s,
             " | ptes {}: rezapped {}, stale {}, still mapped {}, unknown {}",
@@ -210,7 +210,9 @@ mod tests {
         a.window_fidelity = Fidelity::Tracepoint;
         a.window.pages = PageRange::new(20, PageRange::EOF);
         a.window.closed_ts = None;
-        a.folios_removed = None;
+        if let Finding::PteInPunchWindow { folios_removed, .. } = &mut a.finding {
+            *folios_removed = None;
+        }
         a.task.comm = "evil\nname".into();
         let line = alert(&a, None, OFFSET, &Frames::default());
         assert!(
@@ -226,7 +228,10 @@ mod tests {
     #[test]
     fn alert_line_with_page_exact_counts() {
         let mut a = sample_alert();
-        a.ptes = Some(PteCounts {
+        let Finding::PteInPunchWindow { ptes, .. } = &mut a.finding else {
+            unreachable!("a fault-around alert")
+        };
+        *ptes = Some(PteCounts {
             installed: 16,
             rezapped: 13,
             stale: 1,
