@@ -298,6 +298,10 @@ pub struct Config {
     /// SCOPE_TREE: `parent_pid` and `child_pid` in sched:sched_process_fork.
     pub tp_fork_parent_pid: u32,
     pub tp_fork_child_pid: u32,
+    /// Unread bytes in the ring past which a record wakes the agent (below,
+    /// records wait for the agent's next poll).
+    pub wakeup_bytes: u32,
+    pub _pad3: u32,
 }
 
 /// Every task is watched.
@@ -329,18 +333,42 @@ pub struct FileKey {
 }
 
 /// Kernel-side view of a file's windows: how many invalidations are in
-/// flight and when the last one ended.
+/// flight, when the last one ended, and which task's window range
+/// (`WINDOW_RANGES`) describes them all while there is one only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WindowState {
     pub open: u64,
     pub closed_at: u64,
+    /// The tid whose window range is the file's while `open == 1`; 0 when
+    /// no single range is known (two windows, or one of unknown range):
+    /// then nothing is filtered by range.
+    pub owner: u32,
+    pub _pad: u32,
+}
+
+/// Key of a window's page range: the file and the invalidating task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeKey {
+    pub file: FileKey,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
+/// Pages `start..=end` of a window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageSpan {
+    pub start: u64,
+    pub end: u64,
 }
 
 /// Counter slots in the per-CPU `COUNTERS` array.
 pub const COUNTER_EMITTED: u32 = 0; // + kind
 pub const COUNTER_LOST: u32 = 16; // + kind: ring buffer full
-pub const COUNTER_FILTERED: u32 = 32; // map_pages dropped by the pre-filter
+pub const COUNTER_FILTERED: u32 = 32; // map_pages dropped by the pre-filter: no window
+pub const COUNTER_FILTERED_RANGE: u32 = 33; // map_pages dropped: a window, but not these pages
 pub const COUNTER_UNRESOLVED: u32 = 40; // + kind: a kernel pointer chain could not be read
 pub const COUNTER_NO_ENTRY: u32 = 64; // + kind: an exit found no STASH entry
 pub const COUNTERS: u32 = 80;
@@ -351,4 +379,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::WindowState {}
+    unsafe impl aya::Pod for super::RangeKey {}
+    unsafe impl aya::Pod for super::PageSpan {}
 }

@@ -4,11 +4,20 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
 };
 use observer_abi::{
-    COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_LOST, Config, Event, FileKey, Kind, NO_STACK,
-    SCOPE_CGROUP, SCOPE_HOST, WindowState, probes::Prog,
+    COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_FILTERED_RANGE, COUNTER_LOST, Config, Event,
+    FileKey, Kind, NO_STACK, PageSpan, RangeKey, SCOPE_CGROUP, SCOPE_HOST, WindowState,
+    probes::Prog,
 };
 
-use crate::maps::{COUNTERS, EVENTS, HITS, OPEN_ANY, SCOPE_TASKS, WINDOWS};
+use crate::{
+    kernel::config,
+    maps::{COUNTERS, EVENTS, HITS, OPEN_ANY, SCOPE_TASKS, WINDOW_RANGES, WINDOWS},
+};
+
+/// bpf_ringbuf_submit flags and bpf_ringbuf_query's (uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -123,7 +132,16 @@ pub fn send(r: Record) {
         stack_id: r.stack_id,
         ret: r.ret,
     });
-    slot.submit(0);
+    // No wakeup per record (under a steady trickle that is nearly every
+    // record, and a wakeup costs more than the record): the agent polls the
+    // ring on a short interval, and a ring filling up wakes it at once.
+    let wake = match config() {
+        Some(cfg) if EVENTS.query(BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes as u64 => {
+            BPF_RB_FORCE_WAKEUP
+        }
+        _ => BPF_RB_NO_WAKEUP,
+    };
+    slot.submit(wake);
     count(COUNTER_EMITTED + r.kind as u32);
 }
 
@@ -203,6 +221,8 @@ pub fn window_open(key: &FileKey) {
     let fresh = WindowState {
         open: 1,
         closed_at: 0,
+        owner: 0,
+        _pad: 0,
     };
     // A racing insert by another CPU wins; then count on the winner.
     if WINDOWS.insert(key, &fresh, 1 /* BPF_NOEXIST */).is_err() {
@@ -219,6 +239,11 @@ pub fn window_open(key: &FileKey) {
 pub fn window_close(key: &FileKey, ts: u64) {
     if let Some(w) = WINDOWS.get_ptr_mut(key) {
         unsafe {
+            // Before the count drops: for a moment no range is known, rather
+            // than this window's range standing for another one's.
+            if (*w).owner == tid() {
+                (*w).owner = 0;
+            }
             // Exits seen without their entry (attached mid-call) must not
             // drive the count below zero.
             if (*w).open > 0 {
@@ -228,6 +253,62 @@ pub fn window_close(key: &FileKey, ts: u64) {
             (*w).closed_at = ts;
         }
     }
+}
+
+/// A window of the current task on `key` covers pages `start..=end`
+/// (opened with [`window_open`] first). While it is the file's only one,
+/// fault-arounds elsewhere in the file are counted, not sent.
+#[inline(always)]
+pub fn window_range(key: &FileKey, start: u64, end: u64) {
+    let me = tid();
+    let rk = RangeKey {
+        file: *key,
+        tid: me,
+        _pad: 0,
+    };
+    if WINDOW_RANGES
+        .insert(&rk, &PageSpan { start, end }, 0)
+        .is_err()
+    {
+        return;
+    }
+    if let Some(w) = WINDOWS.get_ptr_mut(key) {
+        unsafe { (*w).owner = me };
+    }
+}
+
+/// Whether a fault-around point on pages `start..=end` of `key` may meet a
+/// window: some window is open, and (while there is only one, of known
+/// range) it covers some of the pages. The reads are checked before and
+/// after, so a window opening or closing meanwhile makes it send.
+#[inline(always)]
+pub fn point_meets_window(key: &FileKey, start: u64, end: u64) -> bool {
+    let Some(w) = WINDOWS.get_ptr_mut(key) else {
+        count(COUNTER_FILTERED);
+        return false;
+    };
+    let (open, owner) = unsafe { ((*w).open, (*w).owner) };
+    if open == 0 {
+        count(COUNTER_FILTERED);
+        return false;
+    }
+    if open != 1 || owner == 0 {
+        return true;
+    }
+    let rk = RangeKey {
+        file: *key,
+        tid: owner,
+        _pad: 0,
+    };
+    let Some(span) = (unsafe { WINDOW_RANGES.get(&rk) }).copied() else {
+        return true;
+    };
+    let (open2, owner2) = unsafe { ((*w).open, (*w).owner) };
+    if open2 != 1 || owner2 != owner || (start <= span.end && span.start <= end) {
+        return true;
+    }
+    count(COUNTER_FILTERED_RANGE);
+    false
 }
 
 /// Whether a map_pages call on `key` that ran since `entry_ts` may have met a

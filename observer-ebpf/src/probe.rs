@@ -8,8 +8,9 @@ use observer_abi::{
 
 use crate::{
     emit::{
-        Record, any_stashed, any_unnamed, any_window_open, count, ignored, now, send, stashed_add,
-        tid, unnamed_add, window_close, window_is_open, window_open, worth_sending,
+        Record, any_stashed, any_unnamed, any_window_open, count, ignored, now, point_meets_window,
+        send, stashed_add, tid, unnamed_add, window_close, window_is_open, window_open,
+        window_range, worth_sending,
     },
     kernel::{
         Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
@@ -551,7 +552,8 @@ pub fn map_pages_exit(fidelity: u8) {
 pub fn map_pages_point(cfg: &Config, key: FileKey, start: u64, end: u64, fidelity: u8) {
     // A point has no entry: only a window open right now can meet it, so the
     // clock is read only for the rare record that is sent.
-    if worth_sending(cfg, &key, u64::MAX) && !ignored(cfg) {
+    let meets = cfg.full_stream != 0 || point_meets_window(&key, start, end);
+    if meets && !ignored(cfg) {
         let ts = now();
         send(Record::new(Kind::MapPages, fidelity, ts, key, start, end));
     }
@@ -566,6 +568,7 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
     let ts = now();
     if cfg.syscall_windows != 0 && key.ino != 0 {
         window_open(&key);
+        window_range(&key, start, end);
     }
     let stash = Stash {
         ts,

@@ -11,14 +11,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_abi::{
-    Config, EOF_PAGE, FALLOC_INVALIDATING, FICLONE, FICLONERANGE, FIDEDUPERANGE, FileKey, Kind,
-    MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE, OP_DEDUPE_RANGE, OP_FALLOCATE, OP_FTRUNCATE,
-    OP_MADV_REMOVE, OP_TRUNCATE, SCOPE_TREE, TP_MAP_PAGES_LAYOUT,
+    COUNTER_FILTERED, Config, EOF_PAGE, FALLOC_INVALIDATING, FICLONE, FICLONERANGE, FIDEDUPERANGE,
+    FileKey, Kind, MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE, OP_DEDUPE_RANGE, OP_FALLOCATE,
+    OP_FTRUNCATE, OP_MADV_REMOVE, OP_TRUNCATE, SCOPE_TREE, TP_MAP_PAGES_LAYOUT,
     probes::{Method, Prog},
 };
 
 use crate::{
-    emit::{Record, hit, ignored, now, send},
+    emit::{Record, any_window_open, count, hit, ignored, now, send},
     kernel::{config, file_of_fd},
     maps::{SCOPE_TASKS, WINDOWS},
     probe::{adopt_syscall_file, byte_pages, map_pages_point, syscall_enter, syscall_exit},
@@ -54,6 +54,11 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 pub fn mm_filemap_map_pages(ctx: TracePointContext) -> u32 {
     hit(Prog::MapPagesTp);
     let Some(cfg) = config() else { return 0 };
+    // Most calls: no file has a window open at all.
+    if !any_window_open() && cfg.full_stream == 0 {
+        count(COUNTER_FILTERED);
+        return 0;
+    }
     let [ino, dev, start, end] = TP_MAP_PAGES_LAYOUT;
     // Direct context loads at constant offsets: the verifier allows them in
     // tracepoint programs and they cost no helper call on this hot path.

@@ -80,6 +80,9 @@ pub struct Summary {
     /// Fault-arounds the kernel pre-filter dropped because their file had no
     /// window: by design, not a loss.
     pub filtered: u64,
+    /// Fault-arounds it dropped because they missed the pages of their
+    /// file's only open window (tracepoint mode).
+    pub filtered_outside_range: u64,
     pub windows: u64,
     /// Final-closed windows by operation, every operation listed.
     pub windows_by_op: Counts,
@@ -220,6 +223,9 @@ pub struct AgentUsage {
     pub peak_rss_kib: u64,
     /// User plus system CPU time.
     pub cpu_s: f64,
+    /// Times the ring buffer woke the agent (records mostly wait for its
+    /// poll instead).
+    pub wakeups: u64,
 }
 
 /// What the run allows one to conclude.

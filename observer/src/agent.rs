@@ -266,8 +266,10 @@ async fn pump(
     let deadline = cli.duration.map(Duration::from_secs_f64);
     let stop = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(stop);
-    // Releases held events when the stream goes quiet.
-    let mut tick = tokio::time::interval(Duration::from_millis(cli.reorder_ms.max(10)));
+    // Reads the ring (records do not wake the agent one by one) and releases
+    // held events when the stream goes quiet; twice per reorder horizon, so
+    // that no record waits in the ring long enough to arrive late.
+    let mut tick = tokio::time::interval(Duration::from_millis((cli.reorder_ms / 2).clamp(5, 50)));
     let started = Instant::now();
     let mut batch = source::Batch::default();
 
@@ -363,6 +365,7 @@ async fn pump(
             .collect(),
         duration_s: started.elapsed().as_secs_f64(),
     };
+    pipeline.set_wakeups(source.wakeups);
     let (summary, out) = pipeline.finish(Some(&trailer), &resolve_stack)?;
     for s in &summary.health.silent {
         eprintln!("observer: {}", health::warning(s));

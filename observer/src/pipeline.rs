@@ -38,6 +38,7 @@ pub struct Pipeline {
     alerts: Vec<Alert>,
     shown: u64,
     worst: Option<Severity>,
+    wakeups: u64,
 }
 
 /// What went to the sinks.
@@ -82,7 +83,13 @@ impl Pipeline {
             alerts: Vec::new(),
             shown: 0,
             worst: None,
+            wakeups: 0,
         }
+    }
+
+    /// How often the ring buffer woke the live agent, for the summary.
+    pub fn set_wakeups(&mut self, n: u64) {
+        self.wakeups = n;
     }
 
     /// One raw ring-buffer record.
@@ -152,6 +159,7 @@ impl Pipeline {
             self.shown,
         );
         summary.health = health::assess(&ran(&t.attached, &t.counters));
+        summary.agent.wakeups = self.wakeups;
         self.sink
             .summary(&summary)
             .with_context(|| self.output.clone())?;
@@ -200,6 +208,7 @@ fn summarize(
         kernel_dropped: by_kind(&counters.lost),
         lost,
         filtered: counters.filtered,
+        filtered_outside_range: counters.filtered_outside_range,
         windows: stats.windows_opened,
         windows_by_op: stats.windows_by_op.by_op().into_iter().collect(),
         failed_calls: stats.failed_calls.by_op().into_iter().collect(),
@@ -244,5 +253,6 @@ pub fn usage() -> observer_report::AgentUsage {
     observer_report::AgentUsage {
         peak_rss_kib,
         cpu_s: observer_report::round_ms(secs(ru.ru_utime) + secs(ru.ru_stime)),
+        wakeups: 0,
     }
 }

@@ -9,6 +9,8 @@ use tokio::io::unix::AsyncFd;
 
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Times the ring woke the agent.
+    pub wakeups: u64,
 }
 
 impl Source {
@@ -22,12 +24,14 @@ impl Source {
             // the registration.
             ring: unsafe { AsyncFd::register(ring) }
                 .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?,
+            wakeups: 0,
         })
     }
 
     /// Waits until records are ready, then copies every one into `batch`.
     pub async fn next_batch(&mut self, batch: &mut Batch) -> Result<()> {
         let mut guard = self.ring.readable_mut().await?;
+        self.wakeups += 1;
         take_all(guard.get_inner_mut(), batch);
         guard.clear_ready();
         Ok(())
@@ -79,6 +83,7 @@ pub struct KernelCounters {
     /// Records the ring buffer had no room for.
     pub lost: [u64; abi::KIND_MAX],
     pub filtered: u64,
+    pub filtered_outside_range: u64,
     /// Records not sent because a kernel pointer chain could not be read.
     pub unresolved: [u64; abi::KIND_MAX],
     /// Exits that found no entry in STASH (an LRU: evicted, or the call
@@ -100,6 +105,7 @@ pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
         c.no_entry[k as usize] = sum(abi::COUNTER_NO_ENTRY + k)?;
     }
     c.filtered = sum(abi::COUNTER_FILTERED)?;
+    c.filtered_outside_range = sum(abi::COUNTER_FILTERED_RANGE)?;
     let hits: PerCpuArray<_, u64> =
         PerCpuArray::try_from(ebpf.map("HITS").context("no HITS map")?)?;
     c.hits = (0..abi::probes::PROG_COUNT as u32)

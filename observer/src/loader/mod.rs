@@ -225,6 +225,9 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         .with_context(|| format!("cannot parse BTF at {}", opts.btf.display()))?;
     let mut config = offsets::resolve(&btf)?;
     config.full_stream = opts.full_stream as u32;
+    // An eighth of the ring: a burst wakes the agent long before the ring
+    // is full; a trickle waits for its poll.
+    config.wakeup_bytes = opts.ringbuf_bytes / 8;
     match opts.scope {
         Scope::Host => {}
         Scope::Cgroup { id, level } => {

@@ -66,6 +66,8 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         scope_cgroup_id: 0,
         tp_fork_parent_pid: Config::UNKNOWN,
         tp_fork_child_pid: Config::UNKNOWN,
+        wakeup_bytes: 0,
+        _pad3: 0,
     };
     // folio_layout and fault_layout, which only the optional probes need,
     // are the loader's to call: their errors say why a probe is missing.

@@ -37,8 +37,8 @@ pub fn text(sum: &Summary) -> String {
     );
     let _ = writeln!(
         s,
-        "  filtered         {} (kernel pre-filter, not a loss)",
-        sum.filtered
+        "  filtered         {} without a window, {} outside its pages (kernel pre-filter, not a loss)",
+        sum.filtered, sum.filtered_outside_range
     );
     if sum.windows_by_op.total() == 0 {
         let _ = writeln!(s, "  windows          {}", sum.windows);
@@ -100,8 +100,8 @@ pub fn text(sum: &Summary) -> String {
     }
     let _ = writeln!(
         s,
-        "  agent            peak rss {} KiB, cpu {:.2} s",
-        sum.agent.peak_rss_kib, sum.agent.cpu_s
+        "  agent            peak rss {} KiB, cpu {:.2} s, {} wakeups",
+        sum.agent.peak_rss_kib, sum.agent.cpu_s, sum.agent.wakeups
     );
     let _ = write!(
         s,
@@ -158,6 +158,7 @@ mod tests {
             kernel_dropped: [("map_pages", 1)].into_iter().collect(),
             lost,
             filtered: 900,
+            filtered_outside_range: 0,
             windows: 4,
             windows_by_op: [("punch_hole", 3), ("collapse_range", 0), ("ftruncate", 1)]
                 .into_iter()
@@ -170,6 +171,7 @@ mod tests {
             agent: AgentUsage {
                 peak_rss_kib: 20480,
                 cpu_s: 0.25,
+                wakeups: 7,
             },
             verdict: Verdict::of(&classes, 3, &lost, 4),
         }
@@ -183,7 +185,7 @@ mod tests {
              \x20 events received  map_pages 120, unmap_enter 4\n\
              \x20 kernel emitted   map_pages 121, unmap_enter 4\n\
              \x20 lost             ringbuf_full 1, unresolved 0, late 2, undecodable 0, no_entry 0\n\
-             \x20 filtered         900 (kernel pre-filter, not a loss)\n\
+             \x20 filtered         900 without a window, 0 outside its pages (kernel pre-filter, not a loss)\n\
              \x20 windows          4 (punch_hole 3, ftruncate 1)\n\
              \x20 failed calls     collapse_range 7 (removed nothing: not windows)\n\
              \x20 alerts           3 (2 shown)\n\
@@ -192,7 +194,7 @@ mod tests {
              \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0, exempt 0\n\
              \x20 invalidate_lock  removals under it 3, without it 0; refills under it 0\n\
              \x20 health           every attached probe fired or had no reason to\n\
-             \x20 agent            peak rss 20480 KiB, cpu 0.25 s\n\
+             \x20 agent            peak rss 20480 KiB, cpu 0.25 s, 7 wakeups\n\
              \x20 verdict          race_observed: fault-around installed PTEs inside invalidation windows"
         );
     }
