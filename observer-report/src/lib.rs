@@ -7,6 +7,7 @@
 //! schema is the README's.
 
 mod counts;
+pub mod text;
 
 pub use counts::Counts;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub enum Record {
     Startup(Startup),
     Alert(serde_json::Value),
+    /// One of the kernel's own reports of this bug class (kernel log).
+    KernelReport(serde_json::Value),
     Summary(Box<Summary>),
 }
 
@@ -91,13 +94,37 @@ pub struct Summary {
     /// it touches the page cache).
     pub failed_calls: Counts,
     pub alerts: u64,
-    /// Alerts left after the user's filter.
+    /// Alerts left after the user's filter and `--min-severity`.
     pub alerts_shown: u64,
+    /// Every alert by severity, filtered or not.
+    pub alerts_by_severity: BySeverity,
+    /// The kernel's own reports (Bad page cache/map/state, kernel BUG in
+    /// mm/) and other mm/ and fs/ warnings seen in its log.
+    pub kernel_reports: u64,
+    /// Per test of the suite, in the order they ran (kernel-log markers;
+    /// empty without markers).
+    pub tests: Vec<TestRow>,
     /// Class A and B outcomes, from all events, filtered or not.
     pub classes: Classes,
     pub health: Health,
     pub agent: AgentUsage,
     pub verdict: Verdict,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BySeverity {
+    pub info: u64,
+    pub warning: u64,
+    pub critical: u64,
+}
+
+/// What one test of the suite did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRow {
+    pub test: String,
+    pub windows_by_op: Counts,
+    pub alerts: BySeverity,
+    pub kernel_reports: u64,
 }
 
 /// Records that never reached a verdict, by the stage that dropped them.
@@ -260,7 +287,7 @@ impl Verdict {
     pub fn explain(self) -> &'static str {
         match self {
             Verdict::Critical => {
-                "a PTE outlived its folio, or the page cache kept data of freed blocks"
+                "a PTE outlived its folio, the page cache kept data of freed blocks, or the kernel reported a bad page"
             }
             Verdict::RaceObserved => "fault-around installed PTEs inside invalidation windows",
             Verdict::NoRace => "no fault-around met an invalidation window",
@@ -269,9 +296,14 @@ impl Verdict {
         }
     }
 
-    /// From the counts it is made of.
+    /// From the counts it is made of (`critical`: critical alerts and
+    /// reports).
     pub fn of(classes: &Classes, alerts: u64, lost: &Lost, windows: u64) -> Verdict {
-        if classes.critical() > 0 {
+        Verdict::with_critical(classes.critical(), alerts, lost, windows)
+    }
+
+    pub fn with_critical(critical: u64, alerts: u64, lost: &Lost, windows: u64) -> Verdict {
+        if critical > 0 {
             Verdict::Critical
         } else if alerts > 0 {
             Verdict::RaceObserved

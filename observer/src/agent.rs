@@ -214,8 +214,12 @@ pub(crate) fn open_sink(cli: &Cli, boot_to_realtime_ns: i64) -> Result<Sink> {
         None if matches!(cli.command, Some(Command::Run(_))) => Box::new(io::stderr()),
         None => Box::new(io::stdout()),
     };
-    let format = if cli.json { Format::Json } else { Format::Text };
-    Ok(Sink::new(format, out, boot_to_realtime_ns))
+    let view = sink::View {
+        format: if cli.json { Format::Json } else { Format::Text },
+        min_severity: cli.min_severity.severity(),
+        per_call: cli.per_call,
+    };
+    Ok(Sink::new(view, out, boot_to_realtime_ns))
 }
 
 /// Why the watch ended.
@@ -252,7 +256,27 @@ async fn pump(
         }
         _ => None,
     };
-    let mut pipeline = Pipeline::new(&wiring, filter, sink, output_name(cli), recorder, true);
+    let mut pipeline = Pipeline::new(
+        &wiring,
+        filter,
+        sink,
+        output_name(cli),
+        recorder,
+        true,
+        &cli.test_marker,
+    )?;
+    // Test markers and the kernel's own reports.
+    let mut log = match &cli.kmsg_file {
+        Some(path) => Some(source::KernelLog::file(path, monotonic_ns())?),
+        None => match source::KernelLog::device() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("observer: {e:#}: no test markers, no kernel reports");
+                None
+            }
+        },
+    };
+    let mut logged = Vec::new();
     // Stacks of critical alerts, read from the STACKS map and symbolized;
     // kallsyms is read the first time one is needed.
     let kallsyms = std::cell::OnceCell::new();
@@ -319,7 +343,14 @@ async fn pump(
                 // clock: drain first, or a busy host makes records look late.
                 source.drain(&mut batch);
                 batch.drain(&mut |raw| pipeline.record(raw))?;
-                pipeline.tick(monotonic_ns())?;
+                let now = monotonic_ns();
+                if let Some(l) = &mut log {
+                    l.read(now, &mut logged)?;
+                    for (raw, ts) in logged.drain(..) {
+                        pipeline.kmsg(&raw, ts)?;
+                    }
+                }
+                pipeline.tick(now)?;
             }
             sig = signals.next() => {
                 let sig = sig?;
@@ -346,6 +377,12 @@ async fn pump(
 
     source.drain(&mut batch);
     batch.drain(&mut |raw| pipeline.record(raw))?;
+    if let Some(l) = &mut log {
+        l.read(monotonic_ns(), &mut logged)?;
+        for (raw, ts) in logged.drain(..) {
+            pipeline.kmsg(&raw, ts)?;
+        }
+    }
     let counters = source::read_counters(&loaded.ebpf)?;
     for k in observer_abi::Kind::ALL {
         let n = counters.unresolved[k as usize];

@@ -93,6 +93,27 @@ pub struct Cli {
     #[arg(global = true, long, value_name = "MS", default_value_t = 50)]
     pub reorder_ms: u64,
 
+    /// Alerts below this severity are not printed (the summary and the
+    /// verdict count them all the same).
+    #[arg(global = true, long, value_enum, default_value_t = SeverityArg::Info)]
+    pub min_severity: SeverityArg,
+
+    /// Text: one line per alert, instead of one line per window and rate
+    /// limits on what is not critical.
+    #[arg(global = true, long)]
+    pub per_call: bool,
+
+    /// A regular expression for the kernel-log lines that begin a test of a
+    /// suite; its first capture group names the test.
+    #[arg(global = true, long, value_name = "REGEX", default_value = crate::kmsg::FSTESTS_MARKER)]
+    pub test_marker: String,
+
+    /// Tests only: read kernel-log records in /dev/kmsg format from FILE
+    /// instead of /dev/kmsg (their times relative to the first one, which
+    /// counts at the start).
+    #[arg(global = true, long, value_name = "FILE", hide = true)]
+    pub kmsg_file: Option<PathBuf>,
+
     /// Tests only: attach a raw tracepoint program at another tracepoint
     /// (PROGRAM=TRACEPOINT), one the workload never reaches, to make its
     /// probe silent on purpose.
@@ -151,6 +172,24 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     pub cmd: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SeverityArg {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl SeverityArg {
+    pub fn severity(self) -> crate::correlator::Severity {
+        use crate::correlator::Severity;
+        match self {
+            SeverityArg::Info => Severity::Info,
+            SeverityArg::Warning => Severity::Warning,
+            SeverityArg::Critical => Severity::Critical,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]

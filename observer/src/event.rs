@@ -249,6 +249,8 @@ pub enum Body {
     /// means a PTE still maps the folio as it leaves (a freed page mapped).
     FolioDelete {
         index: u64,
+        /// Pages in the folio (1, or more for a large folio).
+        pages: u64,
         pfn: u64,
         still_mapped: Option<bool>,
     },
@@ -272,6 +274,27 @@ pub enum Body {
     FsRemoveExit {
         fs: FsRemover,
     },
+    /// A test of the running suite began (a kernel-log marker).
+    TestStart {
+        name: String,
+    },
+    /// The kernel began one of its reports of this bug class: the windows
+    /// open now are kept until the report is whole and joins them.
+    ReportBegins,
+    /// One of the kernel's own reports of this bug class (kernel log), whole;
+    /// it comes later than its own time.
+    KernelReport(crate::kmsg::KernelReport),
+}
+
+impl Body {
+    /// From the kernel log, not the probes: such events reach the agent
+    /// later than the ring buffer's and are never counted late.
+    pub fn is_log(&self) -> bool {
+        matches!(
+            self,
+            Body::TestStart { .. } | Body::ReportBegins | Body::KernelReport(_)
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

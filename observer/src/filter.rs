@@ -142,6 +142,7 @@ mod tests {
 
     fn alert(dev: u32, ino: u64, faulter: Task, puncher: Task) -> Alert {
         Alert {
+            severity: crate::correlator::Severity::Info,
             finding: Finding::PteInPunchWindow {
                 map_entry_ts: 1500,
                 folios_removed: None,
@@ -159,6 +160,7 @@ mod tests {
                 opened_ts: 1000,
                 closed_ts: Some(3000),
                 open_for_ns: 1000,
+                test: None,
             },
             fidelity: Fidelity::Fentry,
             map_fidelity: Fidelity::Fentry,

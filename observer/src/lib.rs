@@ -10,6 +10,7 @@ pub mod correlator;
 pub mod event;
 pub mod filter;
 pub mod health;
+pub mod kmsg;
 pub mod loader;
 pub mod paths;
 pub mod pipeline;

@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use observer_abi::{self as abi, probes::Prog};
 
 use crate::{
-    correlator::{self, Alert, Correlator, Severity},
+    correlator::{self, Alert, Correlator, JoinedReport, Severity},
+    event::{Body, Event, Fidelity, FileId, Task},
     filter::Filter,
-    health,
+    health, kmsg,
     paths::PathCache,
     record,
     sink::{self, Sink, Summary},
@@ -36,6 +37,9 @@ pub struct Pipeline {
     received: [u64; abi::KIND_MAX],
     undecodable: u64,
     alerts: Vec<Alert>,
+    /// Test markers and kernel reports, from the kernel log.
+    kmsg: kmsg::Reader,
+    findings: Vec<kmsg::Finding>,
     shown: u64,
     worst: Option<Severity>,
     wakeups: u64,
@@ -59,7 +63,8 @@ impl Pipeline {
         output: String,
         recorder: Option<Recorder>,
         live: bool,
-    ) -> Pipeline {
+        marker: &str,
+    ) -> Result<Pipeline> {
         let mut correlator = Correlator::new(correlator::Config {
             reorder_horizon_ns: wiring.reorder_horizon_ns,
             syscall_windows: wiring.syscall_windows,
@@ -71,7 +76,7 @@ impl Pipeline {
         if wiring.pte_installs {
             correlator.expect_pte_installs();
         }
-        Pipeline {
+        Ok(Pipeline {
             correlator,
             filter,
             sink,
@@ -81,9 +86,48 @@ impl Pipeline {
             received: [0; abi::KIND_MAX],
             undecodable: 0,
             alerts: Vec::new(),
+            kmsg: kmsg::Reader::new(marker)?,
+            findings: Vec::new(),
             shown: 0,
             worst: None,
             wakeups: 0,
+        })
+    }
+
+    /// One kernel-log record (`ts` is when it counts, in the events' clock).
+    pub fn kmsg(&mut self, raw: &str, ts: u64) -> Result<()> {
+        if let Some(r) = &mut self.recorder {
+            r.kmsg(raw, ts).context("cannot write the recording")?;
+        }
+        let Some(mut rec) = kmsg::KmsgRecord::parse(raw) else {
+            return Ok(());
+        };
+        rec.usec = ts / 1000;
+        self.kmsg.push(&rec, &mut self.findings);
+        self.take_findings(ts);
+        Ok(())
+    }
+
+    /// A report comes whole at `now`, later than its own time: it goes to
+    /// the correlator then, and joins the windows its header held.
+    fn take_findings(&mut self, now: u64) {
+        for f in self.findings.drain(..) {
+            let (ts, body) = match f {
+                kmsg::Finding::TestStart { ts, name } => (ts, Body::TestStart { name }),
+                kmsg::Finding::ReportBegins { ts } => (ts, Body::ReportBegins),
+                kmsg::Finding::Report(r) => (now.max(r.last), Body::KernelReport(r)),
+            };
+            self.correlator.push(
+                Event {
+                    ts,
+                    stack_id: None,
+                    file: FileId::default(),
+                    task: Task::default(),
+                    fidelity: Fidelity::Tracepoint,
+                    body,
+                },
+                &mut self.alerts,
+            );
         }
     }
 
@@ -113,14 +157,20 @@ impl Pipeline {
         if let Some(r) = &mut self.recorder {
             r.tick(now).context("cannot write the recording")?;
         }
+        self.kmsg.quiet(now, &mut self.findings);
+        self.take_findings(now);
         self.correlator.advance(now, &mut self.alerts);
         Ok(())
     }
 
-    /// Writes the alerts made so far that pass the filter.
+    /// Writes the alerts made so far that pass the filter, and the kernel
+    /// reports.
     pub fn emit(&mut self, stacks: StackResolver) -> Result<()> {
+        for r in self.correlator.take_reports() {
+            self.report(&r)?;
+        }
         for alert in self.alerts.drain(..) {
-            self.worst = self.worst.max(Some(alert.kind().severity()));
+            self.worst = self.worst.max(Some(alert.severity));
             if !self.filter.matches(&alert) {
                 continue;
             }
@@ -130,12 +180,20 @@ impl Pipeline {
                 .and_then(|p| p.resolve(alert.file, alert.task.pid))
                 .map(str::to_owned);
             let frames = sink::Frames::of(&alert, stacks);
-            self.sink
+            if self
+                .sink
                 .alert(&alert, path.as_deref(), &frames)
-                .with_context(|| self.output.clone())?;
-            self.shown += 1;
+                .with_context(|| self.output.clone())?
+            {
+                self.shown += 1;
+            }
         }
         Ok(())
+    }
+
+    fn report(&mut self, r: &JoinedReport) -> Result<()> {
+        self.worst = self.worst.max(Some(r.severity));
+        self.sink.report(r).with_context(|| self.output.clone())
     }
 
     /// End of input: every window closes, the last alerts go out, and the
@@ -146,6 +204,8 @@ impl Pipeline {
         trailer: Option<&Trailer>,
         stacks: StackResolver,
     ) -> Result<(Summary, Output)> {
+        self.kmsg.flush(&mut self.findings);
+        self.take_findings(self.correlator.clock());
         self.correlator.flush(&mut self.alerts);
         self.emit(stacks)?;
         let none = Trailer::default();
@@ -215,9 +275,34 @@ fn summarize(
         alerts: stats.alerts,
         alerts_shown: shown,
         classes: stats.classes,
+        alerts_by_severity: by_severity(&stats.alerts_by_severity),
+        kernel_reports: stats.kernel_reports,
+        tests: stats
+            .tests
+            .iter()
+            .map(|(name, t)| observer_report::TestRow {
+                test: name.clone(),
+                windows_by_op: t.windows_by_op.by_op().into_iter().collect(),
+                alerts: by_severity(&t.alerts),
+                kernel_reports: t.kernel_reports,
+            })
+            .collect(),
         health: observer_report::Health::default(),
         agent: usage(),
-        verdict: sink::Verdict::of(&stats.classes, stats.alerts, &lost, stats.windows_opened),
+        verdict: sink::Verdict::with_critical(
+            stats.alerts_by_severity[Severity::Critical as usize] + stats.critical_reports,
+            stats.alerts,
+            &lost,
+            stats.windows_opened,
+        ),
+    }
+}
+
+fn by_severity(v: &[u64; 3]) -> observer_report::BySeverity {
+    observer_report::BySeverity {
+        info: v[Severity::Info as usize],
+        warning: v[Severity::Warning as usize],
+        critical: v[Severity::Critical as usize],
     }
 }
 

@@ -55,6 +55,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         },
         abi::Kind::FolioDelete => Body::FolioDelete {
             index: raw.start,
+            pages: raw.end.saturating_sub(raw.start).saturating_add(1),
             pfn: raw.aux,
             still_mapped: (raw.flags & abi::FLAG_MAPCOUNT_KNOWN != 0)
                 .then_some(raw.flags & abi::FLAG_STILL_MAPPED != 0),

@@ -38,11 +38,20 @@ pub fn run(cli: &Cli, file: &Path, filter: Filter) -> Result<()> {
             rec.torn_bytes
         );
     }
-    let mut pipeline = Pipeline::new(&rec.wiring, filter, sink, output_name(cli), None, false);
+    let mut pipeline = Pipeline::new(
+        &rec.wiring,
+        filter,
+        sink,
+        output_name(cli),
+        None,
+        false,
+        &cli.test_marker,
+    )?;
     for entry in &rec.entries {
         match entry {
             Entry::Record(raw) => pipeline.record(raw)?,
             Entry::Tick(now) => pipeline.tick(*now)?,
+            Entry::Kmsg(raw, ts) => pipeline.kmsg(raw, *ts)?,
         }
         pipeline.emit(&no_stacks)?;
     }

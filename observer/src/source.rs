@@ -123,3 +123,94 @@ pub fn stack(ebpf: &aya::Ebpf, id: u32) -> Option<Vec<u64>> {
     let trace = map.get(&id, 0).ok()?;
     Some(trace.frames().iter().map(|f| f.ip).collect())
 }
+
+/// The kernel log, read as it grows: /dev/kmsg from the moment the observer
+/// started, or (tests) a file of records in its format, each released when
+/// the clock reaches its offset from the file's first record.
+pub enum KernelLog {
+    Device(std::fs::File),
+    File {
+        records: std::collections::VecDeque<(u64, String)>,
+        /// When the first record counts (CLOCK_MONOTONIC ns).
+        start: u64,
+    },
+}
+
+impl KernelLog {
+    /// /dev/kmsg, positioned at its end: what the kernel logs from now on.
+    pub fn device() -> Result<KernelLog> {
+        use std::os::unix::{fs::OpenOptionsExt, io::AsRawFd};
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .context("cannot read /dev/kmsg")?;
+        // SAFETY: lseek on an fd we own.
+        unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) };
+        Ok(KernelLog::Device(f))
+    }
+
+    /// Records from `path` (one per line, ` KEY=value` continuation lines
+    /// kept with theirs), their times kept relative to each other and the
+    /// first one at `start`.
+    pub fn file(path: &std::path::Path, start: u64) -> Result<KernelLog> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --kmsg-file {}", path.display()))?;
+        let mut raw: Vec<String> = Vec::new();
+        for line in text.lines() {
+            match raw.last_mut() {
+                Some(last) if line.starts_with(' ') => {
+                    last.push('\n');
+                    last.push_str(line);
+                }
+                _ if line.trim().is_empty() => {}
+                _ => raw.push(line.to_owned()),
+            }
+        }
+        let mut first = None;
+        let mut records = std::collections::VecDeque::new();
+        for r in raw {
+            let Some(rec) = crate::kmsg::KmsgRecord::parse(&r) else {
+                anyhow::bail!(
+                    "--kmsg-file {}: not a /dev/kmsg record: {r}",
+                    path.display()
+                );
+            };
+            let f = *first.get_or_insert(rec.usec);
+            records.push_back((start + rec.usec.saturating_sub(f) * 1000, r));
+        }
+        Ok(KernelLog::File { records, start })
+    }
+
+    /// The records due by `now`, each with the event time it counts at.
+    pub fn read(&mut self, now: u64, out: &mut Vec<(String, u64)>) -> Result<()> {
+        match self {
+            KernelLog::Device(f) => {
+                use std::io::Read;
+                let mut buf = [0u8; 8192];
+                loop {
+                    match f.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                            let ts =
+                                crate::kmsg::KmsgRecord::parse(&text).map_or(now, |r| r.ts_ns());
+                            out.push((text, ts));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // Overwritten before it was read: the next read goes on.
+                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                        Err(e) => return Err(e).context("reading /dev/kmsg"),
+                    }
+                }
+            }
+            KernelLog::File { records, .. } => {
+                while records.front().is_some_and(|(ts, _)| *ts <= now) {
+                    let (ts, r) = records.pop_front().expect("checked");
+                    out.push((r, ts));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -25,6 +25,7 @@ const TAG_RECORD: u8 = b'R';
 const TAG_TICK: u8 = b'T';
 const TAG_END: u8 = b'E';
 const TAG_STARTUP: u8 = b'S';
+const TAG_KMSG: u8 = b'K';
 
 /// How the recorded run was wired: the correlator must be configured alike.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub enum Entry {
     Record(Vec<u8>),
     /// The agent vouched that CLOCK_MONOTONIC reached this.
     Tick(u64),
+    /// A kernel-log record, and the event time it was given.
+    Kmsg(String, u64),
 }
 
 pub struct Recorder {
@@ -94,6 +97,12 @@ impl Recorder {
 
     pub fn tick(&mut self, now: u64) -> std::io::Result<()> {
         self.entry(TAG_TICK, &now.to_le_bytes())
+    }
+
+    pub fn kmsg(&mut self, raw: &str, ts: u64) -> std::io::Result<()> {
+        let mut payload = ts.to_le_bytes().to_vec();
+        payload.extend_from_slice(raw.as_bytes());
+        self.entry(TAG_KMSG, &payload)
     }
 
     pub fn finish(mut self, trailer: &Trailer) -> Result<()> {
@@ -161,6 +170,10 @@ pub fn parse(bytes: &[u8]) -> Result<Recording> {
             TAG_TICK if len == 8 => {
                 entries.push(Entry::Tick(u64::from_le_bytes(payload.try_into()?)))
             }
+            TAG_KMSG if len >= 8 => entries.push(Entry::Kmsg(
+                String::from_utf8_lossy(&payload[8..]).into_owned(),
+                u64::from_le_bytes(payload[..8].try_into()?),
+            )),
             TAG_STARTUP => match observer_report::Record::parse(std::str::from_utf8(payload)?)? {
                 observer_report::Record::Startup(s) => startup = Some(s),
                 _ => bail!("a startup entry that is no startup record"),

@@ -11,6 +11,7 @@ use serde_json::Value;
 pub struct Stream {
     pub startup: Startup,
     pub alerts: Vec<Value>,
+    pub reports: Vec<Value>,
     pub summary: Summary,
 }
 
@@ -26,6 +27,7 @@ impl Stream {
         let mut startup = None;
         let mut summary = None;
         let mut alerts = Vec::new();
+        let mut reports = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let record = Record::parse(line)
                 .with_context(|| format!("line {} is not a record: {line}", i + 1))?;
@@ -37,12 +39,14 @@ impl Stream {
                 Record::Startup(_) => bail!("a startup record on line {}", i + 1),
                 Record::Alert(_) if startup.is_none() => bail!("an alert before the startup"),
                 Record::Alert(a) => alerts.push(a),
+                Record::KernelReport(r) => reports.push(r),
                 Record::Summary(s) => summary = Some(*s),
             }
         }
         Ok(Stream {
             startup: startup.context("no startup record")?,
             alerts,
+            reports,
             summary: summary.context("no summary record")?,
         })
     }

@@ -87,11 +87,15 @@ fn stop_observer(p: ObserverProcess, sig: libc::c_int) -> ObserverExit {
 
 /// Runs racer on `file` for [`RACE_SECS`] seconds and returns its report.
 fn run_racer(file: &Path, extra: &[&str]) -> RacerReport {
+    run_racer_for(file, RACE_SECS, extra)
+}
+
+fn run_racer_for(file: &Path, secs: &str, extra: &[&str]) -> RacerReport {
     let bin = racer_bin();
     let out = Command::new(&bin)
         .arg("--file")
         .arg(file)
-        .args(["--duration", RACE_SECS])
+        .args(["--duration", secs])
         .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
@@ -505,7 +509,7 @@ fn text_output_names_the_race() {
     let _serial = serial();
     let m = loop_mount(FsType::Xfs);
     let file = m.path().join("racer.dat");
-    let p = start_observer(&[]);
+    let p = start_observer(&["--per-call"]);
     let r = run_racer(&file, &[]);
     let exit = stop_observer(p, libc::SIGINT);
     let needle = format!(" dev {} ino {} ", dev_of(&r), r.ino);
@@ -548,6 +552,84 @@ fn text_output_names_the_race() {
     );
     assert!(!exit.stderr.contains("summary after "), "{}", exit.stderr);
     assert!(!exit.stdout.contains("{\"type\""), "JSON in text mode");
+}
+
+/// The default text stream under a racer at full speed: one line per window
+/// that shows, never more than the digest's rates allow, and roll-ups that
+/// say what was held back, while the summary still counts every alert.
+#[test]
+#[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
+fn text_digest_keeps_its_line_rate_under_a_racer() {
+    use observer_report::text::{MAX_LINES_PER_S, max_lines};
+    let _serial = serial();
+    let m = loop_mount(FsType::Xfs);
+    let file = m.path().join("racer.dat");
+    let p = start_observer(&[]);
+    let started = Instant::now();
+    let r = run_racer_for(&file, "12", &[]);
+    let exit = stop_observer(p, libc::SIGINT);
+    let secs = started.elapsed().as_secs() + 1;
+    let stream = exit
+        .stdout
+        .split("\nsummary after ")
+        .next()
+        .expect("a stream before the summary");
+    // Lines that start with a time of day; critical ones are never held.
+    let timed: Vec<&str> = stream
+        .lines()
+        .filter(|l| l.len() > 15 && l.as_bytes()[2] == b':' && l.as_bytes()[8] == b'.')
+        .filter(|l| !l.contains("CRITICAL"))
+        .collect();
+    let needle = format!(" dev {} ino {} ", dev_of(&r), r.ino);
+    let windows: Vec<&&str> = timed
+        .iter()
+        .filter(|l| l.contains(" WINDOW punch_hole") && l.contains(&needle))
+        .collect();
+    assert!(
+        !windows.is_empty(),
+        "no WINDOW line for {needle:?}; stream:\n{}",
+        &stream[..stream.len().min(3000)]
+    );
+    for w in &windows {
+        assert!(w.contains(" fault-around call"), "{w}");
+        assert!(w.ends_with(" | info") || w.ends_with(" | warning"), "{w}");
+    }
+    assert!(
+        timed.len() as u64 <= max_lines(secs),
+        "{} lines in {secs} s, more than {}:\n{}",
+        timed.len(),
+        max_lines(secs),
+        timed.join("\n")
+    );
+    let mut per_second = std::collections::BTreeMap::<&str, u64>::new();
+    for l in &timed {
+        *per_second.entry(&l[..8]).or_default() += 1;
+    }
+    let (worst, n) = per_second.iter().max_by_key(|(_, n)| **n).unwrap();
+    assert!(
+        *n <= MAX_LINES_PER_S,
+        "{n} lines in second {worst}, more than {MAX_LINES_PER_S}"
+    );
+    // The racer opens thousands of windows: most are held back, and said so.
+    assert!(
+        timed
+            .iter()
+            .any(|l| l.contains(" ... ") && l.contains(" more windows like this on ")),
+        "no roll-up line:\n{}",
+        timed.join("\n")
+    );
+    let summary = exit.stdout.split("\nsummary after ").nth(1).unwrap();
+    let alerts: u64 = summary
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("alerts "))
+        .and_then(|rest| rest.trim_start().split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no alert count in the summary:\n{summary}"));
+    assert!(
+        alerts > windows.len() as u64,
+        "summary counts {alerts} alerts for {} window lines",
+        windows.len()
+    );
 }
 
 // ---------------------------------------------------------------------------

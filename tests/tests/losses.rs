@@ -29,6 +29,10 @@ fn a_burst_over_the_ring_is_counted_exactly_per_kind() {
             "--full-stream",
             "--ringbuf-kib",
             "4",
+            // The agent's longest tick (50 ms) between reads: the ring must
+            // overflow, however fast this host drains it.
+            "--reorder-ms",
+            "200",
         ],
     )
     .expect("start the observer");

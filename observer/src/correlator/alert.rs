@@ -19,6 +19,13 @@ pub enum AlertKind {
 }
 
 /// How much an alert matters, worst last (ordered for `--fail-on`).
+/// `Info`: PTEs in a window that were zapped again, the partial edge pages
+/// of a punch, pages of a large folio that straddles the punched range, and
+/// outcomes the kernel gives no way to observe (no PTE installer: the
+/// host's tracepoint mode). `Warning`: PTEs still mapped after the window
+/// that none of those explain, and outcomes that should have been
+/// observable but were not. `Critical`: a freed page mapped, freed data
+/// cached, and the kernel's own reports of either.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     Info,
@@ -37,16 +44,6 @@ impl Severity {
 }
 
 impl AlertKind {
-    /// A PTE installed in a window and zapped again is what every punch on
-    /// xfs 6.4+ and ext4 looks like: information. The damage is critical.
-    pub fn severity(self) -> Severity {
-        if self.is_critical() {
-            Severity::Critical
-        } else {
-            Severity::Info
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::PteInPunchWindow => "pte_in_punch_window",
@@ -91,6 +88,8 @@ pub struct WindowInfo {
     pub closed_ts: Option<u64>,
     /// How long the window had been open at the alert's `ts`.
     pub open_for_ns: u64,
+    /// The test of the suite that was running when the window opened.
+    pub test: Option<String>,
 }
 
 /// Page-exact outcomes of the PTEs one fault-around installed inside its
@@ -163,6 +162,8 @@ pub struct Evidence {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alert {
     pub finding: Finding,
+    /// That of the worst outcome among its pages (see [`Severity`]).
+    pub severity: Severity,
     /// The victim record's time: exit of the `filemap_map_pages` call, the
     /// PTE install (`stale_pte`) or the page-cache add (`stale_data`).
     pub ts: u64,

@@ -39,6 +39,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use crate::event::{
     Body, Event, Fidelity, FileId, FsRemover, InvalidateLock, Invalidator, Op, PageRange, Task,
 };
+use crate::kmsg::KernelReport;
 use pte::{Install, Removal, intersect, walked};
 use refill::{Refill, RefillWindow};
 use reorder::ReorderBuffer;
@@ -87,6 +88,15 @@ pub struct Stats {
     pub classes: Classes,
     /// Final-closed windows by operation.
     pub windows_by_op: OpCounts,
+    /// Alerts by severity: info, warning, critical.
+    pub alerts_by_severity: [u64; 3],
+    /// Kernel reports of this bug class.
+    pub kernel_reports: u64,
+    /// Critical kernel reports.
+    pub critical_reports: u64,
+    /// Per test of the suite, in the order the tests began (kernel-log
+    /// markers).
+    pub tests: TestTable,
     /// Invalidating syscalls that failed and removed nothing: not windows.
     pub failed_calls: OpCounts,
 }
@@ -120,7 +130,55 @@ pub struct Correlator {
     /// Whether any PTE installer record was seen: page-exact counts for
     /// fault-around alerts.
     pte_source: bool,
+    /// The suite's test running now (kernel-log markers).
+    current_test: Option<String>,
+    /// Kernel reports joined to their windows, for the pipeline to take.
+    reports: Vec<JoinedReport>,
+    /// A kernel report is being read (its header's time and the test then):
+    /// retained windows are kept until it is whole and joins them.
+    report_open: Option<(u64, Option<String>)>,
     stats: Stats,
+}
+
+/// A kernel report with the test running as it came and the windows open
+/// on its file (on any file when it names none) in the preceding horizon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedReport {
+    pub report: KernelReport,
+    pub severity: Severity,
+    pub test: Option<String>,
+    pub windows: Vec<(FileId, WindowInfo)>,
+}
+
+/// Tests by name, in the order they began.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestTable {
+    index: HashMap<String, usize>,
+    rows: Vec<(String, TestStats)>,
+}
+
+impl TestTable {
+    pub fn entry(&mut self, name: String) -> &mut TestStats {
+        let next = self.rows.len();
+        let i = *self.index.entry(name.clone()).or_insert(next);
+        if i == next {
+            self.rows.push((name, TestStats::default()));
+        }
+        &mut self.rows[i].1
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &TestStats)> {
+        self.rows.iter().map(|(n, t)| (n, t))
+    }
+}
+
+/// What one test of the suite did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestStats {
+    pub windows_by_op: OpCounts,
+    /// By severity: info, warning, critical.
+    pub alerts: [u64; 3],
+    pub kernel_reports: u64,
 }
 
 impl Correlator {
@@ -136,6 +194,9 @@ impl Correlator {
             next_window_id: 1,
             folio_source: false,
             pte_source: false,
+            current_test: None,
+            report_open: None,
+            reports: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -217,6 +278,11 @@ impl Correlator {
         }
     }
 
+    /// Event time processed so far.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
     fn retain_ns(&self) -> u64 {
         self.cfg.retain_ns.max(self.cfg.op_gap_ns)
     }
@@ -242,6 +308,9 @@ impl Correlator {
         }
         let retain = self.retain_ns();
         while let Some(&(final_ts, file)) = self.expiries.front() {
+            if self.report_open.is_some() {
+                break;
+            }
             if final_ts.saturating_add(retain) >= self.clock {
                 break;
             }
@@ -264,7 +333,7 @@ impl Correlator {
     }
 
     fn process(&mut self, ev: Event, out: &mut Vec<Alert>) {
-        if ev.ts < self.clock {
+        if ev.ts < self.clock && !ev.body.is_log() {
             self.stats.late_events += 1;
         }
         self.tick(ev.ts, out);
@@ -301,12 +370,25 @@ impl Correlator {
             Body::SyscallExit { ret, .. } => self.syscall_exit(ts, task.tid, ret, out),
             Body::FolioDelete {
                 index,
+                pages,
                 pfn,
                 still_mapped,
             } => {
                 self.adopt_syscall_file(ts, file, &task, fidelity);
+                if pages > 1 {
+                    self.files.entry(file).or_default().large_folios = true;
+                }
                 self.folio_delete(ts, file, task.tid, index, pfn, still_mapped)
             }
+            Body::TestStart { name } => {
+                self.stats.tests.entry(name.clone());
+                self.current_test = Some(name);
+            }
+            Body::ReportBegins => {
+                self.report_open
+                    .get_or_insert((ts, self.current_test.clone()));
+            }
+            Body::KernelReport(report) => self.kernel_report(report),
             Body::PteInstall { range } => {
                 let install = Install {
                     ts,
@@ -404,6 +486,7 @@ impl Correlator {
             unmapped: None,
             punch_stack: None,
             ptes: Default::default(),
+            test: self.current_test.clone(),
             calls: u32::from(!by_syscall),
             removed: 0,
         });
@@ -429,14 +512,17 @@ impl Correlator {
         w.gap_candidates.clear();
         let pending = std::mem::take(&mut w.pending);
         let (folio_source, pte_source) = (self.folio_source, self.pte_source);
+        let large = fw.large_folios;
         let before = out.len();
         out.extend(
             pending
                 .into_iter()
-                .map(|p| w.alert(p, folio_source, pte_source)),
+                .map(|p| w.alert(p, folio_source, pte_source, large)),
         );
         out.extend(w.settle_ptes(folio_source, &mut self.stats.classes.a));
-        self.stats.alerts += (out.len() - before) as u64;
+        if let Some(t) = &w.test {
+            self.stats.tests.entry(t.clone()).windows_by_op.count(w.op);
+        }
         // Outcomes are settled; a retained window only matches late calls.
         w.ptes.clear();
         self.stats.windows_by_op.count(w.op);
@@ -444,6 +530,74 @@ impl Correlator {
         self.expiries.push_back((self.clock, file));
         self.stats.windows_closed += 1;
         self.stats.open_windows -= 1;
+        self.count_alerts(&out[before..]);
+    }
+
+    /// Alerts made: counted in total, by severity and by test.
+    fn count_alerts(&mut self, alerts: &[Alert]) {
+        for a in alerts {
+            let sev = a.severity as usize;
+            self.stats.alerts += 1;
+            self.stats.alerts_by_severity[sev] += 1;
+            if let Some(t) = &a.window.test {
+                self.stats.tests.entry(t.clone()).alerts[sev] += 1;
+            }
+        }
+    }
+
+    /// The kernel reports joined so far.
+    pub fn take_reports(&mut self) -> Vec<JoinedReport> {
+        std::mem::take(&mut self.reports)
+    }
+
+    /// A kernel report joins the windows open on its file at its time, by
+    /// inode number (the page dump names no device), or on any file when it
+    /// names none: open ones, and those closed within the retention before.
+    fn kernel_report(&mut self, report: KernelReport) {
+        const MAX_WINDOWS: usize = 16;
+        let ts = report.ts;
+        let retain = self.retain_ns();
+        let test = match self.report_open.take() {
+            Some((_, test)) => test,
+            None => self.current_test.clone(),
+        };
+        let mut windows = Vec::new();
+        let mut files: Vec<&FileId> = self
+            .files
+            .keys()
+            .filter(|f| report.ino.is_none_or(|ino| f.ino == ino))
+            .collect();
+        files.sort();
+        for f in files {
+            let fw = &self.files[f];
+            for w in fw.active.iter().chain(fw.retained.iter()) {
+                let near = w.closed_ts.is_none_or(|c| c.saturating_add(retain) >= ts);
+                if w.opened_ts <= ts && near && windows.len() < MAX_WINDOWS {
+                    windows.push((*f, w.info(ts)));
+                }
+            }
+        }
+        // A warning in mm/ or fs/ is often made on purpose (error injection);
+        // one whose page dump names a file with a window open is not.
+        let severity = if report.kind.is_critical() || (report.ino.is_some() && !windows.is_empty())
+        {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        self.stats.kernel_reports += 1;
+        if severity == Severity::Critical {
+            self.stats.critical_reports += 1;
+        }
+        if let Some(t) = &test {
+            self.stats.tests.entry(t.clone()).kernel_reports += 1;
+        }
+        self.reports.push(JoinedReport {
+            report,
+            severity,
+            test,
+            windows,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -535,6 +689,7 @@ impl Correlator {
             close_stack: None,
             lock: lock.seen_by(tid),
             refills: Vec::new(),
+            test: self.current_test.clone(),
         });
         if let Some(sc) = self.syscalls.get_mut(&tid)
             && !sc.refill_files.contains(&file)
@@ -607,11 +762,11 @@ impl Correlator {
             }
             if w.meets(entry, exit, &fault.pages) == Some(true) {
                 // Its PTE outcomes were settled with the window.
-                settled.push(w.alert(fault.clone(), self.folio_source, false));
+                settled.push(w.alert(fault.clone(), self.folio_source, false, fw.large_folios));
             }
         }
         settled.reverse();
-        self.stats.alerts += settled.len() as u64;
+        self.count_alerts(&settled);
         out.extend(settled);
     }
 
@@ -750,7 +905,7 @@ impl Correlator {
                 self.files.remove(&file);
             }
             let alerts = b.evaluate(file, &mut self.stats.classes.b);
-            self.stats.alerts += alerts.len() as u64;
+            self.count_alerts(&alerts);
             out.extend(alerts);
         }
     }

@@ -159,6 +159,9 @@ impl PteLedger {
 
     /// The outcomes of the PTEs that task `tid` installed for `pages` between
     /// `entry_ts` and `exit_ts`: one fault-around call's.
+    /// Also returns how many of the still-mapped ones lie inside `whole`
+    /// (the pages the operation unmapped in full): those are not the
+    /// partial edge pages of a punch.
     pub fn counts_for(
         &self,
         tid: u32,
@@ -166,9 +169,11 @@ impl PteLedger {
         exit_ts: u64,
         pages: &PageRange,
         folio_source: bool,
-    ) -> PteCounts {
+        whole: Option<PageRange>,
+    ) -> (PteCounts, u64) {
         let mut c = PteCounts::default();
-        for (_, recs) in self.pages.range(pages.start..=pages.end) {
+        let mut inside = 0;
+        for (page, recs) in self.pages.range(pages.start..=pages.end) {
             for r in recs {
                 let i = &self.installs[r.install];
                 if i.in_gap || i.task.tid != tid || i.ts < entry_ts || i.ts > exit_ts {
@@ -178,12 +183,17 @@ impl PteLedger {
                 match Outcome::of(r.removal, folio_source) {
                     Outcome::Rezapped => c.rezapped += 1,
                     Outcome::Stale { .. } => c.stale += 1,
-                    Outcome::StillMappedAfterWindow => c.still_mapped += 1,
+                    Outcome::StillMappedAfterWindow => {
+                        c.still_mapped += 1;
+                        if whole.is_some_and(|w| w.contains(*page)) {
+                            inside += 1;
+                        }
+                    }
                     Outcome::Unknown => c.unknown += 1,
                 }
             }
         }
-        c
+        (c, inside)
     }
 
     pub fn clear(&mut self) {

@@ -12,7 +12,7 @@
 
 use observer_abi::filesystems::RefillPolicy;
 
-use super::alert::{Alert, Evidence, Finding, StackIds, WindowInfo};
+use super::alert::{Alert, Evidence, Finding, Severity, StackIds, WindowInfo};
 use super::classes::ClassB;
 use super::pte::{intersect, walked};
 use crate::event::{Fidelity, FileId, FsRemover, InvalidateLock, LockHolder, Op, PageRange, Task};
@@ -98,6 +98,7 @@ pub(crate) struct RefillWindow {
     /// wins; not exposed until one shows the lock.
     pub lock: LockHolder,
     pub refills: Vec<Refill>,
+    pub test: Option<String>,
 }
 
 impl RefillWindow {
@@ -195,6 +196,7 @@ impl RefillWindow {
             };
             b.stale_data += 1;
             alerts.push(Alert {
+                severity: Severity::Critical,
                 finding: Finding::StaleData {
                     truncate_exit_ts: self.truncate_exit_ts,
                     fs_remove,
@@ -213,6 +215,7 @@ impl RefillWindow {
                     opened_ts: self.opened_ts,
                     closed_ts: Some(close),
                     open_for_ns: r.ts.saturating_sub(self.opened_ts),
+                    test: self.test.clone(),
                 },
                 fidelity: r.fidelity.weaker(self.fidelity),
                 map_fidelity: r.fidelity,

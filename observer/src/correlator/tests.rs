@@ -68,6 +68,7 @@ fn folio(ts: u64, f: FileId, index: u64) -> Event {
         f,
         1,
         Body::FolioDelete {
+            pages: 1,
             index,
             pfn: 0x1000 + index,
             still_mapped: None,
@@ -152,6 +153,7 @@ fn fault_around_inside_punch_window_alerts_with_all_fields() {
             opened_ts: T0,
             closed_ts: Some(T0 + 20 * US),
             open_for_ns: 15 * US,
+            test: None,
         }
     );
     assert_eq!(a.fidelity, Fidelity::Fentry);
@@ -1043,6 +1045,7 @@ fn delete(ts: u64, f: FileId, index: u64, still_mapped: Option<bool>) -> Event {
         f,
         1,
         Body::FolioDelete {
+            pages: 1,
             index,
             pfn: 0x1000 + index,
             still_mapped,
@@ -1178,6 +1181,7 @@ fn stale_pte_when_a_pte_installed_in_the_window_outlives_its_folio() {
             opened_ts: T0 + US,
             closed_ts: Some(T0 + 20 * US),
             open_for_ns: 9 * US + 700,
+            test: None,
         }
     );
     assert_eq!(a.fidelity, Fidelity::Fentry);
@@ -1488,6 +1492,7 @@ fn stale_data_for_a_disk_read_between_truncate_and_block_removal() {
             opened_ts: T0 + 11 * US,
             closed_ts: Some(T0 + 40 * US),
             open_for_ns: 14 * US,
+            test: None,
         }
     );
     assert_eq!(
@@ -1902,4 +1907,120 @@ fn invalidate_lock_decodes_from_the_record() {
         InvalidateLock::NotExposed.seen_by(1),
         LockHolder::NotExposed
     );
+}
+
+fn log(ts: u64, body: Body) -> Event {
+    Event {
+        ts,
+        stack_id: None,
+        file: FileId::default(),
+        task: Task::default(),
+        fidelity: Fidelity::Tracepoint,
+        body,
+    }
+}
+
+/// A kernel report is whole only well after its header (its lines trickle
+/// in, then the log goes quiet): it joins the windows on its inode as they
+/// were at the header, under the test running then, even though retention
+/// alone would have forgotten them; it is not counted late.
+#[test]
+fn a_kernel_report_joins_the_windows_at_its_header() {
+    let (ours, other) = (file(21), file(22));
+    let cfg = Config {
+        retain_ns: 10 * MS,
+        ..Config::default()
+    };
+    let mut c = Correlator::new(cfg);
+    let mut out = Vec::new();
+    let test = |name: &str| Body::TestStart { name: name.into() };
+    c.push(log(T0 - MS, test("generic/127")), &mut out);
+    for e in punch(T0, ours, 300, pages(0, 15)).into_iter().chain(punch(
+        T0 + 100 * US,
+        other,
+        400,
+        pages(0, 15),
+    )) {
+        c.push(e, &mut out);
+    }
+    c.push(log(T0 + MS, Body::ReportBegins), &mut out);
+    c.push(log(T0 + 2 * MS, test("generic/128")), &mut out);
+    for e in punch(T0 + 3 * MS, ours, 300, pages(32, 47)) {
+        c.push(e, &mut out);
+    }
+    c.advance(T0 + 500 * MS, &mut out);
+    assert!(c.take_reports().is_empty());
+    let report = crate::kmsg::KernelReport {
+        kind: crate::kmsg::ReportKind::BadPageCache,
+        ts: T0 + MS,
+        lines: vec!["BUG: Bad page cache in process x  pfn:1".into()],
+        ino: Some(21),
+        last: T0 + MS + 50 * US,
+    };
+    c.push(log(T0 + 500 * MS, Body::KernelReport(report)), &mut out);
+    c.advance(T0 + 600 * MS, &mut out);
+    let reports = c.take_reports();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r.test.as_deref(), Some("generic/127"));
+    let joined: Vec<(u64, PageRange)> = r.windows.iter().map(|(f, w)| (f.ino, w.pages)).collect();
+    assert_eq!(
+        joined,
+        [(21, pages(0, 15))],
+        "only the window before the header, on its inode"
+    );
+    assert_eq!(c.stats().late_events, 0);
+    assert_eq!(c.stats().kernel_reports, 1);
+    assert_eq!(c.stats().critical_reports, 1);
+    assert_eq!(
+        c.stats()
+            .tests
+            .iter()
+            .find(|t| t.0 == "generic/127")
+            .map(|t| t.1.kernel_reports),
+        Some(1)
+    );
+    // Held no longer: retention applies again.
+    c.advance(T0 + 700 * MS, &mut out);
+    assert!(c.files.is_empty(), "windows outlived the report");
+}
+
+/// A `WARNING:` in fs/ is often made on purpose (error injection): it stays
+/// a warning, unless its page dump names a file with a window open.
+#[test]
+fn a_warning_in_fs_is_critical_only_on_a_windowed_file() {
+    let f = file(23);
+    let mut c = Correlator::new(Config::default());
+    let mut out = Vec::new();
+    c.push(
+        enter(T0, f, 300, Invalidator::Unmap, pages(0, 15)),
+        &mut out,
+    );
+    let warning = |ino, at| crate::kmsg::KernelReport {
+        kind: crate::kmsg::ReportKind::Other,
+        ts: at,
+        lines: vec!["WARNING: CPU: 0 PID: 1 at fs/xfs/xfs_bmap.c:1 x+0x1/0x2".into()],
+        ino,
+        last: at,
+    };
+    for (i, ino) in [None, Some(23), Some(24)].into_iter().enumerate() {
+        let at = T0 + (i as u64 + 1) * US;
+        c.push(log(at, Body::ReportBegins), &mut out);
+        c.push(log(at, Body::KernelReport(warning(ino, at))), &mut out);
+    }
+    c.flush(&mut out);
+    let got: Vec<(Severity, usize)> = c
+        .take_reports()
+        .iter()
+        .map(|r| (r.severity, r.windows.len()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Severity::Warning, 1),
+            (Severity::Critical, 1),
+            (Severity::Warning, 0)
+        ]
+    );
+    assert_eq!(c.stats().critical_reports, 1);
 }

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::alert::{Alert, Evidence, Finding, StackIds, WindowInfo};
+use super::alert::{Alert, Evidence, Finding, Severity, StackIds, WindowInfo};
 use super::classes::ClassA;
 use super::pte::{Install, Outcome, PteLedger, intersect};
 use super::refill::RefillWindow;
@@ -59,6 +59,8 @@ pub(crate) struct Window {
     pub punch_stack: Option<u32>,
     /// Class A: PTEs installed inside the window, page by page.
     pub ptes: PteLedger,
+    /// The test of the suite running when the window opened.
+    pub test: Option<String>,
     /// Invalidating function calls (unmap, truncate) seen in the window;
     /// zero for a window only a syscall made (tracepoint mode).
     pub calls: u32,
@@ -110,7 +112,7 @@ impl Window {
         }
     }
 
-    fn info(&self, at_ts: u64) -> WindowInfo {
+    pub fn info(&self, at_ts: u64) -> WindowInfo {
         WindowInfo {
             id: self.id,
             op: self.op,
@@ -119,6 +121,7 @@ impl Window {
             opened_ts: self.opened_ts,
             closed_ts: self.closed_ts,
             open_for_ns: at_ts.saturating_sub(self.opened_ts),
+            test: self.test.clone(),
         }
     }
 
@@ -148,6 +151,7 @@ impl Window {
                     a.stale_pte += 1;
                     alerts.push(Alert {
                         finding: Finding::StalePte { deleted_ts, pfn },
+                        severity: Severity::Critical,
                         ts: install.ts,
                         file: self.file,
                         task: install.task.clone(),
@@ -176,13 +180,39 @@ impl Window {
 
     /// `pte_source`: PTE installer records exist, so a fault-around that ran
     /// over an interval (not a tracepoint point) can be given page-exact
-    /// counts from this window's ledger.
-    pub fn alert(&self, p: PendingAlert, folio_source: bool, pte_source: bool) -> Alert {
-        let ptes = (pte_source && p.map_entry_ts < p.ts).then(|| {
-            self.ptes
-                .counts_for(p.task.tid, p.map_entry_ts, p.ts, &p.pages, folio_source)
+    /// counts from this window's ledger. `large_folios`: the file has shown
+    /// folios of more than one page, whose pages can stay mapped beside a
+    /// punch that could not take the whole folio.
+    pub fn alert(
+        &self,
+        p: PendingAlert,
+        folio_source: bool,
+        pte_source: bool,
+        large_folios: bool,
+    ) -> Alert {
+        let counted = (pte_source && p.map_entry_ts < p.ts).then(|| {
+            self.ptes.counts_for(
+                p.task.tid,
+                p.map_entry_ts,
+                p.ts,
+                &p.pages,
+                folio_source,
+                self.unmapped,
+            )
         });
+        let severity = match counted {
+            // What this kernel cannot show (no installer, a point in time).
+            None => Severity::Info,
+            // Mapped after the window, on whole punched pages of small
+            // folios: nothing explains it.
+            Some((_, inside)) if inside > 0 && !large_folios => Severity::Warning,
+            // Removed, but whether a PTE was left could not be read.
+            Some((c, _)) if c.unknown > 0 && folio_source => Severity::Warning,
+            Some(_) => Severity::Info,
+        };
+        let ptes = counted.map(|(c, _)| c);
         Alert {
+            severity,
             finding: Finding::PteInPunchWindow {
                 map_entry_ts: p.map_entry_ts,
                 folios_removed: folio_source.then_some(p.folios_removed),
@@ -217,6 +247,8 @@ pub(crate) struct FileWindows {
     /// Class-B windows of punching tasks whose syscall has not returned; at
     /// most one per task.
     pub refills: Vec<RefillWindow>,
+    /// A folio of more than one page of this file was seen.
+    pub large_folios: bool,
 }
 
 impl FileWindows {

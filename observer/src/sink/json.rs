@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::{Frames, UtcTime, unix_ns};
-use crate::correlator::{Alert, AlertKind, Finding, PteCounts};
+use crate::correlator::{Alert, AlertKind, Finding, JoinedReport, PteCounts};
 use crate::event::{PageRange, Task};
 
 /// Appends `s` as a JSON string literal. Control characters become `\u00XX`
@@ -104,10 +104,13 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     let mut s = String::with_capacity(640);
     s.push_str("{\"type\":\"alert\",\"kind\":");
     push_str(&mut s, a.kind().as_str());
+    let _ = write!(s, ",\"severity\":\"{}\"", a.severity.as_str());
     if let Some(message) = a.kind().message() {
-        s.push_str(",\"severity\":\"critical\",\"message\":");
+        s.push_str(",\"message\":");
         push_str(&mut s, message);
     }
+    s.push_str(",\"test\":");
+    push_opt_str(&mut s, a.window.test.as_deref());
     s.push_str(",\"time\":");
     push_str(
         &mut s,
@@ -208,6 +211,50 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     s
 }
 
+/// `{"type":"kernel_report",...}`: the report's lines as the kernel printed
+/// them, what it is, the test running, and the windows it joined.
+pub fn report(r: &JoinedReport, boot_to_realtime_ns: i64) -> String {
+    let k = &r.report;
+    let mut s = String::with_capacity(512);
+    s.push_str("{\"type\":\"kernel_report\",\"kind\":");
+    push_str(&mut s, k.kind.as_str());
+    let _ = write!(s, ",\"severity\":\"{}\",\"time\":", r.severity.as_str());
+    push_str(
+        &mut s,
+        &UtcTime::from_unix_ns(unix_ns(k.ts, boot_to_realtime_ns)).rfc3339(),
+    );
+    let _ = write!(s, ",\"ts_ns\":{},\"ino\":", k.ts);
+    push_opt_u64(&mut s, k.ino);
+    s.push_str(",\"test\":");
+    push_opt_str(&mut s, r.test.as_deref());
+    s.push_str(",\"lines\":");
+    push_frames(&mut s, Some(&k.lines));
+    s.push_str(",\"windows\":[");
+    for (i, (file, w)) in r.windows.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "{{\"dev\":\"{}:{}\",\"ino\":{},\"id\":{},\"op\":",
+            file.major(),
+            file.minor(),
+            file.ino,
+            w.id
+        );
+        push_str(&mut s, w.op.as_str());
+        s.push_str(",\"pages\":");
+        push_pages(&mut s, &w.pages);
+        s.push_str(",\"task\":");
+        push_task(&mut s, &w.task);
+        let _ = write!(s, ",\"opened_ns\":{},\"closed_ns\":", w.opened_ts);
+        push_opt_u64(&mut s, w.closed_ts);
+        s.push('}');
+    }
+    s.push_str("]}");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +284,7 @@ mod tests {
         assert_eq!(
             line,
             concat!(
-                r#"{"type":"alert","kind":"pte_in_punch_window","time":"2025-11-25T12:00:01.000038000Z","#,
+                r#"{"type":"alert","kind":"pte_in_punch_window","severity":"info","test":null,"time":"2025-11-25T12:00:01.000038000Z","#,
                 r#""ts_ns":5000038000,"dev":"7:0","ino":131,"path":"/mnt/x/racer.dat","#,
                 r#""task":{"pid":1234,"tid":1240,"comm":"racer"},"pages":{"start":16,"end":31},"#,
                 r#""map_pages":{"entry_ns":5000030000,"exit_ns":5000038000},"#,
@@ -282,7 +329,7 @@ mod tests {
             line,
             concat!(
                 r#"{"type":"alert","kind":"stale_pte","severity":"critical","#,
-                r#""message":"pte now points to a freed page","#,
+                r#""message":"pte now points to a freed page","test":null,"#,
                 r#""time":"2025-11-25T12:00:01.000036000Z","#,
                 r#""ts_ns":5000036000,"dev":"7:0","ino":131,"path":"/mnt/x/racer.dat","#,
                 r#""task":{"pid":1234,"tid":1240,"comm":"racer"},"pages":{"start":21,"end":21},"#,
@@ -304,7 +351,7 @@ mod tests {
             line,
             concat!(
                 r#"{"type":"alert","kind":"stale_data","severity":"critical","#,
-                r#""message":"the cache holds data from blocks the punch then freed","#,
+                r#""message":"the cache holds data from blocks the punch then freed","test":null,"#,
                 r#""time":"1970-01-01T00:00:05.000060000Z","#,
                 r#""ts_ns":5000060000,"dev":"7:0","ino":131,"path":null,"#,
                 r#""task":{"pid":1234,"tid":1240,"comm":"reader"},"pages":{"start":24,"end":27},"#,

@@ -1,6 +1,7 @@
 //! Where verdicts go: one line per alert, as text for people or JSON lines
 //! for programs, framed by a startup record and a closing summary.
 
+pub mod digest;
 pub mod json;
 pub mod summary;
 pub mod text;
@@ -9,7 +10,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::correlator::Alert;
+use crate::correlator::{Alert, JoinedReport, Severity};
 pub use observer_report::{Lost, Summary, Verdict};
 
 /// Symbolized kernel stacks of an alert's two sides, innermost frame first.
@@ -58,14 +59,33 @@ pub struct Sink {
     out: Box<dyn Write + Send>,
     /// Added to CLOCK_MONOTONIC event times to get Unix time.
     boot_to_realtime_ns: i64,
+    /// Alerts below this are not written (they are counted all the same).
+    min_severity: Severity,
+    /// Text: what is not critical goes through the digest (one line per
+    /// window, rate limits); None with --per-call.
+    digest: Option<digest::Digest>,
+    last_ts: u64,
+}
+
+/// What the user asked to see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub format: Format,
+    pub min_severity: Severity,
+    /// Text: one line per alert instead of the digest.
+    pub per_call: bool,
 }
 
 impl Sink {
-    pub fn new(format: Format, out: Box<dyn Write + Send>, boot_to_realtime_ns: i64) -> Self {
+    pub fn new(view: View, out: Box<dyn Write + Send>, boot_to_realtime_ns: i64) -> Self {
         Sink {
-            format,
+            format: view.format,
             out,
             boot_to_realtime_ns,
+            min_severity: view.min_severity,
+            digest: (view.format == Format::Text && !view.per_call)
+                .then(|| digest::Digest::new(boot_to_realtime_ns)),
+            last_ts: 0,
         }
     }
 
@@ -86,16 +106,51 @@ impl Sink {
     }
 
     /// `path` is the file's name when the agent could resolve it; `frames`
-    /// the symbolized stacks (see [`Frames::of`]).
-    pub fn alert(&mut self, alert: &Alert, path: Option<&str>, frames: &Frames) -> Result<()> {
+    /// the symbolized stacks (see [`Frames::of`]). Returns whether the alert
+    /// was shown (at or above `--min-severity`; digested text counts).
+    pub fn alert(&mut self, alert: &Alert, path: Option<&str>, frames: &Frames) -> Result<bool> {
+        self.last_ts = self.last_ts.max(alert.ts);
+        if alert.severity < self.min_severity {
+            return Ok(false);
+        }
         let record = match self.format {
             Format::Text => text::alert(alert, path, self.boot_to_realtime_ns, frames),
             Format::Json => json::alert(alert, path, self.boot_to_realtime_ns, frames),
+        };
+        match &mut self.digest {
+            Some(d) if alert.severity < Severity::Critical => {
+                let mut lines = Vec::new();
+                d.alert(alert, path, format!("WARNING {record}"), &mut lines);
+                for l in lines {
+                    self.emit(&l)?;
+                }
+            }
+            _ => self.emit(&record)?,
+        }
+        Ok(true)
+    }
+
+    /// A kernel report, with the windows it joined.
+    pub fn report(&mut self, r: &JoinedReport) -> Result<()> {
+        self.last_ts = self.last_ts.max(r.report.ts);
+        if r.severity < self.min_severity {
+            return Ok(());
+        }
+        let record = match self.format {
+            Format::Text => text::report(r, self.boot_to_realtime_ns),
+            Format::Json => json::report(r, self.boot_to_realtime_ns),
         };
         self.emit(&record)
     }
 
     pub fn summary(&mut self, summary: &Summary) -> Result<()> {
+        if let Some(d) = &mut self.digest {
+            let mut lines = Vec::new();
+            d.finish(self.last_ts, &mut lines);
+            for l in lines {
+                self.emit(&l)?;
+            }
+        }
         let record = match self.format {
             Format::Text => summary::text(summary),
             Format::Json => summary.to_json(),
@@ -290,6 +345,7 @@ mod tests {
 
     pub(crate) fn sample_alert() -> Alert {
         Alert {
+            severity: crate::correlator::Severity::Info,
             finding: Finding::PteInPunchWindow {
                 map_entry_ts: 5_000_030_000,
                 folios_removed: Some(3),
@@ -318,6 +374,7 @@ mod tests {
                 opened_ts: 5_000_000_000,
                 closed_ts: Some(5_000_050_000),
                 open_for_ns: 38_000,
+                test: None,
             },
             fidelity: Fidelity::Fentry,
             map_fidelity: Fidelity::Fentry,
@@ -329,6 +386,7 @@ mod tests {
     /// A `stale_pte` alert as the correlator makes it.
     pub(crate) fn sample_stale_pte() -> Alert {
         let mut a = sample_alert();
+        a.severity = crate::correlator::Severity::Critical;
         a.finding = Finding::StalePte {
             deleted_ts: 5_000_045_000,
             pfn: 0x12345,
@@ -348,6 +406,7 @@ mod tests {
     /// A `stale_data` alert as the correlator makes it.
     pub(crate) fn sample_stale_data() -> Alert {
         let mut a = sample_alert();
+        a.severity = crate::correlator::Severity::Critical;
         a.ts = 5_000_060_000;
         a.task.comm = "reader".into();
         a.pages = PageRange::new(24, 27);
@@ -385,19 +444,85 @@ mod tests {
         );
     }
 
+    fn view(format: Format, per_call: bool) -> View {
+        View {
+            format,
+            min_severity: Severity::Info,
+            per_call,
+        }
+    }
+
+    /// The digest: one line for a window's info alerts, critical ones
+    /// always, and below --min-severity nothing.
+    #[test]
+    fn the_text_digest_gathers_a_window_and_keeps_critical_lines() {
+        let buf = Shared::default();
+        let mut sink = Sink::new(view(Format::Text, false), Box::new(buf.clone()), 0);
+        for _ in 0..5 {
+            assert!(
+                sink.alert(&sample_alert(), None, &Frames::default())
+                    .unwrap()
+            );
+        }
+        let mut other = sample_alert();
+        other.window.id = 8;
+        sink.alert(&other, None, &Frames::default()).unwrap();
+        sink.alert(&sample_stale_pte(), None, &Frames::default())
+            .unwrap();
+        sink.summary(&Summary::default()).unwrap();
+        let written = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert!(
+            lines[0]
+                .contains("WINDOW punch_hole dev 7:0 ino 131 pages 20-35: 5 fault-around calls"),
+            "{written}"
+        );
+        assert!(lines.iter().any(|l| l.contains("STALE-PTE")), "{written}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("1 fault-around call in it")),
+            "{written}"
+        );
+        let buf = Shared::default();
+        let mut sink = Sink::new(
+            View {
+                min_severity: Severity::Critical,
+                ..view(Format::Json, false)
+            },
+            Box::new(buf.clone()),
+            0,
+        );
+        assert!(
+            !sink
+                .alert(&sample_alert(), None, &Frames::default())
+                .unwrap()
+        );
+        assert!(
+            sink.alert(&sample_stale_pte(), None, &Frames::default())
+                .unwrap()
+        );
+        let written = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(written.lines().count(), 1);
+        assert!(
+            written.contains(r#""kind":"stale_pte","severity":"critical""#),
+            "{written}"
+        );
+    }
+
     #[test]
     fn sink_writes_one_line_per_record_in_its_format() {
         let buf = Shared::default();
         // Monotonic 5 s maps to 2025-11-25T12:00:01.
         let offset = 1_764_072_001_000_000_000 - 5_000_000_000;
-        let mut sink = Sink::new(Format::Text, Box::new(buf.clone()), offset);
+        let mut sink = Sink::new(view(Format::Text, true), Box::new(buf.clone()), offset);
         sink.alert(
             &sample_alert(),
             Some("/mnt/x/racer.dat"),
             &Frames::default(),
         )
         .unwrap();
-        let mut sink = Sink::new(Format::Json, Box::new(buf.clone()), offset);
+        let mut sink = Sink::new(view(Format::Json, false), Box::new(buf.clone()), offset);
         sink.alert(&sample_alert(), None, &Frames::default())
             .unwrap();
         sink.summary(&Summary::default()).unwrap();
@@ -412,7 +537,7 @@ mod tests {
 
     #[test]
     fn write_errors_propagate() {
-        let mut sink = Sink::new(Format::Json, Box::new(Broken), 0);
+        let mut sink = Sink::new(view(Format::Json, false), Box::new(Broken), 0);
         let err = sink
             .alert(&sample_alert(), None, &Frames::default())
             .unwrap_err();

@@ -57,11 +57,31 @@ pub fn text(sum: &Summary) -> String {
             nonzero(&sum.failed_calls)
         );
     }
+    let v = &sum.alerts_by_severity;
     let _ = writeln!(
         s,
-        "  alerts           {} ({} shown)",
-        sum.alerts, sum.alerts_shown
+        "  alerts           {} ({} shown): info {}, warning {}, critical {}",
+        sum.alerts, sum.alerts_shown, v.info, v.warning, v.critical
     );
+    if sum.kernel_reports > 0 {
+        let _ = writeln!(
+            s,
+            "  kernel reports   {} (the kernel's own, from its log)",
+            sum.kernel_reports
+        );
+    }
+    for t in &sum.tests {
+        let _ = writeln!(
+            s,
+            "  test {:<16} windows {}; alerts info {}, warning {}, critical {}; kernel reports {}",
+            t.test,
+            nonzero(&t.windows_by_op),
+            t.alerts.info,
+            t.alerts.warning,
+            t.alerts.critical,
+            t.kernel_reports
+        );
+    }
     let (a, b) = (&sum.classes.a, &sum.classes.b);
     let _ = writeln!(
         s,
@@ -114,7 +134,9 @@ pub fn text(sum: &Summary) -> String {
 
 #[cfg(test)]
 mod tests {
-    use observer_report::{AgentUsage, ClassA, ClassB, Classes, Health, Lost, Silence, Verdict};
+    use observer_report::{
+        AgentUsage, BySeverity, ClassA, ClassB, Classes, Health, Lost, Silence, TestRow, Verdict,
+    };
 
     use super::*;
 
@@ -166,6 +188,21 @@ mod tests {
             failed_calls: [("collapse_range", 7)].into_iter().collect(),
             alerts: 3,
             alerts_shown: 2,
+            alerts_by_severity: BySeverity {
+                info: 3,
+                warning: 0,
+                critical: 0,
+            },
+            kernel_reports: 0,
+            tests: vec![TestRow {
+                test: "generic/127".into(),
+                windows_by_op: [("punch_hole", 3)].into_iter().collect(),
+                alerts: BySeverity {
+                    info: 3,
+                    ..BySeverity::default()
+                },
+                kernel_reports: 0,
+            }],
             classes,
             health: Health::default(),
             agent: AgentUsage {
@@ -188,7 +225,8 @@ mod tests {
              \x20 filtered         900 without a window, 0 outside its pages (kernel pre-filter, not a loss)\n\
              \x20 windows          4 (punch_hole 3, ftruncate 1)\n\
              \x20 failed calls     collapse_range 7 (removed nothing: not windows)\n\
-             \x20 alerts           3 (2 shown)\n\
+             \x20 alerts           3 (2 shown): info 3, warning 0, critical 0\n\
+             \x20 test generic/127      windows punch_hole 3; alerts info 3, warning 0, critical 0; kernel reports 0\n\
              \x20 class a (ptes)   in window 40: rezapped 30, stale_pte 0, \
              still_mapped_after_window 8, unknown 2; still mapped unattributed 0\n\
              \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0, exempt 0\n\

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Frames, Startup, UtcTime, unix_ns};
-use crate::correlator::{Alert, AlertKind, Finding};
+use crate::correlator::{Alert, AlertKind, Finding, JoinedReport, Severity};
 use crate::event::{PageRange, Task};
 
 /// Task names and paths are user-controlled: control characters are shown as
@@ -161,6 +161,46 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
             p.installed, p.rezapped, p.stale, p.still_mapped, p.unknown
         );
     }
+    let _ = write!(s, " | {}", a.severity.as_str());
+    s
+}
+
+/// A kernel report: a header line, the report's own lines indented, and
+/// the windows it joined.
+pub fn report(r: &JoinedReport, boot_to_realtime_ns: i64) -> String {
+    let k = &r.report;
+    let when = UtcTime::from_unix_ns(unix_ns(k.ts, boot_to_realtime_ns)).time_of_day_us();
+    let mut s = format!(
+        "{when} KERNEL-REPORT {} ({})",
+        k.kind.as_str(),
+        match r.severity {
+            Severity::Critical => "CRITICAL",
+            s => s.as_str(),
+        }
+    );
+    if let Some(ino) = k.ino {
+        let _ = write!(s, " ino {ino}");
+    }
+    if let Some(t) = &r.test {
+        let _ = write!(s, " [{}]", printable(t));
+    }
+    let _ = write!(s, ", {} windows open on its file", r.windows.len());
+    for l in &k.lines {
+        let _ = write!(s, "\n  | {}", printable(l));
+    }
+    for (f, w) in &r.windows {
+        let _ = write!(
+            s,
+            "\n  window #{} {} dev {}:{} ino {} pages {} by {}",
+            w.id,
+            w.op.as_str(),
+            f.major(),
+            f.minor(),
+            f.ino,
+            w.pages,
+            task(&w.task)
+        );
+    }
     s
 }
 
@@ -199,7 +239,7 @@ mod tests {
             alert(&a, Some("/mnt/x/racer.dat"), OFFSET, &Frames::default()),
             "12:00:01.123456 PTE-IN-PUNCH-WINDOW dev 7:0 ino 131 /mnt/x/racer.dat pages 16-31 \
              by racer[1234/1240] | window #7 punch_hole pages 20-35 by racer[1234/1236] open 38us \
-             | fentry | removed 3"
+             | fentry | removed 3 | info"
         );
     }
 
@@ -221,7 +261,11 @@ mod tests {
         );
         assert!(line.contains("pages 20-EOF"));
         assert!(line.contains("open 38us (never closed)"));
-        assert!(line.ends_with("| tracepoint (map_pages fentry, window tracepoint) | removed n/a"));
+        assert!(
+            line.ends_with(
+                "| tracepoint (map_pages fentry, window tracepoint) | removed n/a | info"
+            )
+        );
         assert!(!line.contains('\n'));
     }
 
@@ -238,10 +282,11 @@ mod tests {
             still_mapped: 2,
             unknown: 0,
         });
+        a.severity = Severity::Warning;
         let line = alert(&a, None, OFFSET, &Frames::default());
         assert!(
             line.ends_with(
-                "| removed 3 | ptes 16: rezapped 13, stale 1, still mapped 2, unknown 0"
+                "| removed 3 | ptes 16: rezapped 13, stale 1, still mapped 2, unknown 0 | warning"
             ),
             "{line}"
         );
