@@ -5,7 +5,9 @@
 use aya_ebpf::programs::{
     FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
 };
-use observer_abi::{FS_REMOVE_BTRFS, FS_REMOVE_EXT4_EXT, FS_REMOVE_EXT4_IND, FS_REMOVE_XFS, Kind};
+use observer_abi::{
+    Config, FS_REMOVE_BTRFS, FS_REMOVE_EXT4_EXT, FS_REMOVE_EXT4_IND, FS_REMOVE_XFS, Kind,
+};
 
 use crate::{
     kernel::config,
@@ -189,39 +191,53 @@ pub fn installer_kretprobe(ctx: &RetProbeContext, fidelity: u8) {
     pte_install_return(ctx, fidelity, ret);
 }
 
+/// A filesystem's block-removal entry: `args` are the argument slots of
+/// its inode and of the two ends of its range, `file` finds the VFS inode
+/// from the first, `pages` turns the range into page indexes.
+#[inline(always)]
+fn fs_remover<C: Args>(
+    ctx: &C,
+    fidelity: u8,
+    code: u64,
+    args: (usize, usize, usize),
+    file: impl Fn(&Config, u64) -> FsFile,
+    pages: impl Fn(u64, u64, u64) -> (u64, u64),
+) {
+    let (Some(cfg), Some(ip), Some(a), Some(b)) = (
+        config(),
+        ctx.arg_u64(args.0),
+        ctx.arg_u64(args.1),
+        ctx.arg_u64(args.2),
+    ) else {
+        return;
+    };
+    let (start, end) = pages(ip, a, b);
+    fs_remove_enter(ctx, fidelity, file(cfg, ip), start, end, code);
+}
+
 /// ext4_ext_remove_space(inode, start, end): logical blocks, end inclusive.
 #[inline(always)]
 pub fn ext4_ext_remove_space<C: Args>(ctx: &C, fidelity: u8) {
-    let (Some(inode), Some(first), Some(last)) = (ctx.arg_u64(0), ctx.arg_u64(1), ctx.arg_u64(2))
-    else {
-        return;
-    };
-    let (start, end) = ext4_block_pages(inode, first as u32, last as u32);
-    fs_remove_enter(
+    fs_remover(
         ctx,
         fidelity,
-        FsFile::Inode(inode),
-        start,
-        end,
         FS_REMOVE_EXT4_EXT,
+        (0, 1, 2),
+        |_, inode| FsFile::Inode(inode),
+        |inode, first, last| ext4_block_pages(inode, first as u32, last as u32),
     );
 }
 
 /// ext4_ind_remove_space(handle, inode, start, end): end exclusive.
 #[inline(always)]
 pub fn ext4_ind_remove_space<C: Args>(ctx: &C, fidelity: u8) {
-    let (Some(inode), Some(first), Some(stop)) = (ctx.arg_u64(1), ctx.arg_u64(2), ctx.arg_u64(3))
-    else {
-        return;
-    };
-    let (start, end) = ext4_block_pages(inode, first as u32, (stop as u32).wrapping_sub(1));
-    fs_remove_enter(
+    fs_remover(
         ctx,
         fidelity,
-        FsFile::Inode(inode),
-        start,
-        end,
         FS_REMOVE_EXT4_IND,
+        (1, 2, 3),
+        |_, inode| FsFile::Inode(inode),
+        |inode, first, stop| ext4_block_pages(inode, first as u32, (stop as u32).wrapping_sub(1)),
     );
 }
 
@@ -229,19 +245,13 @@ pub fn ext4_ind_remove_space<C: Args>(ctx: &C, fidelity: u8) {
 /// the xfs BTF gave its offset, else the task's last invalidation.
 #[inline(always)]
 pub fn xfs_free_file_space<C: Args>(ctx: &C, fidelity: u8) {
-    let (Some(cfg), Some(ip), Some(offset), Some(len)) =
-        (config(), ctx.arg_u64(0), ctx.arg_u64(1), ctx.arg_u64(2))
-    else {
-        return;
-    };
-    let (start, end) = byte_pages(offset, len);
-    fs_remove_enter(
+    fs_remover(
         ctx,
         fidelity,
-        FsFile::Embedded(ip, cfg.xfs_inode_vnode),
-        start,
-        end,
         FS_REMOVE_XFS,
+        (0, 1, 2),
+        |cfg, ip| FsFile::Embedded(ip, cfg.xfs_inode_vnode),
+        |_, offset, len| byte_pages(offset, len),
     );
 }
 
@@ -250,19 +260,13 @@ pub fn xfs_free_file_space<C: Args>(ctx: &C, fidelity: u8) {
 /// before), whose offset of the VFS inode the agent found (0 for a VFS one).
 #[inline(always)]
 pub fn btrfs_replace_file_extents<C: Args>(ctx: &C, fidelity: u8) {
-    let (Some(cfg), Some(ip), Some(first), Some(last)) =
-        (config(), ctx.arg_u64(0), ctx.arg_u64(2), ctx.arg_u64(3))
-    else {
-        return;
-    };
-    let (start, end) = inclusive_byte_pages(first, last);
-    fs_remove_enter(
+    fs_remover(
         ctx,
         fidelity,
-        FsFile::Embedded(ip, cfg.btrfs_inode_vnode),
-        start,
-        end,
         FS_REMOVE_BTRFS,
+        (0, 2, 3),
+        |cfg, ip| FsFile::Embedded(ip, cfg.btrfs_inode_vnode),
+        |_, first, last| inclusive_byte_pages(first, last),
     );
 }
 

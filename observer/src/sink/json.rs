@@ -258,7 +258,9 @@ pub fn report(r: &JoinedReport, boot_to_realtime_ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::tests::{sample_alert, sample_stale_data, sample_stale_pte};
+    use crate::sink::tests::{
+        sample_alert, sample_alert_with_ptes, sample_stale_data, sample_stale_pte,
+    };
     use crate::sink::{Startup, StartupProbe, StartupRefusal};
 
     #[test]
@@ -295,17 +297,7 @@ mod tests {
                 r#""outcome":{"folios_removed":3,"ptes":null}}"#
             )
         );
-        let mut a = sample_alert();
-        let Finding::PteInPunchWindow { ptes, .. } = &mut a.finding else {
-            unreachable!("a fault-around alert")
-        };
-        *ptes = Some(PteCounts {
-            installed: 16,
-            rezapped: 13,
-            stale: 1,
-            still_mapped: 2,
-            unknown: 0,
-        });
+        let a = sample_alert_with_ptes();
         assert!(alert(&a, None, 0, &Frames::default()).ends_with(concat!(
             r#""outcome":{"folios_removed":3,"ptes":{"installed":16,"rezapped":13,"#,
             r#""stale":1,"still_mapped":2,"unknown":0}}}"#

@@ -383,6 +383,21 @@ mod tests {
         }
     }
 
+    /// The same with page-exact counts (a PTE installer probe attached).
+    pub(crate) fn sample_alert_with_ptes() -> Alert {
+        let mut a = sample_alert();
+        if let Finding::PteInPunchWindow { ptes, .. } = &mut a.finding {
+            *ptes = Some(crate::correlator::PteCounts {
+                installed: 16,
+                rezapped: 13,
+                stale: 1,
+                still_mapped: 2,
+                unknown: 0,
+            });
+        }
+        a
+    }
+
     /// A `stale_pte` alert as the correlator makes it.
     pub(crate) fn sample_stale_pte() -> Alert {
         let mut a = sample_alert();

@@ -224,9 +224,10 @@ pub fn startup(st: &Startup) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::PteCounts;
     use crate::event::{Fidelity, PageRange};
-    use crate::sink::tests::{sample_alert, sample_stale_data, sample_stale_pte};
+    use crate::sink::tests::{
+        sample_alert, sample_alert_with_ptes, sample_stale_data, sample_stale_pte,
+    };
     use crate::sink::{StartupProbe, StartupRefusal};
 
     const OFFSET: i64 = 1_764_072_001_000_000_000 - 5_000_000_000;
@@ -271,17 +272,7 @@ mod tests {
 
     #[test]
     fn alert_line_with_page_exact_counts() {
-        let mut a = sample_alert();
-        let Finding::PteInPunchWindow { ptes, .. } = &mut a.finding else {
-            unreachable!("a fault-around alert")
-        };
-        *ptes = Some(PteCounts {
-            installed: 16,
-            rezapped: 13,
-            stale: 1,
-            still_mapped: 2,
-            unknown: 0,
-        });
+        let mut a = sample_alert_with_ptes();
         a.severity = Severity::Warning;
         let line = alert(&a, None, OFFSET, &Frames::default());
         assert!(
