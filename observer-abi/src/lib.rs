@@ -333,33 +333,21 @@ pub struct FileKey {
 }
 
 /// Kernel-side view of a file's windows: how many invalidations are in
-/// flight, when the last one ended, and which task's window range
-/// (`WINDOW_RANGES`) describes them all while there is one only.
+/// flight, when the last one ended, and (tracepoint mode) the page range of
+/// the window that opened alone, while it stays the only one. One entry, so
+/// the fault-around hot path makes one lookup and touches one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WindowState {
     pub open: u64,
     pub closed_at: u64,
-    /// The tid whose window range is the file's while `open == 1`; 0 when
-    /// no single range is known (two windows, or one of unknown range):
-    /// then nothing is filtered by range.
+    /// The tid whose range `start..=end` is the file's while `open == 1`;
+    /// 0 when no single range is known (two windows, or one of unknown
+    /// range): then nothing is filtered by range.
     pub owner: u32,
-    pub _pad: u32,
-}
-
-/// Key of a window's page range: the file and the invalidating task.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RangeKey {
-    pub file: FileKey,
-    pub tid: u32,
-    pub _pad: u32,
-}
-
-/// Pages `start..=end` of a window.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PageSpan {
+    /// Bumped before a range is written, so that a reader can tell a range
+    /// rewritten under it.
+    pub generation: u32,
     pub start: u64,
     pub end: u64,
 }
@@ -379,6 +367,4 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::WindowState {}
-    unsafe impl aya::Pod for super::RangeKey {}
-    unsafe impl aya::Pod for super::PageSpan {}
 }

@@ -5,13 +5,14 @@ use aya_ebpf::helpers::{
 };
 use observer_abi::{
     COUNTER_EMITTED, COUNTER_FILTERED, COUNTER_FILTERED_RANGE, COUNTER_LOST, Config, Event,
-    FileKey, Kind, NO_STACK, PageSpan, RangeKey, SCOPE_CGROUP, SCOPE_HOST, WindowState,
-    probes::Prog,
+    FileKey, Kind, NO_STACK, SCOPE_CGROUP, SCOPE_HOST, WindowState, probes::Prog,
 };
+
+use core::ptr::{read_volatile, write_volatile};
 
 use crate::{
     kernel::config,
-    maps::{COUNTERS, EVENTS, HITS, OPEN_ANY, SCOPE_TASKS, WINDOW_RANGES, WINDOWS},
+    maps::{COUNTERS, EVENTS, HITS, OPEN_ANY, SCOPE_TASKS, WINDOWS},
 };
 
 /// bpf_ringbuf_submit flags and bpf_ringbuf_query's (uapi/linux/bpf.h).
@@ -211,27 +212,34 @@ pub fn window_is_open(key: &FileKey) -> bool {
 }
 
 /// An invalidation of `key` began: map_pages on it must now reach the agent.
+/// Whether it found itself the file's only window (then it may publish its
+/// range with [`window_range`]).
 #[inline(always)]
-pub fn window_open(key: &FileKey) {
+pub fn window_open(key: &FileKey) -> bool {
     if let Some(w) = WINDOWS.get_ptr_mut(key) {
-        atomic_add(unsafe { &raw mut (*w).open }, 1);
-        open_any_add(1);
-        return;
+        return window_join(w);
     }
     let fresh = WindowState {
         open: 1,
-        closed_at: 0,
-        owner: 0,
-        _pad: 0,
+        ..WindowState::default()
     };
     // A racing insert by another CPU wins; then count on the winner.
-    if WINDOWS.insert(key, &fresh, 1 /* BPF_NOEXIST */).is_err() {
-        if let Some(w) = WINDOWS.get_ptr_mut(key) {
-            atomic_add(unsafe { &raw mut (*w).open }, 1);
-            open_any_add(1);
-        }
-    } else {
+    if WINDOWS.insert(key, &fresh, 1 /* BPF_NOEXIST */).is_ok() {
         open_any_add(1);
+        return true;
+    }
+    match WINDOWS.get_ptr_mut(key) {
+        Some(w) => window_join(w),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn window_join(w: *mut WindowState) -> bool {
+    unsafe {
+        atomic_add(&raw mut (*w).open, 1);
+        open_any_add(1);
+        read_volatile(&raw const (*w).open) == 1
     }
 }
 
@@ -241,8 +249,8 @@ pub fn window_close(key: &FileKey, ts: u64) {
         unsafe {
             // Before the count drops: for a moment no range is known, rather
             // than this window's range standing for another one's.
-            if (*w).owner == tid() {
-                (*w).owner = 0;
+            if read_volatile(&raw const (*w).owner) == tid() {
+                write_volatile(&raw mut (*w).owner, 0);
             }
             // Exits seen without their entry (attached mid-call) must not
             // drive the count below zero.
@@ -255,60 +263,66 @@ pub fn window_close(key: &FileKey, ts: u64) {
     }
 }
 
-/// A window of the current task on `key` covers pages `start..=end`
-/// (opened with [`window_open`] first). While it is the file's only one,
-/// fault-arounds elsewhere in the file are counted, not sent.
+/// The current task's window on `key`, which [`window_open`] found alone,
+/// covers pages `start..=end`: while it stays the file's only one,
+/// fault-arounds elsewhere in the file are counted, not sent. The owner is
+/// written last, so a reader that sees it sees the range.
 #[inline(always)]
 pub fn window_range(key: &FileKey, start: u64, end: u64) {
-    let me = tid();
-    let rk = RangeKey {
-        file: *key,
-        tid: me,
-        _pad: 0,
-    };
-    if WINDOW_RANGES
-        .insert(&rk, &PageSpan { start, end }, 0)
-        .is_err()
-    {
+    let Some(w) = WINDOWS.get_ptr_mut(key) else {
         return;
-    }
-    if let Some(w) = WINDOWS.get_ptr_mut(key) {
-        unsafe { (*w).owner = me };
+    };
+    unsafe {
+        let generation = read_volatile(&raw const (*w).generation).wrapping_add(1);
+        write_volatile(&raw mut (*w).generation, generation);
+        write_volatile(&raw mut (*w).start, start);
+        write_volatile(&raw mut (*w).end, end);
+        write_volatile(&raw mut (*w).owner, tid());
     }
 }
 
 /// Whether a fault-around point on pages `start..=end` of `key` may meet a
 /// window: some window is open, and (while there is only one, of known
-/// range) it covers some of the pages. The reads are checked before and
-/// after, so a window opening or closing meanwhile makes it send.
+/// range) it covers some of the pages. The state is read before and after
+/// the range, so a window opening, closing or rewriting its range meanwhile
+/// makes it send.
 #[inline(always)]
 pub fn point_meets_window(key: &FileKey, start: u64, end: u64) -> bool {
     let Some(w) = WINDOWS.get_ptr_mut(key) else {
         count(COUNTER_FILTERED);
         return false;
     };
-    let (open, owner) = unsafe { ((*w).open, (*w).owner) };
-    if open == 0 {
+    let before = unsafe { state_of(w) };
+    if before.0 == 0 {
         count(COUNTER_FILTERED);
         return false;
     }
-    if open != 1 || owner == 0 {
+    if before.0 != 1 || before.1 == 0 {
         return true;
     }
-    let rk = RangeKey {
-        file: *key,
-        tid: owner,
-        _pad: 0,
+    let (first, last) = unsafe {
+        (
+            read_volatile(&raw const (*w).start),
+            read_volatile(&raw const (*w).end),
+        )
     };
-    let Some(span) = (unsafe { WINDOW_RANGES.get(&rk) }).copied() else {
-        return true;
-    };
-    let (open2, owner2) = unsafe { ((*w).open, (*w).owner) };
-    if open2 != 1 || owner2 != owner || (start <= span.end && span.start <= end) {
+    if unsafe { state_of(w) } != before || (start <= last && first <= end) {
         return true;
     }
     count(COUNTER_FILTERED_RANGE);
     false
+}
+
+/// (open, owner, generation) of a window entry.
+#[inline(always)]
+unsafe fn state_of(w: *const WindowState) -> (u64, u32, u32) {
+    unsafe {
+        (
+            read_volatile(&raw const (*w).open),
+            read_volatile(&raw const (*w).owner),
+            read_volatile(&raw const (*w).generation),
+        )
+    }
 }
 
 /// Whether a map_pages call on `key` that ran since `entry_ts` may have met a

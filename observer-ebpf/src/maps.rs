@@ -2,9 +2,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use observer_abi::{
-    COUNTERS as COUNTER_SLOTS, Config, FileKey, PageSpan, RangeKey, WindowState, probes::PROG_COUNT,
-};
+use observer_abi::{COUNTERS as COUNTER_SLOTS, Config, FileKey, WindowState, probes::PROG_COUNT};
 
 /// Records for the agent. Resized by the agent at load time.
 #[map]
@@ -59,20 +57,14 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(2048, 0);
 #[map]
 pub static OPEN_ANY: Array<u64> = Array::with_max_entries(3, 0);
 
-/// The file of each task's most recent invalidation (unmap/truncate entry),
-/// for filesystem probes that see a module-private inode type whose layout
-/// the agent could not read (no module BTF).
-/// The page range of each task's open syscall window (tracepoint mode):
-/// while a file has exactly one window, a fault-around outside its range is
-/// counted, not sent.
-#[map]
-pub static WINDOW_RANGES: LruHashMap<RangeKey, PageSpan> = LruHashMap::with_max_entries(16384, 0);
-
 /// `--scope cmd` without cgroup2: the tgids of the command's process tree.
 /// The command adds itself before it execs; sched_process_fork adds its
 /// children, sched_process_exit removes them.
 #[map]
 pub static SCOPE_TASKS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// The file of each task's most recent invalidation (unmap/truncate entry),
+/// for filesystem probes that see a module-private inode type whose layout
+/// the agent could not read (no module BTF).
 #[map]
 pub static LAST_FILE: LruHashMap<u32, FileKey> = LruHashMap::with_max_entries(4096, 0);

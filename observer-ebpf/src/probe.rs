@@ -567,8 +567,9 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
     }
     let ts = now();
     if cfg.syscall_windows != 0 && key.ino != 0 {
-        window_open(&key);
-        window_range(&key, start, end);
+        if window_open(&key) {
+            window_range(&key, start, end);
+        }
     }
     let stash = Stash {
         ts,
