@@ -7,6 +7,7 @@
 //! schema is the README's.
 
 mod counts;
+mod sum;
 
 pub use counts::Counts;
 use serde::{Deserialize, Serialize};
