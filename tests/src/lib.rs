@@ -3,6 +3,7 @@
 //! * [`racer_bin`], [`faultbench_bin`], [`observer_bin`]: locate the binaries
 //!   under test (environment overrides first, then the cargo target directory).
 //! * [`LoopMount`]: an RAII XFS/ext4 loop mount on a sparse image (needs root).
+//! * [`ops`]: the invalidators: racer `--op`, matrix column, window name.
 //! * [`RacerReport`], [`FaultbenchReport`]: parse the one-line JSON reports the
 //!   workload binaries print.
 //! * [`workload`]: the file/mmap/fallocate plumbing used by `racer` and
@@ -18,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
+pub mod ops;
 pub mod stream;
 pub mod stress;
 
