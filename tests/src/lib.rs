@@ -2,7 +2,8 @@
 //!
 //! * [`racer_bin`], [`faultbench_bin`], [`observer_bin`]: locate the binaries
 //!   under test (environment overrides first, then the cargo target directory).
-//! * [`LoopMount`]: an RAII XFS/ext4 loop mount on a sparse image (needs root).
+//! * [`LoopMount`]: an RAII XFS/ext4/btrfs loop mount on a sparse image, or a
+//!   tmpfs (needs root).
 //! * [`ops`]: the invalidators: racer `--op`, matrix column, window name.
 //! * [`RacerReport`], [`FaultbenchReport`]: parse the one-line JSON reports the
 //!   workload binaries print.
@@ -11,6 +12,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,28 +153,44 @@ pub fn is_root() -> bool {
 pub enum FsType {
     Xfs,
     Ext4,
+    Btrfs,
+    /// No image: a tmpfs of the given size.
+    Tmpfs,
 }
 
 impl FsType {
+    pub const ALL: [FsType; 4] = [FsType::Xfs, FsType::Ext4, FsType::Btrfs, FsType::Tmpfs];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FsType::Xfs => "xfs",
             FsType::Ext4 => "ext4",
+            FsType::Btrfs => "btrfs",
+            FsType::Tmpfs => "tmpfs",
         }
+    }
+
+    /// The file system called `name` ("xfs", "ext4", "btrfs", "tmpfs").
+    pub fn named(name: &str) -> Option<FsType> {
+        FsType::ALL.into_iter().find(|fs| fs.as_str() == name)
     }
 
     /// Smallest image mkfs accepts (mkfs.xfs ≥ 5.19 refuses < 300 MB).
     pub fn min_size_mib(self) -> u64 {
         match self {
             FsType::Xfs => 300,
-            FsType::Ext4 => 8,
+            FsType::Ext4 | FsType::Tmpfs => 8,
+            FsType::Btrfs => 128,
         }
     }
 
-    fn mkfs(self) -> (&'static str, &'static [&'static str]) {
+    /// The mkfs program and its flags; None for tmpfs.
+    pub fn mkfs(self) -> Option<(&'static str, &'static [&'static str])> {
         match self {
-            FsType::Xfs => ("mkfs.xfs", &["-q", "-f"]),
-            FsType::Ext4 => ("mkfs.ext4", &["-q", "-F"]),
+            FsType::Xfs => Some(("mkfs.xfs", &["-q", "-f"])),
+            FsType::Ext4 => Some(("mkfs.ext4", &["-q", "-F"])),
+            FsType::Btrfs => Some(("mkfs.btrfs", &["-q", "-f"])),
+            FsType::Tmpfs => None,
         }
     }
 }
@@ -184,14 +202,16 @@ impl fmt::Display for FsType {
 }
 
 /// A freshly made file system on a sparse image, loop-mounted in a private
-/// temporary directory. Dropping it unmounts (which also detaches the
-/// auto-cleared loop device) and removes the directory with the image.
+/// temporary directory (or a tmpfs mounted there). Dropping it unmounts
+/// (which also detaches the auto-cleared loop device) and removes the
+/// directory with the image.
 #[derive(Debug)]
 pub struct LoopMount {
     dir: PathBuf,
     image: PathBuf,
     mountpoint: PathBuf,
     fs: FsType,
+    dev: u64,
     mounted: bool,
 }
 
@@ -226,7 +246,8 @@ fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {
 
 impl LoopMount {
     /// Makes a `size_mib` MiB sparse image (raised to [`FsType::min_size_mib`]),
-    /// runs `mkfs.xfs -q -f` / `mkfs.ext4 -q -F` on it and `mount -o loop`s it.
+    /// runs `mkfs.xfs -q -f` / `mkfs.ext4 -q -F` / `mkfs.btrfs -q -f` on it
+    /// and `mount -o loop`s it; a tmpfs gets `size_mib` MiB and no image.
     /// Needs root and the mkfs tools.
     pub fn new(fs: FsType, size_mib: u64) -> Result<LoopMount> {
         let dir = unique_temp_dir(&format!("observer-loop-{fs}"))?;
@@ -235,24 +256,36 @@ impl LoopMount {
             mountpoint: dir.join("mnt"),
             dir,
             fs,
+            dev: 0,
             mounted: false,
         };
         // From here on Drop cleans up whatever got created.
-        let size = size_mib.max(fs.min_size_mib()) * 1024 * 1024;
-        let img = std::fs::File::create(&lm.image)
-            .with_context(|| format!("cannot create {}", lm.image.display()))?;
-        img.set_len(size)
-            .with_context(|| format!("cannot size {}", lm.image.display()))?;
-        drop(img);
         std::fs::create_dir(&lm.mountpoint)
             .with_context(|| format!("cannot create {}", lm.mountpoint.display()))?;
-        let (mkfs, args) = fs.mkfs();
-        run(Command::new(mkfs).args(args).arg(&lm.image))?;
-        run(Command::new("mount")
-            .args(["-t", fs.as_str(), "-o", "loop"])
-            .arg(&lm.image)
-            .arg(&lm.mountpoint))?;
+        let size_mib = size_mib.max(fs.min_size_mib());
+        let mut mount = Command::new("mount");
+        match fs.mkfs() {
+            None => {
+                mount
+                    .args(["-t", "tmpfs", "-o"])
+                    .arg(format!("size={size_mib}m"))
+                    .arg("tmpfs");
+            }
+            Some((mkfs, args)) => {
+                let img = std::fs::File::create(&lm.image)
+                    .with_context(|| format!("cannot create {}", lm.image.display()))?;
+                img.set_len(size_mib * 1024 * 1024)
+                    .with_context(|| format!("cannot size {}", lm.image.display()))?;
+                drop(img);
+                run(Command::new(mkfs).args(args).arg(&lm.image))?;
+                mount.args(["-t", fs.as_str(), "-o", "loop"]).arg(&lm.image);
+            }
+        }
+        run(mount.arg(&lm.mountpoint))?;
         lm.mounted = true;
+        lm.dev = std::fs::metadata(&lm.mountpoint)
+            .with_context(|| format!("cannot stat {}", lm.mountpoint.display()))?
+            .dev();
         Ok(lm)
     }
 
@@ -261,13 +294,25 @@ impl LoopMount {
         &self.mountpoint
     }
 
-    /// The backing image file.
+    /// The backing image file (for a tmpfs: where it would be).
     pub fn image(&self) -> &Path {
         &self.image
     }
 
+    /// The private directory holding the image and the mount point: room
+    /// for files that go with the mount and are removed with it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn fs(&self) -> FsType {
         self.fs
+    }
+
+    /// The mounted file system's device, as "MAJ:MIN" (the observer's
+    /// `--dev` and an alert's `dev`).
+    pub fn dev(&self) -> String {
+        format!("{}:{}", libc::major(self.dev), libc::minor(self.dev))
     }
 
     /// Unmounts now, reporting failure (Drop only retries and then detaches lazily).
