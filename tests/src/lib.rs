@@ -4,6 +4,7 @@
 //!   under test (environment overrides first, then the cargo target directory).
 //! * [`LoopMount`]: an RAII XFS/ext4/btrfs loop mount on a sparse image, or a
 //!   tmpfs (needs root).
+//! * [`ObserverProcess`]: a running observer, its output read as it comes.
 //! * [`ops`]: the invalidators: racer `--op`, matrix column, window name.
 //! * [`RacerReport`], [`FaultbenchReport`]: parse the one-line JSON reports the
 //!   workload binaries print.
@@ -25,7 +26,7 @@ pub mod ops;
 pub mod stream;
 pub mod stress;
 
-pub use stream::{Stream, assert_nothing_vanished};
+pub use stream::{Ends, Stream, assert_nothing_vanished};
 
 // ---------------------------------------------------------------------------
 // Locating binaries
@@ -887,6 +888,24 @@ impl ObserverProcess {
             stdout,
             readers,
         })
+    }
+
+    /// [`spawn`](Self::spawn), then [`wait_ready`](Self::wait_ready).
+    pub fn start<I, S>(bin: &Path, args: I, ready: Duration) -> Result<ObserverProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut p = ObserverProcess::spawn(bin, args)?;
+        p.wait_ready(ready)?;
+        Ok(p)
+    }
+
+    /// SIGINTs the observer (its normal way to stop) and waits up to
+    /// `timeout` for it, as [`wait`](Self::wait) does.
+    pub fn stop(self, timeout: Duration) -> Result<ObserverExit> {
+        self.signal(libc::SIGINT)?;
+        self.wait(timeout)
     }
 
     pub fn pid(&self) -> u32 {
