@@ -532,6 +532,7 @@ fn in_vm(
             observer_args,
             out: &out,
             timeout: Duration::from_secs(timeout),
+            watch: &|_| {},
         },
     )?;
     say(format!("guest results in {}", dir.display()));

@@ -369,6 +369,7 @@ fn run_vm(
                 steps: &remaining,
                 out: &adir,
                 timeout: Duration::from_secs(180 + secs as u64),
+                watch: &|_| {},
             },
             Duration::from_secs(args.stall_secs),
         )?;

@@ -54,6 +54,41 @@ pub fn say(msg: impl AsRef<str>) {
     eprintln!("[xtask] {}", msg.as_ref());
 }
 
+/// A path from its flag, else from the environment variable `var` (when
+/// set and not empty), else `default`.
+pub fn pick(flag: Option<&Path>, var: &str, default: PathBuf) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or(default)
+}
+
+/// Empties the output directory `out` if an earlier `cargo xtask COMMAND`
+/// made it (it holds `marker`) or it is empty, and marks it as made by this
+/// one; refuses to touch anything else.
+pub fn prepare_out(out: &Path, marker: &str, command: &str) -> Result<()> {
+    if out.exists() {
+        let ours = out.join(marker).exists();
+        let empty = fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_none();
+        if !ours && !empty {
+            bail!(
+                "--out {} is not empty and was not made by `cargo xtask {command}`; pick another directory",
+                out.display()
+            );
+        }
+        fs::remove_dir_all(out).with_context(|| format!("emptying {}", out.display()))?;
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    fs::write(out.join(marker), format!("{}\n", std::process::id()))?;
+    Ok(())
+}
+
 pub fn display(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
