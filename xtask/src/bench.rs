@@ -720,14 +720,6 @@ impl Observer {
         Ok(parsed)
     }
 
-    /// SIGINTs the observer and waits for it; returns its exit status and
-    /// everything it printed on stderr. Its output file is left alone.
-    pub(crate) fn finish(mut self) -> Result<(ExitStatus, Vec<String>)> {
-        self.signal(libc::SIGINT);
-        let status = self.reap(STOP_TIMEOUT)?;
-        Ok((status, std::mem::take(&mut self.log)))
-    }
-
     fn signal(&self, sig: libc::c_int) {
         if let Some(child) = &self.child
             && let Ok(pid) = libc::pid_t::try_from(child.id())

@@ -2,7 +2,11 @@
 
 mod bench;
 mod build_cmd;
+#[cfg(test)]
+mod fixtures;
+mod json;
 mod matrix;
+mod progress;
 mod setup;
 mod util;
 mod vm;

@@ -50,8 +50,9 @@ impl Workspace {
     }
 }
 
+/// A message on stderr (above the status line of a [`crate::progress::Progress`]).
 pub fn say(msg: impl AsRef<str>) {
-    eprintln!("[xtask] {}", msg.as_ref());
+    crate::progress::print(&format!("[xtask] {}", msg.as_ref()));
 }
 
 /// A path from its flag, else from the environment variable `var` (when
