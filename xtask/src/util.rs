@@ -4,8 +4,6 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    thread,
-    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -142,6 +140,7 @@ pub fn raw_output(cmd: &mut Command) -> Result<Output> {
 }
 
 /// A fresh directory `PREFIX-PID-N` under the system's temporary directory.
+#[cfg(test)]
 pub fn temp_dir(prefix: &str) -> Result<PathBuf> {
     let base = env::temp_dir();
     for n in 0.. {
@@ -153,26 +152,6 @@ pub fn temp_dir(prefix: &str) -> Result<PathBuf> {
         }
     }
     unreachable!("ran out of temporary directory names")
-}
-
-/// Unmounts `path`, retrying for two seconds: right after a child exits its
-/// mapping may still pin the mount for a moment, and EBUSY then is
-/// transient. The error is the last attempt's.
-pub fn unmount(path: &Path) -> Result<()> {
-    let mut last = None;
-    for _ in 0..20 {
-        match output(Command::new("umount").arg(path)) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("umount failed")))
-}
-
-/// Detaches a mount that would not unmount (`umount -l`), best effort.
-pub fn detach(path: &Path) {
-    let _ = output(Command::new("umount").arg("-l").arg(path));
 }
 
 pub fn is_root() -> bool {
