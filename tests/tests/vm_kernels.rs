@@ -9,7 +9,7 @@ use std::{
     collections::HashSet,
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{Mutex, MutexGuard},
 };
 
 use observer_report::{Record, Summary};
@@ -21,6 +21,9 @@ static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 struct Run {
     dir: PathBuf,
+    /// Held until the test is done with `dir`: two tests of one kernel
+    /// share the directory, and the next boot empties it.
+    _one_vm: MutexGuard<'static, ()>,
 }
 
 impl Run {
@@ -29,7 +32,7 @@ impl Run {
     }
 
     fn boot_with(kernel: &str, args: &[&str]) -> Run {
-        let _guard = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let one_vm = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let xtask = std::env::var_os("XTASK_BIN")
             .expect("XTASK_BIN is unset: run the VM tests through `cargo xtask test`");
         let dir = std::env::temp_dir().join(format!("observer-vm-test-{kernel}"));
@@ -45,7 +48,10 @@ impl Run {
             status.success(),
             "xtask vm --kernel {kernel} failed: {status}"
         );
-        Run { dir }
+        Run {
+            dir,
+            _one_vm: one_vm,
+        }
     }
 
     fn text(&self, name: &str) -> String {
