@@ -7,6 +7,7 @@
 //! schema is the README's.
 
 mod counts;
+mod sum;
 pub mod text;
 
 pub use counts::Counts;

@@ -2,26 +2,32 @@
 //!
 //! * [`racer_bin`], [`faultbench_bin`], [`observer_bin`]: locate the binaries
 //!   under test (environment overrides first, then the cargo target directory).
-//! * [`LoopMount`]: an RAII XFS/ext4 loop mount on a sparse image (needs root).
+//! * [`LoopMount`]: an RAII XFS/ext4/btrfs loop mount on a sparse image, or a
+//!   tmpfs (needs root).
+//! * [`ObserverProcess`]: a running observer, its output read as it comes.
+//! * [`ops`]: the invalidators: racer `--op`, matrix column, window name.
 //! * [`RacerReport`], [`FaultbenchReport`]: parse the one-line JSON reports the
 //!   workload binaries print.
 //! * [`workload`]: the file/mmap/fallocate plumbing used by `racer` and
 //!   `faultbench`.
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
+mod bpf;
+mod mount;
+mod observer;
+pub mod ops;
 pub mod stream;
 pub mod stress;
 
-pub use stream::{Stream, assert_nothing_vanished};
+pub use bpf::{BpfObject, HeldBpf, bpf_held_by, bpf_links, bpf_programs, bpftool_bin};
+pub use mount::{FsType, LoopMount};
+pub use observer::{ObserverExit, ObserverProcess};
+pub use stream::{Ends, Stream, assert_nothing_vanished, comparable};
 
 // ---------------------------------------------------------------------------
 // Locating binaries
@@ -65,7 +71,7 @@ fn target_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-fn env_override(var: &str) -> Option<PathBuf> {
+pub(crate) fn env_override(var: &str) -> Option<PathBuf> {
     std::env::var_os(var)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -138,169 +144,6 @@ pub fn observer_bin() -> PathBuf {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-// ---------------------------------------------------------------------------
-// Loop mounts
-// ---------------------------------------------------------------------------
-
-/// File system for a [`LoopMount`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsType {
-    Xfs,
-    Ext4,
-}
-
-impl FsType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsType::Xfs => "xfs",
-            FsType::Ext4 => "ext4",
-        }
-    }
-
-    /// Smallest image mkfs accepts (mkfs.xfs ≥ 5.19 refuses < 300 MB).
-    pub fn min_size_mib(self) -> u64 {
-        match self {
-            FsType::Xfs => 300,
-            FsType::Ext4 => 8,
-        }
-    }
-
-    fn mkfs(self) -> (&'static str, &'static [&'static str]) {
-        match self {
-            FsType::Xfs => ("mkfs.xfs", &["-q", "-f"]),
-            FsType::Ext4 => ("mkfs.ext4", &["-q", "-F"]),
-        }
-    }
-}
-
-impl fmt::Display for FsType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A freshly made file system on a sparse image, loop-mounted in a private
-/// temporary directory. Dropping it unmounts (which also detaches the
-/// auto-cleared loop device) and removes the directory with the image.
-#[derive(Debug)]
-pub struct LoopMount {
-    dir: PathBuf,
-    image: PathBuf,
-    mountpoint: PathBuf,
-    fs: FsType,
-    mounted: bool,
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir();
-    loop {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("{prefix}-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
-        }
-    }
-}
-
-impl LoopMount {
-    /// Makes a `size_mib` MiB sparse image (raised to [`FsType::min_size_mib`]),
-    /// runs `mkfs.xfs -q -f` / `mkfs.ext4 -q -F` on it and `mount -o loop`s it.
-    /// Needs root and the mkfs tools.
-    pub fn new(fs: FsType, size_mib: u64) -> Result<LoopMount> {
-        let dir = unique_temp_dir(&format!("observer-loop-{fs}"))?;
-        let mut lm = LoopMount {
-            image: dir.join(format!("{fs}.img")),
-            mountpoint: dir.join("mnt"),
-            dir,
-            fs,
-            mounted: false,
-        };
-        // From here on Drop cleans up whatever got created.
-        let size = size_mib.max(fs.min_size_mib()) * 1024 * 1024;
-        let img = std::fs::File::create(&lm.image)
-            .with_context(|| format!("cannot create {}", lm.image.display()))?;
-        img.set_len(size)
-            .with_context(|| format!("cannot size {}", lm.image.display()))?;
-        drop(img);
-        std::fs::create_dir(&lm.mountpoint)
-            .with_context(|| format!("cannot create {}", lm.mountpoint.display()))?;
-        let (mkfs, args) = fs.mkfs();
-        run(Command::new(mkfs).args(args).arg(&lm.image))?;
-        run(Command::new("mount")
-            .args(["-t", fs.as_str(), "-o", "loop"])
-            .arg(&lm.image)
-            .arg(&lm.mountpoint))?;
-        lm.mounted = true;
-        Ok(lm)
-    }
-
-    /// The mount point (an empty file system root).
-    pub fn path(&self) -> &Path {
-        &self.mountpoint
-    }
-
-    /// The backing image file.
-    pub fn image(&self) -> &Path {
-        &self.image
-    }
-
-    pub fn fs(&self) -> FsType {
-        self.fs
-    }
-
-    /// Unmounts now, reporting failure (Drop only retries and then detaches lazily).
-    pub fn unmount(mut self) -> Result<()> {
-        let r = self.try_unmount();
-        if r.is_ok() {
-            self.mounted = false;
-        }
-        r
-    }
-
-    fn try_unmount(&self) -> Result<()> {
-        let mut last = None;
-        for _ in 0..20 {
-            match run(Command::new("umount").arg(&self.mountpoint)) {
-                Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.unwrap_or_else(|| anyhow!("umount failed")))
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = self.try_unmount() {
-                eprintln!("LoopMount: {e:#}; detaching lazily");
-                let _ = run(Command::new("umount").arg("-l").arg(&self.mountpoint));
-            }
-            self.mounted = false;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -403,14 +246,14 @@ fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value> {
     }
 }
 
-fn get_str<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+pub(crate) fn get_str<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
     match field(v, key)? {
         Value::String(s) => Ok(s),
         other => bail!("field {key:?} is not a string: {other}"),
     }
 }
 
-fn get_u64(v: &Value, key: &str) -> Result<u64> {
+pub(crate) fn get_u64(v: &Value, key: &str) -> Result<u64> {
     match field(v, key)? {
         Value::Number(n) => n
             .as_u64()
@@ -747,304 +590,6 @@ pub mod workload {
             libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0);
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Running the observer and inspecting loaded BPF programs (host tests)
-// ---------------------------------------------------------------------------
-
-/// A running `observer` with its stdout and stderr read by background threads
-/// (so neither pipe can fill up and stall it). Dropping it SIGKILLs and reaps
-/// the process if it was not waited for.
-pub struct ObserverProcess {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-/// How an [`ObserverProcess`] ended.
-#[derive(Debug)]
-pub struct ObserverExit {
-    pub status: std::process::ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl ObserverExit {
-    /// The exit code (`None` when killed by a signal).
-    pub fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
-impl ObserverProcess {
-    /// Starts `bin` with `args`, stdin from /dev/null, stdout and stderr piped.
-    pub fn spawn<I, S>(bin: &Path, args: I) -> Result<ObserverProcess>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        use std::io::{BufRead, BufReader, Read};
-        use std::process::Stdio;
-        use std::sync::{Arc, Mutex, mpsc};
-
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let shown = format!("{cmd:?}");
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {shown}"))?;
-        let (tx, lines) = mpsc::channel();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        if let Some(pipe) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(mut s) = sink.lock() {
-                        s.push_str(&line);
-                        s.push('\n');
-                    }
-                    // The receiver may be gone; the text is kept regardless.
-                    let _ = tx.send(line);
-                }
-            }));
-        }
-        if let Some(mut pipe) = child.stdout.take() {
-            let sink = Arc::clone(&stdout);
-            readers.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 64 * 1024];
-                loop {
-                    match pipe.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if let Ok(mut s) = sink.lock() {
-                                s.extend_from_slice(&buf[..n]);
-                            }
-                        }
-                    }
-                }
-            }));
-        }
-        Ok(ObserverProcess {
-            child,
-            lines,
-            stderr,
-            stdout,
-            readers,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything written to stdout so far.
-    pub fn stdout_so_far(&self) -> String {
-        self.stdout
-            .lock()
-            .map(|s| String::from_utf8_lossy(&s).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Everything written to stderr so far.
-    pub fn stderr_so_far(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// Waits for the `observer: ready:` line on stderr. Fails (with the
-    /// stderr so far) on timeout or when the observer exits first.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        use std::sync::mpsc::RecvTimeoutError;
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with("observer: ready:") => return Ok(()),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => bail!(
-                    "observer not ready after {timeout:?}; stderr so far:\n{}",
-                    self.stderr_so_far()
-                ),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok();
-                    bail!(
-                        "observer closed stderr before it was ready (exit status {status:?}); \
-                         stderr:\n{}",
-                        self.stderr_so_far()
-                    )
-                }
-            }
-        }
-    }
-
-    /// Sends signal `sig` (e.g. `libc::SIGINT`) to the observer.
-    pub fn signal(&self, sig: libc::c_int) -> Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
-        // SAFETY: kill has no memory-safety preconditions; the child is not
-        // reaped yet, so the pid still names it.
-        if unsafe { libc::kill(pid, sig) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("kill({pid}, {sig})"));
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout` for the observer to exit by itself (SIGKILLing it
-    /// and failing after that), then collects its output.
-    pub fn wait(mut self, timeout: Duration) -> Result<ObserverExit> {
-        let deadline = std::time::Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().context("waiting for the observer")? {
-                break status;
-            }
-            if std::time::Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!(
-                    "observer still running {timeout:?} later; killed it. stderr:\n{}",
-                    self.stderr_so_far()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        let stdout = self
-            .stdout
-            .lock()
-            .map(|s| String::from_utf8_lossy(&s).into_owned())
-            .unwrap_or_default();
-        Ok(ObserverExit {
-            status,
-            stdout,
-            stderr: self.stderr_so_far(),
-        })
-    }
-}
-
-impl Drop for ObserverProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// One entry of `bpftool prog show --json` / `bpftool link show --json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BpfObject {
-    pub id: u64,
-    /// Program name ("" for links, which have none).
-    pub name: String,
-    /// Program or link type, e.g. "tracepoint" / "perf_event".
-    pub kind: String,
-    /// For links: the program behind it.
-    pub prog_id: Option<u64>,
-}
-
-/// `bpftool` (`$BPFTOOL`, else /usr/sbin/bpftool, else from `$PATH`).
-pub fn bpftool_bin() -> PathBuf {
-    env_override("BPFTOOL").unwrap_or_else(|| {
-        let sbin = PathBuf::from("/usr/sbin/bpftool");
-        if sbin.is_file() {
-            sbin
-        } else {
-            PathBuf::from("bpftool")
-        }
-    })
-}
-
-fn bpftool_list(what: &str) -> Result<Vec<BpfObject>> {
-    let bin = bpftool_bin();
-    let out = Command::new(&bin)
-        .args([what, "show", "--json"])
-        .output()
-        .with_context(|| format!("cannot run {} (apt-get install bpftool)", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {what} show --json: {}: {}",
-            bin.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("bpftool {what} show: bad JSON"))?;
-    let Value::Array(items) = v else {
-        bail!("bpftool {what} show: not a JSON array");
-    };
-    items
-        .iter()
-        .map(|p| {
-            Ok(BpfObject {
-                id: get_u64(p, "id")?,
-                name: get_str(p, "name").unwrap_or("").to_string(),
-                kind: get_str(p, "type").unwrap_or("").to_string(),
-                prog_id: get_u64(p, "prog_id").ok(),
-            })
-        })
-        .collect()
-}
-
-/// Every BPF program loaded in the kernel, as `bpftool prog show --json` lists them.
-pub fn bpf_programs() -> Result<Vec<BpfObject>> {
-    bpftool_list("prog")
-}
-
-/// Every BPF link in the kernel, as `bpftool link show --json` lists them.
-pub fn bpf_links() -> Result<Vec<BpfObject>> {
-    bpftool_list("link")
-}
-
-/// BPF program and link ids that process `pid` holds file descriptors to
-/// (from the `prog_id:` / `link_id:` lines of /proc/PID/fdinfo/*).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeldBpf {
-    pub prog_ids: Vec<u64>,
-    pub link_ids: Vec<u64>,
-}
-
-pub fn bpf_held_by(pid: u32) -> Result<HeldBpf> {
-    let dir = PathBuf::from(format!("/proc/{pid}/fdinfo"));
-    let mut held = HeldBpf::default();
-    for entry in
-        std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
-    {
-        // fds come and go while we look: skip what vanished.
-        let Ok(entry) = entry else { continue };
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(':') else {
-                continue;
-            };
-            let Ok(id) = value.trim().parse::<u64>() else {
-                continue;
-            };
-            match key {
-                "prog_id" => held.prog_ids.push(id),
-                "link_id" => held.link_ids.push(id),
-                _ => {}
-            }
-        }
-    }
-    held.prog_ids.sort_unstable();
-    held.prog_ids.dedup();
-    held.link_ids.sort_unstable();
-    held.link_ids.dedup();
-    Ok(held)
 }
 
 #[cfg(test)]

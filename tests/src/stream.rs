@@ -89,3 +89,54 @@ pub fn assert_nothing_vanished(s: &Summary) {
         s.lost
     );
 }
+
+/// The records at the two ends of an observer's output, each when it is
+/// there: the startup record on the first line, the summary on the last.
+/// For output that may stop short (an observer that failed) or that was
+/// trimmed to those two lines (the matrix keeps counts of the alerts, not
+/// the alerts).
+#[derive(Debug, Default)]
+pub struct Ends {
+    pub startup: Option<Startup>,
+    pub summary: Option<Summary>,
+}
+
+impl Ends {
+    pub fn parse(text: &str) -> Ends {
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let record = |line: Option<&&str>| line.and_then(|l| Record::parse(l).ok());
+        Ends {
+            startup: match record(lines.first()) {
+                Some(Record::Startup(s)) => Some(s),
+                _ => None,
+            },
+            summary: match record(lines.last()) {
+                Some(Record::Summary(s)) => Some(*s),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A record as a replay must give it back: paths, symbolized stacks and the
+/// agent's own cost are not in a recording, everything else is.
+pub fn comparable(r: &Record) -> Record {
+    let mut r = r.clone();
+    match &mut r {
+        Record::Alert(a) => {
+            a["path"] = Value::Null;
+            if !a["evidence"].is_null() {
+                for side in ["victim_stack", "punch_stack"] {
+                    a["evidence"][side] = Value::Null;
+                }
+            }
+        }
+        Record::Summary(s) => s.agent = Default::default(),
+        Record::Startup(_) | Record::KernelReport(_) => {}
+    }
+    r
+}

@@ -16,10 +16,10 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use observer_report::Record;
+use observer_report::{Record, Startup, StartupProbe, Summary, Verdict};
 use observer_tests::{
-    FsType, LoopMount, ObserverExit, ObserverProcess, RacerReport, bpf_held_by, bpf_links,
-    bpf_programs, is_root, observer_bin, racer_bin,
+    FsType, LoopMount, ObserverExit, ObserverProcess, RacerReport, Stream, bpf_held_by, bpf_links,
+    bpf_programs, comparable, is_root, observer_bin, ops::Op, racer_bin,
 };
 use serde_json::Value;
 
@@ -112,52 +112,14 @@ fn run_racer_for(file: &Path, secs: &str, extra: &[&str]) -> RacerReport {
     r
 }
 
-/// Every line of the observer's JSON output, parsed.
-fn read_records(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    assert!(
-        text.ends_with('\n'),
-        "output does not end with a newline: {:?}",
-        &text[text.len().saturating_sub(200)..]
-    );
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line}", i + 1))
-        })
-        .collect()
-}
-
-/// The records of one run: the startup record, the alerts and the summary.
-struct Records {
-    startup: Value,
-    alerts: Vec<Value>,
-    summary: Value,
-}
-
-fn split_records(mut records: Vec<Value>) -> Records {
-    assert!(
-        records.len() >= 2,
-        "want at least startup and summary, got {records:?}"
-    );
-    let summary = records.pop().unwrap();
-    let startup = records.remove(0);
-    assert_eq!(startup["type"], "startup", "first record: {startup}");
-    assert_eq!(summary["type"], "summary", "last record: {summary}");
-    for r in &records {
-        assert_eq!(
-            r["type"], "alert",
-            "a record between startup and summary: {r}"
-        );
-        assert_eq!(r["kind"], "pte_in_punch_window", "{r}");
+/// The observer's JSON output: a startup record, alerts of the race the
+/// racer provokes only, and the summary.
+fn read_records(path: &Path) -> Stream {
+    let stream = Stream::read(path).unwrap_or_else(|e| panic!("{e:#}"));
+    for a in &stream.alerts {
+        assert_eq!(a["kind"], "pte_in_punch_window", "{a}");
     }
-    Records {
-        startup,
-        alerts: records,
-        summary,
-    }
+    stream
 }
 
 fn u64_of(v: &Value, what: &str) -> u64 {
@@ -190,11 +152,8 @@ fn is_on(alert: &Value, r: &RacerReport) -> bool {
 
 /// The attach ladder ended on tracepoints for every function, after real
 /// (not skipped) fentry refusals, in both the startup record and on stderr.
-fn check_tracepoint_startup(startup: &Value, stderr: &str) {
-    assert!(
-        startup["kernel"].as_str().is_some_and(|k| !k.is_empty()),
-        "{startup}"
-    );
+fn check_tracepoint_startup(startup: &Startup, stderr: &str) {
+    assert!(!startup.kernel.is_empty(), "{startup:?}");
     // Raw tracepoints load here: the folio programs must pass the verifier
     // (a spilled undefined register once made one refuse, silently
     // emptying class B).
@@ -202,37 +161,33 @@ fn check_tracepoint_startup(startup: &Value, stderr: &str) {
         "mm_filemap_delete_from_page_cache",
         "mm_filemap_add_to_page_cache",
     ] {
-        let p = startup["probes"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["function"] == f))
-            .unwrap_or_else(|| panic!("no probe record for {f}: {startup}"));
-        assert_eq!(p["method"], "raw_tracepoint", "{f}: {p}");
+        let p = startup
+            .probes
+            .iter()
+            .find(|p| p.function == f)
+            .unwrap_or_else(|| panic!("no probe record for {f}: {startup:?}"));
+        assert_eq!(p.method.as_deref(), Some("raw_tracepoint"), "{f}: {p:?}");
     }
     // The optional probes (PTE installer, folio add/delete, fs removal…)
     // follow the three core functions; only the core three define a window.
-    let probes: Vec<&Value> = startup["probes"]
-        .as_array()
-        .expect("startup.probes")
+    let probes: Vec<&StartupProbe> = startup
+        .probes
         .iter()
-        .filter(|p| FUNCTIONS.contains(&p["function"].as_str().unwrap_or_default()))
+        .filter(|p| FUNCTIONS.contains(&p.function.as_str()))
         .collect();
-    let functions: BTreeSet<&str> = probes
-        .iter()
-        .map(|p| p["function"].as_str().expect("probe.function"))
-        .collect();
-    assert_eq!(functions, BTreeSet::from(FUNCTIONS), "{startup}");
-    assert_eq!(probes.len(), FUNCTIONS.len(), "{startup}");
+    let functions: BTreeSet<&str> = probes.iter().map(|p| p.function.as_str()).collect();
+    assert_eq!(functions, BTreeSet::from(FUNCTIONS), "{startup:?}");
+    assert_eq!(probes.len(), FUNCTIONS.len(), "{startup:?}");
     for p in probes {
-        assert_eq!(p["method"], "tracepoint", "probe {p}");
-        let refused = p["refused"].as_array().expect("probe.refused");
-        let fentry = refused
+        assert_eq!(p.method.as_deref(), Some("tracepoint"), "probe {p:?}");
+        let fentry = p
+            .refused
             .iter()
-            .find(|r| r["method"] == "fentry")
-            .unwrap_or_else(|| panic!("fentry is not among the refusals: {p}"));
-        let reason = fentry["reason"].as_str().expect("refusal reason");
+            .find(|r| r.method == "fentry")
+            .unwrap_or_else(|| panic!("fentry is not among the refusals: {p:?}"));
         assert!(
-            !reason.is_empty() && !reason.contains("skipped"),
-            "fentry was not really tried: {p}"
+            !fentry.reason.is_empty() && !fentry.reason.contains("skipped"),
+            "fentry was not really tried: {p:?}"
         );
     }
     assert!(
@@ -341,22 +296,13 @@ fn check_racer_alerts(alerts: &[Value], r: &RacerReport, window_op: &str) -> usi
     ours.len()
 }
 
-fn check_summary(summary: &Value, alert_lines: usize) {
-    let n = |k: &str| u64_of(&summary[k], k);
-    assert_eq!(n("alerts_shown"), alert_lines as u64, "{summary}");
-    assert!(n("alerts") >= n("alerts_shown"), "{summary}");
-    assert!(n("windows") >= 1, "{summary}");
-    for k in ["ringbuf_full", "unresolved", "late"] {
-        assert!(summary["lost"][k].is_u64(), "lost.{k}: {summary}");
-    }
-    assert!(summary["events"].is_object(), "{summary}");
-    assert!(summary["kernel_emitted"].is_object(), "{summary}");
-    assert!(
-        summary["duration_s"].as_f64().is_some_and(|d| d > 0.0),
-        "{summary}"
-    );
-    if n("alerts") > 0 {
-        assert_eq!(summary["verdict"], "race_observed", "{summary}");
+fn check_summary(summary: &Summary, alert_lines: usize) {
+    assert_eq!(summary.alerts_shown, alert_lines as u64, "{summary:?}");
+    assert!(summary.alerts >= summary.alerts_shown, "{summary:?}");
+    assert!(summary.windows >= 1, "{summary:?}");
+    assert!(summary.duration_s > 0.0, "{summary:?}");
+    if summary.alerts > 0 {
+        assert_eq!(summary.verdict, Verdict::RaceObserved, "{summary:?}");
     }
 }
 
@@ -364,7 +310,7 @@ fn check_summary(summary: &Value, alert_lines: usize) {
 struct Observed {
     racer: RacerReport,
     exit: ObserverExit,
-    records: Records,
+    records: Stream,
 }
 
 /// Starts `observer --json --output FILE extra...`, runs racer on `file`,
@@ -384,7 +330,7 @@ fn observe_race(
     // With --output the summary also goes to stderr, and nothing to stdout.
     assert!(exit.stdout.is_empty(), "stdout: {}", exit.stdout);
     assert!(exit.stderr.contains("summary after "), "{}", exit.stderr);
-    let records = split_records(read_records(&out));
+    let records = read_records(&out);
     Observed {
         racer,
         exit,
@@ -392,39 +338,40 @@ fn observe_race(
     }
 }
 
-fn race_and_check(fs: FsType, racer_args: &[&str], racer_op: &str, window_op: &str) {
+fn race_and_check(fs: FsType, op: Op) {
     let _serial = serial();
     let m = loop_mount(fs);
     let file = m.path().join("racer.dat");
-    let o = observe_race(&m, &file, &[], racer_args);
-    assert_eq!(o.racer.op, racer_op);
+    let o = observe_race(&m, &file, &[], &["--op", op.name()]);
+    assert_eq!(o.racer.op, op.name());
     assert_eq!(o.racer.file, std::fs::canonicalize(&file).unwrap());
     check_tracepoint_startup(&o.records.startup, &o.exit.stderr);
-    let ours = check_racer_alerts(&o.records.alerts, &o.racer, window_op);
+    let ours = check_racer_alerts(&o.records.alerts, &o.racer, op.window_op());
     check_summary(&o.records.summary, o.records.alerts.len());
     eprintln!(
-        "{fs} {racer_op}: {ours} alerts on the racer's file, {} shown, summary {}",
+        "{fs} {}: {ours} alerts on the racer's file, {} shown, summary {}",
+        op.name(),
         o.records.alerts.len(),
-        o.records.summary
+        o.records.summary.to_json()
     );
 }
 
 #[test]
 #[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
 fn tracepoint_fallback_alerts_on_xfs() {
-    race_and_check(FsType::Xfs, &[], "punch", "punch_hole");
+    race_and_check(FsType::Xfs, Op::Punch);
 }
 
 #[test]
 #[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
 fn tracepoint_fallback_alerts_on_ext4_truncate() {
-    race_and_check(FsType::Ext4, &["--op", "truncate"], "truncate", "ftruncate");
+    race_and_check(FsType::Ext4, Op::Truncate);
 }
 
 #[test]
 #[ignore = "needs root: loop mounts and BPF; run by cargo xtask test"]
 fn tracepoint_fallback_alerts_on_xfs_zero_range() {
-    race_and_check(FsType::Xfs, &["--op", "zero"], "zero", "zero_range");
+    race_and_check(FsType::Xfs, Op::Zero);
 }
 
 /// Creates the racer's file before the observer starts, so that filters can
@@ -456,10 +403,10 @@ fn filter_by_another_inode_hides_every_alert() {
         o.records.alerts[0]
     );
     assert!(
-        u64_of(&s["alerts"], "alerts") > 0,
-        "the race went unseen, so the filter was not tested: {s}"
+        s.alerts > 0,
+        "the race went unseen, so the filter was not tested: {s:?}"
     );
-    assert_eq!(u64_of(&s["alerts_shown"], "alerts_shown"), 0, "{s}");
+    assert_eq!(s.alerts_shown, 0, "{s:?}");
     check_summary(s, 0);
 }
 
@@ -477,7 +424,7 @@ fn filter_by_inode_and_comm_shows_only_the_racers_alerts() {
         &[],
     );
     assert_eq!(o.racer.ino, ino, "racer replaced the file's inode");
-    let shown = check_racer_alerts(&o.records.alerts, &o.racer, "punch_hole");
+    let shown = check_racer_alerts(&o.records.alerts, &o.racer, Op::Punch.window_op());
     assert_eq!(
         shown,
         o.records.alerts.len(),
@@ -492,14 +439,10 @@ fn filter_by_inode_and_comm_shows_only_the_racers_alerts() {
         "--comm racer-nobody let through: {}",
         o.records.alerts[0]
     );
-    assert!(
-        u64_of(&o.records.summary["alerts"], "alerts") > 0,
-        "{}",
-        o.records.summary
-    );
+    assert!(o.records.summary.alerts > 0, "{:?}", o.records.summary);
     // The punching side's comm matches too.
     let o = observe_race(&m, &file, &["--comm", "racer-punch", "--ino", &ino_s], &[]);
-    let shown = check_racer_alerts(&o.records.alerts, &o.racer, "punch_hole");
+    let shown = check_racer_alerts(&o.records.alerts, &o.racer, Op::Punch.window_op());
     assert_eq!(shown, o.records.alerts.len());
 }
 
@@ -717,11 +660,10 @@ fn detach_leaves_no_programs_after_sigint() {
     let p = start_observer(&["--json"]);
     let (progs, links) = held_programs(&p);
     let exit = stop_observer(p, libc::SIGINT);
-    assert!(
-        exit.stdout.contains("\"type\":\"summary\""),
-        "{}",
-        exit.stdout
-    );
+    // A whole stream, the summary last.
+    if let Err(e) = Stream::parse(&exit.stdout) {
+        panic!("{e:#}:\n{}", exit.stdout);
+    }
     assert_all_unloaded(&progs, &links);
 }
 
@@ -733,11 +675,10 @@ fn detach_leaves_no_programs_after_sigterm() {
     let p = start_observer(&["--json"]);
     let (progs, links) = held_programs(&p);
     let exit = stop_observer(p, libc::SIGTERM);
-    assert!(
-        exit.stdout.contains("\"type\":\"summary\""),
-        "{}",
-        exit.stdout
-    );
+    // A whole stream, the summary last.
+    if let Err(e) = Stream::parse(&exit.stdout) {
+        panic!("{e:#}:\n{}", exit.stdout);
+    }
     assert_all_unloaded(&progs, &links);
 }
 
@@ -806,7 +747,7 @@ fn replay_of_a_recording_gives_the_live_alerts() {
         &[],
     );
     assert!(!o.records.alerts.is_empty(), "the live run saw no race");
-    let replay = |n: u32| -> Vec<Value> {
+    let replay = |n: u32| -> Vec<Record> {
         let out = m.image().with_file_name(format!("replay{n}.jsonl"));
         let status = Command::new(observer_bin())
             .args(["replay", trace.to_str().unwrap(), "--json", "--ino"])
@@ -819,41 +760,31 @@ fn replay_of_a_recording_gives_the_live_alerts() {
         std::fs::read_to_string(&out)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| Record::parse(l).unwrap())
             .collect()
     };
-    // The agent's own cost is the one thing a run does not share.
-    let comparable = |v: &Value| {
-        let mut v = v.clone();
-        match v["type"].as_str() {
-            Some("summary") => v["agent"] = Value::Null,
-            Some("alert") => v["path"] = Value::Null,
-            _ => {}
-        }
-        v
-    };
-    let same = |a: &[Value], b: &[Value], what: &str| {
+    let same = |a: &[Record], b: &[Record], what: &str| {
         assert_eq!(a.len(), b.len(), "{what}: not as many lines");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!(
                 comparable(x) == comparable(y),
-                "{what}: line {} differs:\n{x}\n{y}",
+                "{what}: line {} differs:\n{x:?}\n{y:?}",
                 i + 1
             );
         }
     };
     let first = replay(1);
     same(&first, &replay(2), "two replays");
-    let mut live = vec![o.records.startup.clone()];
-    live.extend(o.records.alerts.iter().cloned());
-    live.push(o.records.summary.clone());
+    let mut live = vec![Record::Startup(o.records.startup.clone())];
+    live.extend(o.records.alerts.iter().cloned().map(Record::Alert));
+    live.push(Record::Summary(Box::new(o.records.summary.clone())));
     same(&live, &first, "the live run and its replay");
     assert!(
         first[1..first.len() - 1]
             .iter()
-            .all(|a| a["dev"] == dev.as_str())
+            .all(|r| matches!(r, Record::Alert(a) if a["dev"] == dev.as_str()))
     );
-    let late = o.records.summary["lost"]["late"].as_u64().unwrap();
+    let late = o.records.summary.lost.late;
     eprintln!("replayed {} alerts, {late} late records", first.len() - 2);
 }
 
@@ -870,9 +801,7 @@ fn a_silent_probe_is_named_in_the_health_section() {
     for silenced in [true, false] {
         let redirect = ["--redirect", "folio_add_raw_tp=bpf_test_finish"];
         let o = observe_race(&m, &file, if silenced { &redirect } else { &[] }, &[]);
-        let Ok(Record::Summary(s)) = Record::parse(&o.records.summary.to_string()) else {
-            panic!("not a summary: {}", o.records.summary);
-        };
+        let s = &o.records.summary;
         let named: Vec<&str> = s.health.silent.iter().map(|x| x.program.as_str()).collect();
         let warning =
             "observer: warning: probe folio_add_raw_tp never ran while folio_delete_raw_tp ran";

@@ -8,20 +8,8 @@
 
 use std::{path::PathBuf, process::Command};
 
+use observer_tests::ops;
 use serde_json::Value;
-
-/// racer --op → the window operation the observer must name for it.
-const OP_WINDOWS: &[(&str, &str)] = &[
-    ("punch", "punch_hole"),
-    ("zero", "zero_range"),
-    ("collapse", "collapse_range"),
-    ("insert", "insert_range"),
-    ("truncate", "ftruncate"),
-    ("truncate-path", "truncate"),
-    ("madv-remove", "madv_remove"),
-    ("clone", "clone_range"),
-    ("dedupe", "dedupe_range"),
-];
 
 /// Operations each filesystem lacks, on every kernel here: ext4 and tmpfs
 /// have no ->remap_file_range (FICLONERANGE, FIDEDUPERANGE), btrfs does
@@ -313,7 +301,7 @@ fn matrix_truth_table() {
 
     // Every invalidator opened windows somewhere, at least one for every
     // other operation it made, under its own name.
-    for (op, window_op) in OP_WINDOWS {
+    for (op, window_op) in ops::ALL.map(|op| (op.name(), op.window_op())) {
         let mut seen = Vec::new();
         let mut ok = false;
         for (spec, cell) in cells(&v) {
@@ -321,9 +309,9 @@ fn matrix_truth_table() {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|s| s["status"] == "ok" && s["workload"] == *op);
+                .filter(|s| s["status"] == "ok" && s["workload"] == op);
             for s in steps {
-                let windows = u64_of(&s["summary"]["windows_by_op"][*window_op]);
+                let windows = u64_of(&s["summary"]["windows_by_op"][window_op]);
                 let punches = u64_of(&s["racer"]["punches"]);
                 seen.push(format!("{spec} {}: {windows}/{punches}", cell["fs"]));
                 ok |= punches >= 10 && 2 * windows >= punches;

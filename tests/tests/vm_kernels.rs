@@ -9,9 +9,11 @@ use std::{
     collections::HashSet,
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{Mutex, MutexGuard},
 };
 
+use observer_report::{Record, Summary};
+use observer_tests::{RacerReport, Stream, comparable};
 use serde_json::Value;
 
 /// Two TCG guests at once on two host CPUs starve each other's racers.
@@ -19,6 +21,9 @@ static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 struct Run {
     dir: PathBuf,
+    /// Held until the test is done with `dir`: two tests of one kernel
+    /// share the directory, and the next boot empties it.
+    _one_vm: MutexGuard<'static, ()>,
 }
 
 impl Run {
@@ -27,7 +32,7 @@ impl Run {
     }
 
     fn boot_with(kernel: &str, args: &[&str]) -> Run {
-        let _guard = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let one_vm = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let xtask = std::env::var_os("XTASK_BIN")
             .expect("XTASK_BIN is unset: run the VM tests through `cargo xtask test`");
         let dir = std::env::temp_dir().join(format!("observer-vm-test-{kernel}"));
@@ -43,7 +48,10 @@ impl Run {
             status.success(),
             "xtask vm --kernel {kernel} failed: {status}"
         );
-        Run { dir }
+        Run {
+            dir,
+            _one_vm: one_vm,
+        }
     }
 
     fn text(&self, name: &str) -> String {
@@ -54,16 +62,13 @@ impl Run {
     fn fs(&self, fs: &str) -> FsRun {
         let rc = self.text(&format!("{fs}.observer.rc"));
         assert_eq!(rc.trim(), "0", "observer on {fs} exited {rc}");
-        let lines: Vec<Value> = self
-            .text(&format!("{fs}.alerts.json"))
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-            .collect();
-        let racer: Value = serde_json::from_str(self.text(&format!("{fs}.racer.json")).trim())
-            .expect("racer report");
+        let stream = Stream::read(&self.dir.join(format!("{fs}.alerts.json")))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let racer = RacerReport::parse(&self.text(&format!("{fs}.racer.json")))
+            .unwrap_or_else(|e| panic!("racer report: {e:#}"));
         FsRun {
             log: self.text(&format!("{fs}.observer.log")),
-            lines,
+            stream,
             racer,
         }
     }
@@ -71,26 +76,21 @@ impl Run {
 
 struct FsRun {
     log: String,
-    lines: Vec<Value>,
-    racer: Value,
+    stream: Stream,
+    racer: RacerReport,
 }
 
 impl FsRun {
-    fn of_type(&self, t: &str) -> Vec<&Value> {
-        self.lines.iter().filter(|v| v["type"] == t).collect()
-    }
-
-    fn summary(&self) -> &Value {
-        let last = self.lines.last().expect("no output");
-        assert_eq!(last["type"], "summary", "summary must be the last record");
-        last
+    fn summary(&self) -> &Summary {
+        &self.stream.summary
     }
 
     /// Alerts on the racer's own file.
     fn racer_alerts(&self) -> Vec<&Value> {
-        self.of_type("alert")
+        let dev = format!("{}:{}", self.racer.dev_major, self.racer.dev_minor);
+        self.stream
+            .alerts_on(&dev, self.racer.ino)
             .into_iter()
-            .filter(|a| a["ino"] == self.racer["ino"] && a["dev"] == self.racer["dev"])
             .filter(|a| a["kind"] == "pte_in_punch_window")
             .collect()
     }
@@ -107,21 +107,7 @@ impl FsRun {
                 "{f} not on fentry:\n{}",
                 self.log
             );
-        }
-        let startup = self.of_type("startup");
-        assert_eq!(startup.len(), 1);
-        let core = [
-            "unmap_mapping_range",
-            "truncate_inode_pages_range",
-            "filemap_map_pages",
-        ];
-        let probes = startup[0]["probes"].as_array().unwrap();
-        for f in core {
-            let p = probes
-                .iter()
-                .find(|p| p["function"] == f)
-                .unwrap_or_else(|| panic!("no startup probe for {f}"));
-            assert_eq!(p["method"], "fentry", "{p}");
+            assert_eq!(self.stream.method_of(f), Some("fentry"), "{f}");
         }
     }
 
@@ -134,10 +120,7 @@ impl FsRun {
             "no alert on the racer's file; log:\n{}",
             self.log
         );
-        let punched = (
-            self.racer["punched"]["start"].as_u64().unwrap(),
-            self.racer["punched"]["end"].as_u64().unwrap(),
-        );
+        let punched = (self.racer.punched_start, self.racer.punched_end);
         let overlaps = |r: &Value, (s, e): (u64, u64)| {
             let start = r["start"].as_u64().unwrap();
             let end = r["end"].as_u64().unwrap_or(u64::MAX);
@@ -174,8 +157,9 @@ impl FsRun {
         // No stock kernel here maps a freed page or caches freed blocks
         // during a punch on 6.x (see the matrix for 5.10).
         let critical: Vec<_> = self
-            .of_type("alert")
-            .into_iter()
+            .stream
+            .alerts
+            .iter()
             .filter(|a| a["severity"] == "critical")
             .collect();
         assert!(critical.is_empty(), "critical alerts: {critical:?}");
@@ -183,27 +167,22 @@ impl FsRun {
 
     fn assert_summary_consistent(&self) {
         let s = self.summary();
-        let alerts = self.of_type("alert");
-        assert_eq!(
-            s["alerts_shown"].as_u64().unwrap(),
-            alerts.len() as u64,
-            "{s}"
-        );
-        assert_eq!(s["alerts"].as_u64().unwrap(), alerts.len() as u64, "{s}");
+        let alerts = &self.stream.alerts;
+        assert_eq!(s.alerts_shown, alerts.len() as u64, "{s:?}");
+        assert_eq!(s.alerts, alerts.len() as u64, "{s:?}");
         let windows: HashSet<u64> = alerts
             .iter()
             .map(|a| a["window"]["id"].as_u64().unwrap())
             .collect();
-        assert!(
-            s["windows"].as_u64().unwrap() >= windows.len() as u64,
-            "{s}"
-        );
+        assert!(s.windows >= windows.len() as u64, "{s:?}");
         // Every record the kernel emitted reached the correlator.
+        let map_pages = s.events.get("filemap_map_pages");
         assert_eq!(
-            s["events"]["filemap_map_pages"], s["kernel_emitted"]["filemap_map_pages"],
-            "{s}"
+            map_pages,
+            s.kernel_emitted.get("filemap_map_pages"),
+            "{s:?}"
         );
-        assert_eq!(s["lost"]["ringbuf_full"], 0, "{s}");
+        assert_eq!(s.lost.ringbuf_full, 0, "{s:?}");
         let calls: HashSet<(u64, u64)> = alerts
             .iter()
             .map(|a| {
@@ -213,10 +192,7 @@ impl FsRun {
                 )
             })
             .collect();
-        assert!(
-            s["events"]["filemap_map_pages"].as_u64().unwrap() >= calls.len() as u64,
-            "{s}"
-        );
+        assert!(map_pages >= calls.len() as u64, "{s:?}");
     }
 }
 
@@ -261,14 +237,11 @@ fn debian_6_1_fentry_sees_the_race_on_ext4_and_xfs_mmaplock_prevents_it() {
     xfs.assert_fentry_everywhere();
     xfs.assert_summary_consistent();
     let s = xfs.summary();
-    assert!(xfs.racer_alerts().is_empty(), "xfs on 6.1 raced: {s}");
-    assert!(
-        s["windows"].as_u64().unwrap() > 0,
-        "no punch window seen: {s}"
-    );
+    assert!(xfs.racer_alerts().is_empty(), "xfs on 6.1 raced: {s:?}");
+    assert!(s.windows > 0, "no punch window seen: {s:?}");
     // Fault-around did run on the file; the pre-filter found no window open.
-    assert!(s["filtered"].as_u64().unwrap() > 0, "{s}");
-    assert!(xfs.racer["faults"].as_u64().unwrap() > 0);
+    assert!(s.filtered > 0, "{s:?}");
+    assert!(xfs.racer.faults > 0);
 }
 
 /// `observer run` on a kernel with a real critical race: on 5.10 ext4,
@@ -307,14 +280,10 @@ fn debian_5_10_run_fails_on_stale_data_whatever_the_command_exits() {
             "racer on {fs}: {}",
             run.text(&format!("{fs}.racer.log"))
         );
-        let lines: Vec<Value> = run
-            .text(&format!("{fs}.alerts.json"))
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .collect();
-        let s = lines.last().expect("a summary");
-        assert_eq!(s["type"], "summary");
-        let stale = s["classes"]["b"]["stale_data"].as_u64().unwrap();
+        let s = Stream::read(&run.dir.join(format!("{fs}.alerts.json")))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .summary;
+        let stale = s.classes.b.stale_data;
         assert_eq!(
             rc.trim(),
             want,
@@ -323,12 +292,12 @@ fn debian_5_10_run_fails_on_stale_data_whatever_the_command_exits() {
         );
         match fs {
             "ext4" => {
-                assert!(stale > 0, "{s}");
+                assert!(stale > 0, "{s:?}");
                 assert!(run.text(&format!("{fs}.observer.log")).contains(
                     "observer: exit 112: a critical alert was seen (the command exited 3)"
                 ));
             }
-            _ => assert_eq!(stale, 0, "{s}"),
+            _ => assert_eq!(stale, 0, "{s:?}"),
         }
     }
 }
@@ -351,11 +320,12 @@ fn debian_6_12_replay_equals_the_live_run() {
             "--reorder-ms 0 record /results/xfs.pcro",
         ],
     );
-    let live: Vec<Value> = run
-        .text("xfs.alerts.json")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let records = |text: &str| -> Vec<Record> {
+        text.lines()
+            .map(|l| Record::parse(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let live = records(&run.text("xfs.alerts.json"));
     let out = run.dir.join("replay.jsonl");
     let status = Command::new(observer_tests::observer_bin())
         .arg("replay")
@@ -365,38 +335,13 @@ fn debian_6_12_replay_equals_the_live_run() {
         .status()
         .expect("run observer replay");
     assert!(status.success(), "replay failed: {status}");
-    let replayed: Vec<Value> = std::fs::read_to_string(&out)
-        .expect("replay output")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
-    let comparable = |v: &Value| {
-        let mut v = v.clone();
-        match v["type"].as_str() {
-            Some("alert") => {
-                v["path"] = Value::Null;
-                for side in ["victim_stack", "punch_stack"] {
-                    if !v["evidence"].is_null() {
-                        v["evidence"][side] = Value::Null;
-                    }
-                }
-            }
-            Some("summary") => v["agent"] = Value::Null,
-            _ => {}
-        }
-        v
+    let replayed = records(&std::fs::read_to_string(&out).expect("replay output"));
+    let Some(Record::Summary(summary)) = live.last() else {
+        panic!("the last record is not the summary");
     };
-    let summary = live.last().expect("a summary");
-    assert_eq!(summary["type"], "summary");
-    assert!(
-        summary["events"]["pte_install"].as_u64().unwrap() > 0,
-        "{summary}"
-    );
-    assert!(
-        summary["lost"]["late"].as_u64().unwrap() > 0,
-        "nothing was late: {summary}"
-    );
-    assert!(summary["alerts"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary.events.get("pte_install") > 0, "{summary:?}");
+    assert!(summary.lost.late > 0, "nothing was late: {summary:?}");
+    assert!(summary.alerts > 0, "{summary:?}");
     assert_eq!(live.len(), replayed.len());
     for (i, (l, r)) in live.iter().zip(&replayed).enumerate() {
         assert_eq!(comparable(l), comparable(r), "line {}", i + 1);

@@ -54,3 +54,18 @@ pub fn build(ws: &Workspace, debug: bool) -> Result<Binaries> {
     }
     Ok(bins)
 }
+
+/// The release binaries: built now, or as they are with `no_build` or under
+/// `cargo xtask test` (XTASK_VM=1), where they are fresh and a nested cargo
+/// build would wait forever on the lock the outer `cargo test` holds.
+pub fn fresh_or_as_they_are(ws: &Workspace, no_build: bool) -> Result<Binaries> {
+    let nested = std::env::var_os("XTASK_VM").is_some_and(|v| v == "1");
+    if nested && !no_build {
+        say("XTASK_VM=1: using the binaries `cargo xtask test` built");
+    }
+    if no_build || nested {
+        Ok(Binaries::in_profile(ws, false))
+    } else {
+        build(ws, false)
+    }
+}

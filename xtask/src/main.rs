@@ -2,7 +2,11 @@
 
 mod bench;
 mod build_cmd;
+#[cfg(test)]
+mod fixtures;
+mod json;
 mod matrix;
+mod progress;
 mod setup;
 mod util;
 mod vm;
@@ -88,7 +92,7 @@ fn real_main() -> Result<()> {
         Cmd::Vm(args) => vm::run(&ws, *args),
         Cmd::Bench(args) => {
             build_cmd::build(&ws, false)?;
-            bench::run(args)
+            bench::run(&ws, args)
         }
         Cmd::Matrix(args) => matrix::run(&ws, *args),
     }

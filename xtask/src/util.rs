@@ -4,8 +4,6 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    thread,
-    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -50,8 +48,44 @@ impl Workspace {
     }
 }
 
+/// A message on stderr (above the status line of a [`crate::progress::Progress`]).
 pub fn say(msg: impl AsRef<str>) {
-    eprintln!("[xtask] {}", msg.as_ref());
+    crate::progress::print(&format!("[xtask] {}", msg.as_ref()));
+}
+
+/// A path from its flag, else from the environment variable `var` (when
+/// set and not empty), else `default`.
+pub fn pick(flag: Option<&Path>, var: &str, default: PathBuf) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or(default)
+}
+
+/// Empties the output directory `out` if an earlier `cargo xtask COMMAND`
+/// made it (it holds `marker`) or it is empty, and marks it as made by this
+/// one; refuses to touch anything else.
+pub fn prepare_out(out: &Path, marker: &str, command: &str) -> Result<()> {
+    if out.exists() {
+        let ours = out.join(marker).exists();
+        let empty = fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_none();
+        if !ours && !empty {
+            bail!(
+                "--out {} is not empty and was not made by `cargo xtask {command}`; pick another directory",
+                out.display()
+            );
+        }
+        fs::remove_dir_all(out).with_context(|| format!("emptying {}", out.display()))?;
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    fs::write(out.join(marker), format!("{}\n", std::process::id()))?;
+    Ok(())
 }
 
 pub fn display(cmd: &Command) -> String {
@@ -106,6 +140,7 @@ pub fn raw_output(cmd: &mut Command) -> Result<Output> {
 }
 
 /// A fresh directory `PREFIX-PID-N` under the system's temporary directory.
+#[cfg(test)]
 pub fn temp_dir(prefix: &str) -> Result<PathBuf> {
     let base = env::temp_dir();
     for n in 0.. {
@@ -117,26 +152,6 @@ pub fn temp_dir(prefix: &str) -> Result<PathBuf> {
         }
     }
     unreachable!("ran out of temporary directory names")
-}
-
-/// Unmounts `path`, retrying for two seconds: right after a child exits its
-/// mapping may still pin the mount for a moment, and EBUSY then is
-/// transient. The error is the last attempt's.
-pub fn unmount(path: &Path) -> Result<()> {
-    let mut last = None;
-    for _ in 0..20 {
-        match output(Command::new("umount").arg(path)) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("umount failed")))
-}
-
-/// Detaches a mount that would not unmount (`umount -l`), best effort.
-pub fn detach(path: &Path) {
-    let _ = output(Command::new("umount").arg("-l").arg(path));
 }
 
 pub fn is_root() -> bool {

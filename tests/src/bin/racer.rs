@@ -29,67 +29,12 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use observer_tests::ops::Op;
 use observer_tests::workload::{self, Lcg, os_error};
 
 /// Exit status when the file system does not support the operation.
 const EXIT_UNSUPPORTED: u8 = 77;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Op {
-    /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
-    Punch,
-    /// fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
-    Zero,
-    /// fallocate(FALLOC_FL_COLLAPSE_RANGE), then the lost tail written back
-    Collapse,
-    /// fallocate(FALLOC_FL_INSERT_RANGE), then the hole written; the file is
-    /// cut back (ftruncate) to its size once it has doubled, and at the end
-    Insert,
-    /// ftruncate down to the range start, then back to full size
-    Truncate,
-    /// truncate(2) by path down to the range start, then back to full size
-    TruncatePath,
-    /// madvise(MADV_REMOVE) on a shared writable mapping (a punch)
-    MadvRemove,
-    /// ioctl(FICLONERANGE) from a second file onto the range (reflink)
-    Clone,
-    /// ioctl(FIDEDUPERANGE) of the range against a second, identical file
-    Dedupe,
-}
-
-impl Op {
-    fn as_str(self) -> &'static str {
-        match self {
-            Op::Punch => "punch",
-            Op::Zero => "zero",
-            Op::Collapse => "collapse",
-            Op::Insert => "insert",
-            Op::Truncate => "truncate",
-            Op::TruncatePath => "truncate-path",
-            Op::MadvRemove => "madv-remove",
-            Op::Clone => "clone",
-            Op::Dedupe => "dedupe",
-        }
-    }
-
-    /// Ops that shrink the file for a moment: faulters may touch a page
-    /// beyond EOF and get SIGBUS.
-    fn shrinks(self) -> bool {
-        matches!(self, Op::Truncate | Op::TruncatePath | Op::Collapse)
-    }
-
-    /// Ops that change the file size and must not run concurrently with
-    /// each other (their size bookkeeping assumes one at a time).
-    fn resizes(self) -> bool {
-        self.shrinks() || self == Op::Insert
-    }
-
-    /// Ops that need a second file with the same contents.
-    fn needs_source(self) -> bool {
-        matches!(self, Op::Clone | Op::Dedupe)
-    }
-}
 
 /// Race page-cache invalidation (hole punch / zero range / truncate) against
 /// fault-around on a shared file mapping.
@@ -767,7 +712,7 @@ fn run(args: Args) -> Result<String, Failure> {
         meta.ino(),
         args.pages,
         args.punch_pages,
-        args.op.as_str(),
+        args.op.name(),
         punches,
         faults,
         reads,

@@ -12,16 +12,17 @@ pub use initramfs::Step;
 use std::{
     env, fs,
     path::{Path, PathBuf},
-    process::{self, Command},
+    process::Command,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use observer_report::Record;
 
 use crate::{
-    build_cmd::{self, Binaries},
-    util::{Workspace, output, say},
+    build_cmd,
+    util::{Workspace, output, pick, prepare_out, say},
 };
 
 pub const FILESYSTEMS: &[&str] = &["xfs", "ext4", "btrfs", "tmpfs"];
@@ -95,25 +96,15 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
             bail!("--fs {fs}: only {} are supported", FILESYSTEMS.join(","));
         }
     }
-    // Under `cargo xtask test` the binaries are fresh, and a nested cargo
-    // build would wait forever on the lock the outer `cargo test` holds.
-    let nested = env::var_os("XTASK_VM").is_some_and(|v| v == "1");
-    if nested && !args.no_build {
-        say("XTASK_VM=1: using the binaries `cargo xtask test` built");
-    }
-    let built = if args.no_build || nested {
-        Binaries::in_profile(ws, false)
-    } else {
-        build_cmd::build(ws, false)?
-    };
-    let observer = pick(args.observer_bin.clone(), "OBSERVER_BIN", built.observer);
+    let built = build_cmd::fresh_or_as_they_are(ws, args.no_build)?;
+    let observer = pick(args.observer_bin.as_deref(), "OBSERVER_BIN", built.observer);
     if !observer.is_file() {
         bail!(
             "no observer binary at {} (build it, or pass --observer-bin)",
             observer.display()
         );
     }
-    let racer = pick(args.racer_bin.clone(), "RACER_BIN", built.racer);
+    let racer = pick(args.racer_bin.as_deref(), "RACER_BIN", built.racer);
     let racer = if racer.is_file() {
         Some(racer)
     } else if args.racer_bin.is_some() || env::var_os("RACER_BIN").is_some() {
@@ -162,6 +153,7 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
             out: &out,
             timeout: Duration::from_secs(timeout),
             stall: None,
+            watch: None,
             keep_work: args.keep_work,
         },
     )?
@@ -181,6 +173,8 @@ pub struct StepsGuest<'a> {
     /// Where the guest's results go; emptied first.
     pub out: &'a Path,
     pub timeout: Duration,
+    /// Called with each progress line of the guest.
+    pub watch: &'a dyn Fn(&str),
 }
 
 /// The kernel `spec` names, downloaded and unpacked if needed, and which of
@@ -239,6 +233,7 @@ pub fn steps(ws: &Workspace, g: &StepsGuest, stall: Duration) -> Result<StepsOut
             out: g.out,
             timeout: g.timeout,
             stall: Some(stall),
+            watch: Some(g.watch),
             keep_work: false,
         },
     )?;
@@ -299,6 +294,8 @@ pub struct BenchGuest<'a> {
     /// Where the guest's results go; emptied first.
     pub out: &'a Path,
     pub timeout: Duration,
+    /// Called with each progress line of the guest.
+    pub watch: &'a dyn Fn(&str),
 }
 
 /// Boots the guest in bench mode (see `bench()` in init.sh) and returns the
@@ -324,6 +321,7 @@ pub fn bench(ws: &Workspace, b: &BenchGuest) -> Result<PathBuf> {
             out: b.out,
             timeout: b.timeout,
             stall: None,
+            watch: Some(b.watch),
             keep_work: false,
         },
     )?
@@ -356,6 +354,7 @@ struct Guest<'a> {
     /// what it had finished (the steps scenario saves results after every
     /// step); None: only `timeout` applies and a hung guest is an error.
     stall: Option<Duration>,
+    watch: Option<&'a dyn Fn(&str)>,
     keep_work: bool,
 }
 
@@ -363,7 +362,7 @@ struct Guest<'a> {
 /// and unpacks what the guest left on its results disk into `g.out`, which
 /// it returns canonicalized.
 fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
-    prepare_out(g.out)?;
+    prepare_out(g.out, OUT_MARKER, "vm")?;
     let out = fs::canonicalize(g.out)?;
 
     let kernel = kernel::prepare(ws, g.kernel)?;
@@ -403,6 +402,7 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
         console_log: &out.join("console.log"),
         timeout: g.timeout,
         stall: g.stall,
+        watch: g.watch,
     })?;
 
     let problem = match outcome {
@@ -460,34 +460,6 @@ struct Booted {
     problem: Option<String>,
 }
 
-fn pick(flag: Option<PathBuf>, var: &str, default: PathBuf) -> PathBuf {
-    flag.or_else(|| {
-        env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    })
-    .unwrap_or(default)
-}
-
-/// Empties `out` if it is ours (or empty); refuses to touch anything else.
-fn prepare_out(out: &Path) -> Result<()> {
-    if out.exists() {
-        let mut entries =
-            fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?;
-        let ours = out.join(OUT_MARKER).exists();
-        if !ours && entries.next().is_some() {
-            bail!(
-                "--out {} is not empty and was not made by `cargo xtask vm`; pick another directory",
-                out.display()
-            );
-        }
-        fs::remove_dir_all(out).with_context(|| format!("emptying {}", out.display()))?;
-    }
-    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    fs::write(out.join(OUT_MARKER), format!("{}\n", process::id()))?;
-    Ok(())
-}
-
 fn extract_results(image: &Path, out: &Path, partial: bool) -> Result<()> {
     // The guest wrote a bare tar to the raw disk; tar stops at its end
     // marker and ignores the zeroes after it.
@@ -536,17 +508,18 @@ fn summarize(out: &Path, filesystems: &[String]) -> Result<()> {
         let alerts = read(&format!("{fs}.alerts.json"))
             .map(|s| {
                 // JSON lines: a startup record, the alerts, a closing summary.
-                let count = |t: &str| {
-                    s.lines()
-                        .filter(|l| l.contains(&format!("\"type\":\"{t}\"")))
-                        .count()
-                };
-                let summary = if count("summary") > 0 {
+                let records: Vec<Record> =
+                    s.lines().filter_map(|l| Record::parse(l).ok()).collect();
+                let alerts = records
+                    .iter()
+                    .filter(|r| matches!(r, Record::Alert(_)))
+                    .count();
+                let summary = if matches!(records.last(), Some(Record::Summary(_))) {
                     ""
                 } else {
                     ", no summary"
                 };
-                format!("{} alerts{summary}", count("alert"))
+                format!("{alerts} alerts{summary}")
             })
             .unwrap_or_else(|| "no alerts file".into());
         let rc = read(&format!("{fs}.observer.rc")).unwrap_or_else(|| "-".into());

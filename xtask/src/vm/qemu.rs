@@ -5,12 +5,13 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+use observer_tests::FsType;
 
 use crate::util::{display, output, say};
 
@@ -61,14 +62,12 @@ pub fn make_disks(dir: &Path, filesystems: &[String]) -> Result<Disks> {
         // 512 MiB: mkfs.xfs wants 300 MB, and mke2fs picks its "small"
         // profile (1 KiB blocks) below 512 MB; real ext4 has 4 KiB blocks.
         sparse(&image, 512 * MIB)?;
-        let (mkfs, args, package): (&str, &[&str], &str) = match fs.as_str() {
-            // Debian 12's mkfs.xfs enables reflink (FICLONERANGE, dedupe).
-            "xfs" => ("mkfs.xfs", &["-f", "-q"], "xfsprogs"),
-            "ext4" => ("mkfs.ext4", &["-q", "-F"], "e2fsprogs"),
-            _ => ("mkfs.btrfs", &["-q", "-f"], "btrfs-progs"),
-        };
+        // Debian 12's mkfs.xfs enables reflink (FICLONERANGE, dedupe).
+        let (mkfs, args) = FsType::named(fs)
+            .and_then(FsType::mkfs)
+            .with_context(|| format!("no mkfs for {fs}"))?;
         output(Command::new(mkfs).args(args).arg(&image))
-            .with_context(|| format!("{mkfs} (apt-get install {package})"))?;
+            .with_context(|| format!("{mkfs} (cargo xtask setup installs it)"))?;
         shown.push(format!("{} ({fs})", image.display()));
         disks.filesystems.push((fs.clone(), image));
     }
@@ -93,6 +92,8 @@ pub struct Boot<'a> {
     /// Kill qemu when the guest prints no progress line (`xtask-vm: ...`)
     /// for this long: a hung guest kernel must not hold up the whole run.
     pub stall: Option<Duration>,
+    /// Called with each progress line of the guest (without `xtask-vm: `).
+    pub watch: Option<&'a dyn Fn(&str)>,
 }
 
 pub enum Outcome {
@@ -152,9 +153,9 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
         }
         text
     });
-    // When the guest last said something, and what.
-    let progress = Arc::new(Mutex::new((Instant::now(), String::from("(nothing yet)"))));
-    let seen = Arc::clone(&progress);
+    // The guest's progress lines, for the loop below: when it last said
+    // something, and what.
+    let (said, heard) = mpsc::channel::<String>();
     let console = thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = Vec::new();
@@ -164,14 +165,13 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
             if let Some(i) = text.find("xtask-vm: ") {
                 let msg = text[i + 10..].trim_end().to_string();
                 say(format!("guest: {msg}"));
-                if let Ok(mut p) = seen.lock() {
-                    *p = (Instant::now(), msg);
-                }
+                let _ = said.send(msg);
             }
             line.clear();
         }
         let _ = log.flush();
     });
+    let mut last = (Instant::now(), String::from("(nothing yet)"));
 
     let outcome = loop {
         if let Some(status) = child.try_wait()? {
@@ -190,20 +190,23 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
             let _ = child.wait();
             break Outcome::TimedOut;
         }
-        if let Some(stall) = b.stall {
-            let (at, last) = progress
-                .lock()
-                .map(|p| p.clone())
-                .unwrap_or_else(|_| (Instant::now(), String::new()));
-            if at.elapsed() > stall {
-                say(format!(
-                    "the guest printed nothing for {}s (last: {last}); killing qemu",
-                    stall.as_secs()
-                ));
-                let _ = child.kill();
-                let _ = child.wait();
-                break Outcome::Stalled(last);
+        for msg in heard.try_iter() {
+            if let Some(watch) = b.watch {
+                watch(&msg);
             }
+            last = (Instant::now(), msg);
+        }
+        if let Some(stall) = b.stall
+            && last.0.elapsed() > stall
+        {
+            say(format!(
+                "the guest printed nothing for {}s (last: {}); killing qemu",
+                stall.as_secs(),
+                last.1
+            ));
+            let _ = child.kill();
+            let _ = child.wait();
+            break Outcome::Stalled(last.1);
         }
         thread::sleep(Duration::from_millis(100));
     };
