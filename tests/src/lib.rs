@@ -222,6 +222,10 @@ pub struct FaultbenchReport {
     pub faults: u64,
     pub elapsed_s: f64,
     pub faults_per_s: f64,
+    /// Operations done: faults of the fault loop, or the op mix's calls.
+    pub ops: u64,
+    /// The throughput a slowdown is measured on.
+    pub ops_per_s: f64,
 }
 
 impl FaultbenchReport {
@@ -234,6 +238,8 @@ impl FaultbenchReport {
             faults: get_u64(&v, "faults")?,
             elapsed_s: get_f64(&v, "elapsed_s")?,
             faults_per_s: get_f64(&v, "faults_per_s")?,
+            ops: get_u64(&v, "ops")?,
+            ops_per_s: get_f64(&v, "ops_per_s")?,
         })
     }
 }
@@ -553,6 +559,16 @@ pub mod workload {
             Err(io::Error::last_os_error())
         } else {
             Ok(p.cast())
+        }
+    }
+
+    /// `munmap(addr, len)` of a mapping the caller made.
+    pub fn unmap(addr: *mut u8, len: usize) -> io::Result<()> {
+        // SAFETY: the caller owns the mapping and no longer reads it.
+        if unsafe { libc::munmap(addr.cast(), len) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 

@@ -114,6 +114,8 @@ fn fb(rate: f64) -> FaultbenchReport {
         faults: 100,
         elapsed_s: 100.0 / rate,
         faults_per_s: rate,
+        ops: 100,
+        ops_per_s: rate,
     }
 }
 
