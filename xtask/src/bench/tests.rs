@@ -157,7 +157,7 @@ fn guest_dir(observer_rc: &str) -> PathBuf {
         fs::write(
             file(".faultbench.json"),
             format!(
-                "{{\"rounds\":10,\"pages\":64,\"faults\":40,\"elapsed_s\":{},\"faults_per_s\":{rate}}}\n",
+                "{{\"rounds\":10,\"pages\":64,\"faults\":40,\"elapsed_s\":{},\"faults_per_s\":{rate},\"ops\":40,\"ops_per_s\":{rate}}}\n",
                 40.0 / rate
             ),
         )
