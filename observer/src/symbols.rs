@@ -1,40 +1,73 @@
 //! Kernel symbols from /proc/kallsyms: addresses of kernel variables for the
 //! loader, and `func+0x1a` names for the addresses of kernel stacks.
 
-use std::collections::HashMap;
-
 use anyhow::{Context, Result};
 
 const KALLSYMS: &str = "/proc/kallsyms";
 
+/// One line of kallsyms; its strings are ranges of the file's text, so the
+/// table costs little more than the file (a hundred thousand symbols and
+/// more: owned strings in maps would cost five times that).
+#[derive(Clone, Copy, Debug)]
+struct Sym {
+    addr: u64,
+    name: u32,
+    /// The module's name, or an empty range for vmlinux.
+    module: u32,
+    name_len: u16,
+    module_len: u16,
+    /// t/T/w/W: a function, what a kprobe can be placed on.
+    function: bool,
+}
+
 pub struct Kallsyms {
-    /// Text symbols sorted by address: (address, name).
-    text: Vec<(u64, String)>,
-    /// Every symbol's address by name (the first one of a name).
-    by_name: HashMap<String, u64>,
-    /// Names of functions (t/T/w/W), including module ones, for probes.
-    functions: std::collections::HashSet<String>,
-    /// The module of each module function.
-    modules: HashMap<String, String>,
+    text: String,
+    /// Every symbol, sorted by name (stable: the file's order within a name).
+    by_name: Vec<Sym>,
+    /// Functions with an address, sorted by it: (address, index in by_name).
+    by_addr: Vec<(u64, u32)>,
 }
 
 impl Kallsyms {
     pub fn load() -> Result<Kallsyms> {
         let text =
             std::fs::read_to_string(KALLSYMS).with_context(|| format!("cannot read {KALLSYMS}"))?;
-        Ok(Kallsyms::parse(&text))
+        Ok(Kallsyms::parse(text))
+    }
+
+    /// Only the symbols named in `names`: what the loader asks about,
+    /// without holding the whole table through the load.
+    pub fn load_only(names: &[&str]) -> Result<Kallsyms> {
+        let text =
+            std::fs::read_to_string(KALLSYMS).with_context(|| format!("cannot read {KALLSYMS}"))?;
+        let wanted: std::collections::HashSet<&str> = names.iter().copied().collect();
+        let mut kept = String::new();
+        for line in text.lines() {
+            if line
+                .split_whitespace()
+                .nth(2)
+                .is_some_and(|n| wanted.contains(n))
+            {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        Ok(Kallsyms::parse(kept))
     }
 
     /// Lines of `ADDRESS TYPE NAME [MODULE]`. Addresses read as 0 when
     /// kptr_restrict hides them: names still answer `has_function`, but
     /// nothing symbolizes.
-    pub fn parse(text: &str) -> Kallsyms {
-        let mut k = Kallsyms {
-            text: Vec::new(),
-            by_name: HashMap::new(),
-            functions: Default::default(),
-            modules: HashMap::new(),
+    pub fn parse(text: impl Into<String>) -> Kallsyms {
+        let text = text.into();
+        let base = text.as_ptr() as usize;
+        let range = |s: &str| {
+            (
+                (s.as_ptr() as usize - base) as u32,
+                s.len().min(u16::MAX as usize) as u16,
+            )
         };
+        let mut by_name = Vec::new();
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
@@ -43,46 +76,83 @@ impl Kallsyms {
             let Ok(addr) = u64::from_str_radix(addr, 16) else {
                 continue;
             };
-            if matches!(kind, "t" | "T" | "w" | "W") {
-                k.functions.insert(name.to_owned());
-                if let Some(m) = it.next() {
-                    let m = m.trim_start_matches('[').trim_end_matches(']');
-                    k.modules.insert(name.to_owned(), m.to_owned());
-                }
+            let (name, name_len) = range(name);
+            let (module, module_len) = match it.next() {
+                Some(m) => range(m.trim_start_matches('[').trim_end_matches(']')),
+                None => (0, 0),
+            };
+            by_name.push(Sym {
+                addr,
+                name,
+                module,
+                name_len,
+                module_len,
+                function: matches!(kind, "t" | "T" | "w" | "W"),
+            });
+        }
+        let at = |s: &Sym| &text[s.name as usize..s.name as usize + s.name_len as usize];
+        by_name.sort_by(|a, b| at(a).cmp(at(b)));
+        let mut k = Kallsyms {
+            text,
+            by_name,
+            by_addr: Vec::new(),
+        };
+        k.by_addr = (0..k.by_name.len() as u32)
+            .filter(|&i| {
+                let s = k.by_name[i as usize];
                 // Skip the ftrace padding stubs: they would name the gap
                 // before every function.
-                if addr != 0 && !name.starts_with("__pfx_") {
-                    k.text.push((addr, name.to_owned()));
-                }
-            }
-            k.by_name.entry(name.to_owned()).or_insert(addr);
-        }
-        k.text.sort_unstable();
+                s.function && s.addr != 0 && !k.str(s.name, s.name_len).starts_with("__pfx_")
+            })
+            .map(|i| (k.by_name[i as usize].addr, i))
+            .collect();
+        k.by_addr.sort_unstable();
         k
+    }
+
+    fn str(&self, at: u32, len: u16) -> &str {
+        self.text
+            .get(at as usize..at as usize + len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The symbols named `name`, in the file's order.
+    fn named(&self, name: &str) -> &[Sym] {
+        let from = self
+            .by_name
+            .partition_point(|s| self.str(s.name, s.name_len) < name);
+        let n = self.by_name[from..].partition_point(|s| self.str(s.name, s.name_len) == name);
+        &self.by_name[from..from + n]
     }
 
     /// Whether `name` is a function in the kernel or a loaded module (what a
     /// kprobe needs; an inlined one is absent).
     pub fn has_function(&self, name: &str) -> bool {
-        self.functions.contains(name)
+        self.named(name).iter().any(|s| s.function)
     }
 
     /// The module a function lives in; None for vmlinux (or unknown).
     pub fn module_of(&self, name: &str) -> Option<&str> {
-        self.modules.get(name).map(String::as_str)
+        self.named(name)
+            .iter()
+            .find(|s| s.function && s.module_len > 0)
+            .map(|s| self.str(s.module, s.module_len))
     }
 
     /// Address of any symbol (0 when kptr_restrict hides it: None then).
     pub fn address(&self, name: &str) -> Option<u64> {
-        self.by_name.get(name).copied().filter(|&a| a != 0)
+        self.named(name).first().map(|s| s.addr).filter(|&a| a != 0)
     }
 
     /// `func+0x1a` for an address inside a function, or the address in hex
     /// when no symbol precedes it.
     pub fn symbolize(&self, addr: u64) -> String {
-        let i = self.text.partition_point(|(a, _)| *a <= addr);
-        match i.checked_sub(1).map(|i| &self.text[i]) {
-            Some((start, name)) => format!("{name}+{:#x}", addr - start),
+        let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
+        match i.checked_sub(1).map(|i| self.by_addr[i]) {
+            Some((start, at)) => {
+                let s = self.by_name[at as usize];
+                format!("{}+{:#x}", self.str(s.name, s.name_len), addr - start)
+            }
             None => format!("{addr:#x}"),
         }
     }

@@ -17,6 +17,16 @@ use observer_tests::{
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The tests compare mount tables: one at a time, or the other's loop
+/// mount shows as a change.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// (mount point, filesystem type) of every mount this process sees.
 fn mount_table() -> BTreeSet<(String, String)> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -52,6 +62,7 @@ fn observer_without_tracefs(args: &[&str]) -> ObserverProcess {
 #[test]
 #[ignore = "needs root: mount namespaces, loop mounts and BPF; run by cargo xtask test"]
 fn starts_without_tracefs_and_leaves_the_hosts_mounts_alone() {
+    let _serial = serial();
     assert!(is_root(), "needs root");
     let m = LoopMount::new(FsType::Xfs, 512).expect("xfs loop mount");
     let file = m.path().join("racer.dat");
@@ -116,4 +127,75 @@ fn starts_without_tracefs_and_leaves_the_hosts_mounts_alone() {
         before,
         "the host's mounts changed after SIGKILL"
     );
+}
+
+/// A CI root or a container: the observer runs chrooted into a directory
+/// that is no mount point (so `/` cannot be made a slave mount as a whole),
+/// without tracefs. It must attach, and once back from its own namespace
+/// still see the chroot's files: its output lands inside the root, not in
+/// the host's directory of the same name.
+#[test]
+#[ignore = "needs root: mount namespaces, chroot, loop mounts and BPF; run by cargo xtask test"]
+fn starts_in_a_chroot_without_tracefs_and_writes_inside_it() {
+    let _serial = serial();
+    assert!(is_root(), "needs root");
+    let m = LoopMount::new(FsType::Xfs, 512).expect("xfs loop mount");
+    let root = m.image().with_file_name("root");
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::copy(observer_bin(), root.join("observer")).expect("copy the observer");
+    let name = format!("pcro-chroot-{}.jsonl", std::process::id());
+    let inside = root.join("tmp").join(&name);
+    let outside = std::path::Path::new("/tmp").join(&name);
+    let _ = std::fs::remove_file(&outside);
+    let before = mount_table();
+    // Everything mounted here lives in unshare's private namespace.
+    let script = "R=$1; shift; \
+                  mkdir -p $R/proc $R/sys $R/dev $R/usr; \
+                  mount -t proc proc $R/proc && mount --rbind /sys $R/sys && mount --make-rslave $R/sys && \
+                  mount --rbind /dev $R/dev && mount --make-rslave $R/dev && mount --bind /usr $R/usr || exit 9; \
+                  for d in lib lib64 bin sbin; do [ -e $R/$d ] || ln -s usr/$d $R/$d; done; \
+                  for t in $R/sys/kernel/debug/tracing $R/sys/kernel/tracing $R/sys/kernel/debug; do umount -l $t 2>/dev/null; done; \
+                  if grep -qE ' - (tracefs|debugfs) ' /proc/self/mountinfo; then echo still mounted >&2; exit 9; fi; \
+                  exec chroot $R /observer \"$@\"";
+    let out = format!("/tmp/{name}");
+    let argv = [
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        root.to_str().unwrap(),
+        "--json",
+        "-o",
+        &out,
+    ];
+    let mut p =
+        ObserverProcess::spawn(std::path::Path::new("unshare"), argv).expect("start unshare");
+    p.wait_ready(TIMEOUT)
+        .expect("the observer is ready in the chroot");
+    let racer = Command::new(racer_bin())
+        .arg("--file")
+        .arg(m.path().join("racer.dat"))
+        .args(["--duration", "2"])
+        .output()
+        .expect("run racer");
+    assert!(racer.status.success(), "racer failed");
+    let r = RacerReport::parse(&String::from_utf8_lossy(&racer.stdout)).expect("racer report");
+    p.signal(libc::SIGINT).expect("stop the observer");
+    let exit = p.wait(TIMEOUT).expect("the observer ends");
+    assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
+    assert!(
+        !outside.exists(),
+        "the output went to the host's /tmp, outside the chroot"
+    );
+    let s = Stream::read(&inside).expect("the output inside the chroot");
+    let dev = format!("{}:{}", r.dev_major, r.dev_minor);
+    assert!(
+        !s.alerts_on(&dev, r.ino).is_empty(),
+        "no alert on the racer's file: {:?}",
+        s.summary
+    );
+    assert_eq!(mount_table(), before, "the host's mounts changed");
 }

@@ -2,7 +2,7 @@
 //! kernel. Rust eBPF emits no CO-RE relocations, so the programs read kernel
 //! memory at offsets this module resolves at load time.
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
@@ -26,37 +26,67 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Member {
     name: u32,
     ty: u32,
     bit_offset: u32,
 }
 
-#[derive(Clone, Debug)]
+/// A type's common header; what follows it (members, parameters,
+/// enumerators) stays in `Btf::tdata` and is read when asked for, so the
+/// whole kernel's BTF costs about its own size in memory.
+#[derive(Clone, Copy, Debug, Default)]
 struct Type {
     name: u32,
-    kind: u32,
+    info: u32,
     /// Referenced type for modifiers, typedefs, pointers and functions; the
     /// byte size for structs, unions and enums.
     ty: u32,
-    /// Struct and union members; function prototype parameters (with
-    /// `bit_offset` 0).
-    members: Vec<Member>,
-    /// Enumerators (name, value) of enums.
-    values: Vec<(u32, i64)>,
+    /// Offset in `tdata` of what follows the header.
+    at: u32,
+}
+
+impl Type {
+    fn kind(self) -> u32 {
+        (self.info >> 24) & 0x1f
+    }
+
+    fn vlen(self) -> usize {
+        (self.info & 0xffff) as usize
+    }
+
+    fn kind_flag(self) -> bool {
+        self.info >> 31 == 1
+    }
 }
 
 pub struct Btf {
     /// Index 0 is `void`. Split BTF (a module's) continues its base's ids.
     types: Vec<Type>,
-    strings: Vec<u8>,
-    by_name: HashMap<String, Vec<u32>>,
+    /// The blob as read (a split one behind its base's): types and strings
+    /// are read in place.
+    tdata: Vec<u8>,
+    /// Where string offsets point in `tdata`: the base's strings, and from
+    /// `own_from` on a split blob's own (its offsets continue the base's).
+    strings_at: usize,
+    own_from: u32,
+    own_strings_at: usize,
+    /// This blob's string section length.
+    str_len: usize,
+    /// The named types' ids, sorted by name.
+    by_name: Vec<u32>,
 }
 
 /// Where a member lives: byte offset from the start of the outer struct.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offset(pub u32);
+
+fn u32_in(data: &[u8], o: usize) -> Result<u32> {
+    Ok(u32::from_le_bytes(
+        data.get(o..o + 4).context("truncated")?.try_into()?,
+    ))
+}
 
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Btf> {
@@ -66,18 +96,18 @@ impl Btf {
                 path.display()
             )
         })?;
-        Btf::parse(&data).with_context(|| format!("{} is not valid BTF", path.display()))
+        Btf::parse(data).with_context(|| format!("{} is not valid BTF", path.display()))
     }
 
-    pub fn parse(data: &[u8]) -> Result<Btf> {
-        Self::parse_on(data, None)
+    pub fn parse(data: impl Into<Vec<u8>>) -> Result<Btf> {
+        Self::parse_on(data.into(), None)
     }
 
     /// A kernel module's split BTF (`/sys/kernel/btf/<module>`), whose type
     /// ids and string offsets continue those of `base` (vmlinux). The result
     /// holds both, so module structs resolve members of vmlinux types.
     pub fn parse_split(data: &[u8], base: &Btf) -> Result<Btf> {
-        Self::parse_on(data, Some(base))
+        Self::parse_on(data.to_vec(), Some(base))
     }
 
     /// Reads a module's split BTF on top of `base`.
@@ -88,140 +118,170 @@ impl Btf {
             .with_context(|| format!("{} is not valid split BTF", path.display()))
     }
 
-    fn parse_on(data: &[u8], base: Option<&Btf>) -> Result<Btf> {
+    fn parse_on(blob: Vec<u8>, base: Option<&Btf>) -> Result<Btf> {
+        let data = blob.as_slice();
         let u16_at = |o: usize| -> Result<u16> {
             Ok(u16::from_le_bytes(
                 data.get(o..o + 2).context("truncated")?.try_into()?,
             ))
         };
-        let u32_at = |o: usize| -> Result<u32> {
-            Ok(u32::from_le_bytes(
-                data.get(o..o + 4).context("truncated")?.try_into()?,
-            ))
-        };
         if u16_at(0)? != MAGIC {
             bail!("bad magic (only little-endian BTF is supported)");
         }
-        let hdr_len = u32_at(4)? as usize;
-        let type_off = u32_at(8)? as usize;
-        let type_len = u32_at(12)? as usize;
-        let str_off = u32_at(16)? as usize;
-        let str_len = u32_at(20)? as usize;
-        let own_strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .context("string section out of bounds")?;
-        // Split BTF: string offsets past the base's strings are this blob's.
-        let (mut types, strings) = match base {
-            Some(b) => (
-                b.types.clone(),
-                [b.strings.as_slice(), own_strings].concat(),
-            ),
+        let hdr_len = u32_in(data, 4)? as usize;
+        let type_off = u32_in(data, 8)? as usize;
+        let type_len = u32_in(data, 12)? as usize;
+        let str_off = u32_in(data, 16)? as usize;
+        let str_len = u32_in(data, 20)? as usize;
+        let types_at = hdr_len + type_off;
+        let strings_at = hdr_len + str_off;
+        if data.len() < types_at + type_len || data.len() < strings_at + str_len {
+            bail!("a section runs past the end of the blob");
+        }
+        // A split blob goes behind its base's, whose offsets stay valid.
+        let (mut btf, shift) = match base {
+            Some(b) => {
+                let shift = b.tdata.len();
+                let base_strings = b.own_strings_len();
+                (
+                    Btf {
+                        types: b.types.clone(),
+                        tdata: [b.tdata.as_slice(), data].concat(),
+                        strings_at: b.strings_at,
+                        own_from: base_strings,
+                        own_strings_at: shift + strings_at,
+                        str_len: 0,
+                        by_name: Vec::new(),
+                    },
+                    shift,
+                )
+            }
             None => (
-                vec![Type {
-                    name: 0,
-                    kind: 0,
-                    ty: 0,
-                    members: Vec::new(),
-                    values: Vec::new(),
-                }],
-                own_strings.to_vec(),
+                Btf {
+                    types: vec![Type::default()],
+                    tdata: blob,
+                    strings_at,
+                    own_from: u32::MAX,
+                    own_strings_at: strings_at,
+                    str_len: 0,
+                    by_name: Vec::new(),
+                },
+                0,
             ),
         };
-        let first_own = types.len() as u32;
-        let mut pos = hdr_len + type_off;
+        let mut pos = shift + types_at;
         let end = pos + type_len;
         while pos < end {
-            let name = u32_at(pos)?;
-            let info = u32_at(pos + 4)?;
-            let size_or_type = u32_at(pos + 8)?;
-            pos += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            let mut values = Vec::new();
-            match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => pos += 4,
-                KIND_ARRAY => pos += 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for _ in 0..vlen {
-                        let raw = u32_at(pos + 8)?;
-                        // With kind_flag, the top 8 bits are a bitfield size.
-                        let bit_offset = if kind_flag { raw & 0xff_ffff } else { raw };
-                        members.push(Member {
-                            name: u32_at(pos)?,
-                            ty: u32_at(pos + 4)?,
-                            bit_offset,
-                        });
-                        pos += 12;
-                    }
-                }
-                KIND_ENUM => {
-                    for _ in 0..vlen {
-                        let raw = u32_at(pos + 4)?;
-                        // kind_flag: signed values.
-                        let v = if kind_flag {
-                            raw as i32 as i64
-                        } else {
-                            raw as i64
-                        };
-                        values.push((u32_at(pos)?, v));
-                        pos += 8;
-                    }
-                }
-                KIND_ENUM64 => {
-                    for _ in 0..vlen {
-                        let lo = u32_at(pos + 4)? as u64;
-                        let hi = u32_at(pos + 8)? as u64;
-                        values.push((u32_at(pos)?, (hi << 32 | lo) as i64));
-                        pos += 12;
-                    }
-                }
-                KIND_FUNC_PROTO => {
-                    for _ in 0..vlen {
-                        members.push(Member {
-                            name: u32_at(pos)?,
-                            ty: u32_at(pos + 4)?,
-                            bit_offset: 0,
-                        });
-                        pos += 8;
-                    }
-                }
-                KIND_DATASEC => pos += 12 * vlen,
-                _ => {}
-            }
-            types.push(Type {
-                name,
-                kind,
-                ty: size_or_type,
-                members,
-                values,
-            });
+            let t = Type {
+                name: u32_in(&btf.tdata, pos)?,
+                info: u32_in(&btf.tdata, pos + 4)?,
+                ty: u32_in(&btf.tdata, pos + 8)?,
+                at: u32::try_from(pos + 12).context("type section too large")?,
+            };
+            pos += 12
+                + match t.kind() {
+                    KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                    KIND_ARRAY => 12,
+                    KIND_STRUCT | KIND_UNION | KIND_ENUM64 | KIND_DATASEC => 12 * t.vlen(),
+                    KIND_ENUM | KIND_FUNC_PROTO => 8 * t.vlen(),
+                    _ => 0,
+                };
+            btf.types.push(t);
         }
-        let mut btf = Btf {
-            types,
-            strings,
-            by_name: base.map(|b| b.by_name.clone()).unwrap_or_default(),
-        };
-        for id in first_own.max(1)..btf.types.len() as u32 {
-            let name = btf.str(btf.types[id as usize].name);
-            if !name.is_empty() {
-                btf.by_name.entry(name.to_owned()).or_default().push(id);
-            }
+        btf.str_len = str_len;
+        if pos != end {
+            bail!("the last type runs past the type section");
         }
+        let mut named: Vec<u32> = (1..btf.types.len() as u32)
+            .filter(|&id| btf.types[id as usize].name != 0)
+            .collect();
+        named.sort_by(|&a, &b| btf.name_bytes(a).cmp(btf.name_bytes(b)));
+        btf.by_name = named;
         Ok(btf)
     }
 
-    fn str(&self, off: u32) -> &str {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
+    /// The string section's length of a blob that is not split: where a
+    /// split blob's own string offsets begin.
+    fn own_strings_len(&self) -> u32 {
+        self.str_len as u32
+    }
+
+    fn str_bytes(&self, off: u32) -> &[u8] {
+        let at = if off >= self.own_from {
+            self.own_strings_at + (off - self.own_from) as usize
+        } else {
+            self.strings_at + off as usize
+        };
+        let rest = self.tdata.get(at..).unwrap_or_default();
         let len = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..len]).unwrap_or_default()
+        &rest[..len]
+    }
+
+    fn name_bytes(&self, id: u32) -> &[u8] {
+        self.str_bytes(self.types[id as usize].name)
+    }
+
+    fn str(&self, off: u32) -> &str {
+        std::str::from_utf8(self.str_bytes(off)).unwrap_or_default()
+    }
+
+    fn ty(&self, id: u32) -> Type {
+        self.types.get(id as usize).copied().unwrap_or_default()
+    }
+
+    /// Struct and union members; function prototype parameters (with
+    /// `bit_offset` 0).
+    fn members(&self, t: Type) -> impl Iterator<Item = Member> + '_ {
+        let (stride, n) = match t.kind() {
+            KIND_STRUCT | KIND_UNION => (12, t.vlen()),
+            KIND_FUNC_PROTO => (8, t.vlen()),
+            _ => (12, 0),
+        };
+        (0..n).filter_map(move |i| {
+            let at = t.at as usize + i * stride;
+            let bit_offset = if stride == 12 {
+                let raw = u32_in(&self.tdata, at + 8).ok()?;
+                // With kind_flag, the top 8 bits are a bitfield size.
+                if t.kind_flag() { raw & 0xff_ffff } else { raw }
+            } else {
+                0
+            };
+            Some(Member {
+                name: u32_in(&self.tdata, at).ok()?,
+                ty: u32_in(&self.tdata, at + 4).ok()?,
+                bit_offset,
+            })
+        })
+    }
+
+    /// Enumerators (name, value) of enums.
+    fn values(&self, t: Type) -> impl Iterator<Item = (u32, i64)> + '_ {
+        let (stride, n) = match t.kind() {
+            KIND_ENUM => (8, t.vlen()),
+            KIND_ENUM64 => (12, t.vlen()),
+            _ => (8, 0),
+        };
+        (0..n).filter_map(move |i| {
+            let at = t.at as usize + i * stride;
+            let name = u32_in(&self.tdata, at).ok()?;
+            let lo = u32_in(&self.tdata, at + 4).ok()?;
+            let v = if stride == 12 {
+                let hi = u32_in(&self.tdata, at + 8).ok()? as u64;
+                (hi << 32 | lo as u64) as i64
+            } else if t.kind_flag() {
+                // kind_flag: signed values.
+                lo as i32 as i64
+            } else {
+                lo as i64
+            };
+            Some((name, v))
+        })
     }
 
     /// Follows typedefs and qualifiers to the type they name.
     fn strip(&self, mut id: u32) -> u32 {
         while let Some(t) = self.types.get(id as usize) {
-            match t.kind {
+            match t.kind() {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     id = t.ty
                 }
@@ -231,27 +291,31 @@ impl Btf {
         id
     }
 
+    /// The type id of function `name` (what an fentry program attaches by).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.ids(name).find(|&id| self.ty(id).kind() == KIND_FUNC)
+    }
+
     pub fn has_function(&self, name: &str) -> bool {
-        self.ids(name)
-            .any(|id| self.types[id as usize].kind == KIND_FUNC)
+        self.ids(name).any(|id| self.ty(id).kind() == KIND_FUNC)
     }
 
     /// The value of enumerator `name` of `enum enum_name`, e.g.
     /// `("pageflags", "PG_head")`.
     pub fn enum_value(&self, enum_name: &str, name: &str) -> Option<i64> {
         self.ids(enum_name)
-            .map(|id| &self.types[id as usize])
-            .filter(|t| matches!(t.kind, KIND_ENUM | KIND_ENUM64))
-            .flat_map(|t| t.values.iter())
+            .map(|id| self.ty(id))
+            .filter(|t| matches!(t.kind(), KIND_ENUM | KIND_ENUM64))
+            .flat_map(|t| self.values(t))
             .find(|(n, _)| self.str(*n) == name)
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v)
     }
 
     /// `sizeof(struct name)`.
     pub fn struct_size(&self, name: &str) -> Option<u32> {
         self.ids(name)
-            .map(|id| &self.types[id as usize])
-            .find(|t| t.kind == KIND_STRUCT && !t.members.is_empty())
+            .map(|id| self.ty(id))
+            .find(|t| t.kind() == KIND_STRUCT && t.vlen() > 0)
             .map(|t| t.ty)
     }
 
@@ -260,37 +324,40 @@ impl Btf {
         self.member_offset(outer, member).is_ok()
     }
 
-    /// Number of parameters of function `func`, from its prototype.
-    pub fn param_count(&self, func: &str) -> Option<usize> {
+    /// The prototype of function `func`.
+    fn proto(&self, func: &str) -> Option<Type> {
         let f = self
             .ids(func)
-            .map(|id| &self.types[id as usize])
-            .find(|t| t.kind == KIND_FUNC)?;
-        let proto = &self.types[self.strip(f.ty) as usize];
-        (proto.kind == KIND_FUNC_PROTO).then_some(proto.members.len())
+            .map(|id| self.ty(id))
+            .find(|t| t.kind() == KIND_FUNC)?;
+        let proto = self.ty(self.strip(f.ty));
+        (proto.kind() == KIND_FUNC_PROTO).then_some(proto)
+    }
+
+    /// Number of parameters of function `func`, from its prototype.
+    pub fn param_count(&self, func: &str) -> Option<usize> {
+        self.proto(func).map(Type::vlen)
     }
 
     /// Name of the struct that parameter `n` of function `func` points to
     /// (`"inode"` for `struct inode *`), if it is a pointer to a struct.
     pub fn param_struct(&self, func: &str, n: usize) -> Option<&str> {
-        let f = self
-            .ids(func)
-            .map(|id| &self.types[id as usize])
-            .find(|t| t.kind == KIND_FUNC)?;
-        let proto = &self.types[self.strip(f.ty) as usize];
-        if proto.kind != KIND_FUNC_PROTO {
+        let param = self.members(self.proto(func)?).nth(n)?;
+        let ptr = self.ty(self.strip(param.ty));
+        if ptr.kind() != KIND_PTR {
             return None;
         }
-        let ptr = &self.types[self.strip(proto.members.get(n)?.ty) as usize];
-        if ptr.kind != KIND_PTR {
-            return None;
-        }
-        let target = &self.types[self.strip(ptr.ty) as usize];
-        (target.kind == KIND_STRUCT).then(|| self.str(target.name))
+        let target = self.ty(self.strip(ptr.ty));
+        (target.kind() == KIND_STRUCT).then(|| self.str(target.name))
     }
 
-    fn ids<'a>(&'a self, name: &str) -> impl Iterator<Item = u32> + 'a {
-        self.by_name.get(name).into_iter().flatten().copied()
+    fn ids(&self, name: &str) -> impl Iterator<Item = u32> + '_ {
+        let key = name.as_bytes();
+        let from = self
+            .by_name
+            .partition_point(|&id| self.name_bytes(id) < key);
+        let to = from + self.by_name[from..].partition_point(|&id| self.name_bytes(id) == key);
+        self.by_name[from..to].iter().copied()
     }
 
     /// Byte offset of `member` in `struct outer`, looking through anonymous
@@ -299,8 +366,8 @@ impl Btf {
     pub fn member_offset(&self, outer: &str, member: &str) -> Result<Offset> {
         let mut found_struct = false;
         for id in self.ids(outer) {
-            let t = &self.types[id as usize];
-            if t.kind != KIND_STRUCT || t.members.is_empty() {
+            let t = self.ty(id);
+            if t.kind() != KIND_STRUCT || t.vlen() == 0 {
                 continue;
             }
             found_struct = true;
@@ -318,11 +385,11 @@ impl Btf {
     }
 
     fn find_member(&self, id: u32, member: &str) -> Option<u32> {
-        let t = &self.types[self.strip(id) as usize];
-        for m in &t.members {
+        let t = self.ty(self.strip(id));
+        for m in self.members(t) {
             if m.name == 0 {
                 let inner = self.strip(m.ty);
-                if matches!(self.types[inner as usize].kind, KIND_STRUCT | KIND_UNION)
+                if matches!(self.ty(inner).kind(), KIND_STRUCT | KIND_UNION)
                     && let Some(bits) = self.find_member(inner, member)
                 {
                     return Some(m.bit_offset + bits);
@@ -432,7 +499,7 @@ mod tests {
 
     #[test]
     fn reads_enums_sizes_and_prototypes() {
-        let btf = Btf::parse(&blob()).unwrap();
+        let btf = Btf::parse(blob()).unwrap();
         assert_eq!(btf.enum_value("pageflags", "PG_head"), Some(6));
         assert_eq!(btf.enum_value("pageflags", "PG_locked"), Some(0));
         assert_eq!(btf.enum_value("neg", "PG_locked"), Some(-1));
@@ -454,7 +521,7 @@ mod tests {
     /// whose member types and strings continue the base's.
     #[test]
     fn split_btf_continues_the_base() {
-        let base = Btf::parse(&blob()).unwrap();
+        let base = Btf::parse(blob()).unwrap();
         let base_types = base.types.len() as u32;
         let strings = b"\0modinode\0z\0vfs\0";
         let s = |name: &str| at(strings, STRINGS.len() as u32, name);
@@ -482,7 +549,7 @@ mod tests {
 
     #[test]
     fn finds_plain_and_anonymous_members() {
-        let btf = Btf::parse(&blob()).unwrap();
+        let btf = Btf::parse(blob()).unwrap();
         assert_eq!(btf.member_offset("inner", "b").unwrap(), Offset(8));
         assert_eq!(btf.member_offset("outer", "x").unwrap(), Offset(0));
         assert_eq!(btf.member_offset("outer", "p").unwrap(), Offset(16));
@@ -493,12 +560,12 @@ mod tests {
 
     #[test]
     fn says_what_is_missing() {
-        let btf = Btf::parse(&blob()).unwrap();
+        let btf = Btf::parse(blob()).unwrap();
         let e = btf.member_offset("outer", "nope").unwrap_err().to_string();
         assert_eq!(e, "the kernel's struct outer has no member nope");
         let e = btf.member_offset("nostruct", "a").unwrap_err().to_string();
         assert_eq!(e, "the kernel's BTF has no struct nostruct");
-        assert!(Btf::parse(b"garbage!").is_err());
+        assert!(Btf::parse(b"garbage!".to_vec()).is_err());
     }
 
     #[test]

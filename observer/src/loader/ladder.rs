@@ -1,7 +1,11 @@
 //! Attaching one rung of a probe-table row: the programs of one method for
 //! one target, all or none. Which rung to try is the loader's business.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    cell::OnceCell,
+    collections::{BTreeMap, HashSet},
+    path::Path,
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -66,7 +70,12 @@ impl Refusal {
 /// What attaching needs to know about the kernel, and what it did so far.
 pub struct Attacher<'a> {
     pub btf: &'a Btf,
-    pub aya_btf: &'a aya::Btf,
+    /// The kernel's BTF as aya reads it, for fentry/fexit loads only: parsed
+    /// at the first such load, never where the kernel refuses them all.
+    aya_btf: OnceCell<std::result::Result<aya::Btf, String>>,
+    btf_path: &'a Path,
+    /// Why the kernel refuses every fentry/fexit program, if it does.
+    fentry_refused: Option<String>,
     pub ksyms: std::result::Result<&'a Kallsyms, &'a String>,
     /// Programs attached somewhere already (the shared syscall exit): not
     /// loaded twice.
@@ -78,17 +87,30 @@ pub struct Attacher<'a> {
 impl<'a> Attacher<'a> {
     pub fn new(
         btf: &'a Btf,
-        aya_btf: &'a aya::Btf,
+        btf_path: &'a Path,
+        fentry_refused: Option<String>,
         ksyms: std::result::Result<&'a Kallsyms, &'a String>,
         redirect: &'a BTreeMap<Prog, String>,
     ) -> Self {
         Attacher {
             btf,
-            aya_btf,
+            aya_btf: OnceCell::new(),
+            btf_path,
+            fentry_refused,
             ksyms,
             loaded: HashSet::new(),
             redirect,
         }
+    }
+
+    fn aya_btf(&self) -> Result<&aya::Btf> {
+        self.aya_btf
+            .get_or_init(|| {
+                aya::Btf::parse_file(self.btf_path, aya::Endianness::default())
+                    .map_err(|e| format!("cannot parse BTF at {}: {e}", self.btf_path.display()))
+            })
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
     }
 
     /// Whether the kernel has `function` at all (BTF, or kallsyms for
@@ -151,6 +173,9 @@ impl<'a> Attacher<'a> {
                 }
                 fail("not in the kernel's BTF (inlined or missing)".into())
             }
+            (Method::Fentry, _) if self.fentry_refused.is_some() => {
+                fail(self.fentry_refused.clone().unwrap_or_default())
+            }
             (Method::Kprobe, Target::Function(f)) => {
                 if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
                     return fail(
@@ -185,14 +210,14 @@ impl<'a> Attacher<'a> {
             (Method::Fentry, Target::Function(f)) if exit => {
                 let p: &mut FExit = program(ebpf, name)?;
                 if load {
-                    p.load(f, self.aya_btf).context("load fexit")?;
+                    p.load(f, self.aya_btf()?).context("load fexit")?;
                 }
                 p.attach().context("attach fexit")?;
             }
             (Method::Fentry, Target::Function(f)) => {
                 let p: &mut FEntry = program(ebpf, name)?;
                 if load {
-                    p.load(f, self.aya_btf).context("load fentry")?;
+                    p.load(f, self.aya_btf()?).context("load fentry")?;
                 }
                 p.attach().context("attach fentry")?;
             }

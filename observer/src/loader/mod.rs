@@ -11,6 +11,7 @@
 //! shmem_undo_range and shmem_add_to_page_cache.
 
 pub mod btf;
+mod features;
 mod ladder;
 mod offsets;
 pub mod tracefs;
@@ -211,6 +212,20 @@ fn ok(_: Method) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The kernel symbols the loader asks kallsyms about: the probe table's
+/// functions and the variables CONFIG needs.
+fn symbol_names() -> Vec<&'static str> {
+    let mut names = vec!["vmemmap_base"];
+    for p in PROBES {
+        for t in std::iter::once(p.target).chain(p.rungs.iter().filter_map(|r| r.at)) {
+            if let Target::Function(f) = t {
+                names.push(f);
+            }
+        }
+    }
+    names
+}
+
 pub fn load(opts: &Options) -> Result<Loaded> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("must run as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)");
@@ -220,9 +235,16 @@ pub fn load(opts: &Options) -> Result<Loaded> {
             "this binary was built with AYA_BUILD_SKIP: no eBPF object inside (build with `cargo xtask build`)"
         );
     }
+    // aya's loader parses the kernel's BTF for itself as it is made, and
+    // drops it at .btf(None): made first, while nothing else is held, that
+    // parse does not add to the agent's peak memory. No target BTF: there
+    // are no CO-RE relocations to resolve (every offset is in CONFIG), and
+    // fentry loads get theirs from the Attacher.
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(None)
+        .map_max_entries("EVENTS", opts.ringbuf_bytes);
     let btf = btf::Btf::from_file(&opts.btf)?;
-    let aya_btf = aya::Btf::parse_file(&opts.btf, aya::Endianness::default())
-        .with_context(|| format!("cannot parse BTF at {}", opts.btf.display()))?;
     let mut config = offsets::resolve(&btf)?;
     config.full_stream = opts.full_stream as u32;
     // An eighth of the ring: a burst wakes the agent long before the ring
@@ -242,7 +264,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     }
     // Without kallsyms, kprobes cannot be placed (and pfns not computed);
     // fentry and tracepoints do not need it.
-    let ksyms = crate::symbols::Kallsyms::load().map_err(|e| format!("{e:#}"));
+    let ksyms = crate::symbols::Kallsyms::load_only(&symbol_names()).map_err(|e| format!("{e:#}"));
 
     // Everything the programs read that does not depend on what attaches,
     // so that CONFIG is complete before the first program can fire.
@@ -255,17 +277,23 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     let (btrfs_off, btrfs_note) = fs_inode_offset(&btf, "btrfs_replace_file_extents", "btrfs");
     config.xfs_inode_vnode = xfs_off;
     config.btrfs_inode_vnode = btrfs_off;
-    let mut att = Attacher::new(&btf, &aya_btf, ksyms.as_ref(), &opts.redirect);
+    let fentry_refused = match opts.best_method {
+        Method::Fentry => features::fentry(&btf, "filemap_map_pages").err(),
+        _ => None,
+    };
+    let mut att = Attacher::new(
+        &btf,
+        &opts.btf,
+        fentry_refused,
+        ksyms.as_ref(),
+        &opts.redirect,
+    );
     let pte = choose_pte_installer(&att, &btf, &fault);
     if let Ok((_, addr_arg)) = &pte {
         config.pte_addr_arg = *addr_arg;
     }
 
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&aya_btf))
-        .map_max_entries("EVENTS", opts.ringbuf_bytes)
-        .load(OBJECT)
-        .context("cannot load the eBPF object")?;
+    let mut ebpf = loader.load(OBJECT).context("cannot load the eBPF object")?;
     write_config(&mut ebpf, &config)?;
     let best = opts.best_method;
 

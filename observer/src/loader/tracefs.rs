@@ -22,12 +22,22 @@ fn root() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
+/// What to go back to: the host's mount namespace, and this process's root
+/// and working directory in it. setns(CLONE_NEWNS) resets both to the
+/// namespace's own root, which in a chroot (a CI root, a container's
+/// pivot) is not the process's: paths would then resolve outside it.
+struct Host {
+    ns: OwnedFd,
+    root: OwnedFd,
+    cwd: OwnedFd,
+}
+
 /// Where tracefs came from for this run.
 pub struct Tracefs {
     pub root: PathBuf,
     /// Set when the observer mounted tracefs itself: the mount namespace it
     /// left, to go back to once the probes are attached.
-    host_ns: Option<OwnedFd>,
+    host_ns: Option<Host>,
     /// The observer mounted it (and says so at startup).
     mounted: bool,
 }
@@ -42,15 +52,26 @@ impl Tracefs {
     /// mount namespace only while it shares its filesystem attributes with
     /// no other: call this before any thread exists.
     pub fn leave(&mut self) -> Result<()> {
-        let Some(ns) = self.host_ns.take() else {
+        let Some(host) = self.host_ns.take() else {
             return Ok(());
         };
-        // SAFETY: setns on a namespace fd we own.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-            bail!(
-                "cannot return to the host's mount namespace: {}",
+        let fail = |what: &str| {
+            anyhow::anyhow!(
+                "cannot return to the host's mount namespace: {what}: {}",
                 std::io::Error::last_os_error()
-            );
+            )
+        };
+        // SAFETY: setns, fchdir and chroot on descriptors we own.
+        unsafe {
+            if libc::setns(host.ns.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
+                return Err(fail("setns"));
+            }
+            if libc::fchdir(host.root.as_raw_fd()) != 0 || libc::chroot(c".".as_ptr()) != 0 {
+                return Err(fail("back to the root directory"));
+            }
+            if libc::fchdir(host.cwd.as_raw_fd()) != 0 {
+                return Err(fail("back to the working directory"));
+            }
         }
         Ok(())
     }
@@ -86,9 +107,16 @@ pub fn ensure() -> Result<Tracefs> {
             "tracefs is not mounted and the observer could not mount it in a namespace of its own: {what}"
         )
     };
-    let host_ns: OwnedFd = File::open("/proc/self/ns/mnt")
-        .with_context(|| why("cannot open /proc/self/ns/mnt"))?
-        .into();
+    let dir = |path: &str| -> Result<OwnedFd> {
+        Ok(File::open(path)
+            .with_context(|| why(&format!("cannot open {path}")))?
+            .into())
+    };
+    let host = Host {
+        ns: dir("/proc/self/ns/mnt")?,
+        root: dir("/")?,
+        cwd: dir(".")?,
+    };
     // SAFETY: plain syscalls on constant, NUL-terminated arguments.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
@@ -97,23 +125,11 @@ pub fn ensure() -> Result<Tracefs> {
                 std::io::Error::last_os_error()
             )));
         }
-        // Slave, not shared: the host's later mounts (a test suite's scratch
-        // filesystems) still show up here for path lookups, while nothing
-        // mounted here goes back to the host.
-        if libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_SLAVE,
-            std::ptr::null(),
-        ) != 0
-        {
-            bail!(why(&format!(
-                "making / a slave mount: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
     }
+    // Slave, not shared: the host's later mounts (a test suite's scratch
+    // filesystems) still show up here for path lookups, while nothing
+    // mounted here goes back to the host.
+    make_slave().map_err(|e| anyhow::anyhow!(why(&e)))?;
     let mounted = if Path::new(TRACING).is_dir() {
         mount("tracefs", TRACING)
     } else {
@@ -127,11 +143,74 @@ pub fn ensure() -> Result<Tracefs> {
     match root() {
         Some(root) => Ok(Tracefs {
             root,
-            host_ns: Some(host_ns),
+            host_ns: Some(host),
             mounted: true,
         }),
         None => bail!(why("mounted, but it shows no events/ directory")),
     }
+}
+
+/// Every mount of this namespace a slave: `/` recursively, or, in a chroot
+/// whose root is no mount point (where that is EINVAL), each mount point
+/// mountinfo lists.
+fn make_slave() -> std::result::Result<(), String> {
+    let slave = |path: &std::ffi::CStr, flags: libc::c_ulong| {
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                flags | libc::MS_SLAVE,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    match slave(c"/", libc::MS_REC) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+            return Err(format!("making / a slave mount: {e}"));
+        }
+        Err(_) => {}
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    for point in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+        let path = CString::new(unescape_octal(point)).map_err(|e| e.to_string())?;
+        slave(&path, 0)
+            .map_err(|e| format!("making {} a slave mount: {e}", path.to_string_lossy()))?;
+    }
+    Ok(())
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\NNN`.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn mount(fstype: &str, target: &str) -> std::result::Result<(), String> {
@@ -241,6 +320,14 @@ impl Format {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape_octal("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_octal("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_octal("/plain"), "/plain");
+        assert_eq!(unescape_octal("/odd\\9"), "/odd\\9");
+    }
+
     use super::*;
 
     const MAP_PAGES: &str = "name: mm_filemap_map_pages
