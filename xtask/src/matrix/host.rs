@@ -47,7 +47,7 @@ pub fn run(
     let mut planned: Vec<Planned> = Vec::new();
     let mut guest_errors = Vec::new();
     for fs in offered {
-        let steps = super::plan(args, fs);
+        let steps = super::plan(args, "host", fs);
         let mount = FsType::named(fs)
             .context("no such filesystem")
             .and_then(|t| LoopMount::new(t, if t == FsType::Tmpfs { 256 } else { 512 }));

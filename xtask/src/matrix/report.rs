@@ -70,9 +70,10 @@ fn class_cells(classes: Option<&Classes>, page_exact: bool) -> Vec<String> {
 impl Report<'_> {
     /// The invalidators asked for, in table order.
     fn ops(&self) -> Vec<ops::Op> {
+        let names = self.args.op_names();
         ops::ALL
             .into_iter()
-            .filter(|op| self.args.ops.iter().any(|a| a == op.name()))
+            .filter(|op| names.iter().any(|a| a == op.name()))
             .collect()
     }
 
@@ -201,7 +202,8 @@ impl Report<'_> {
             config: Config {
                 kernels: &a.kernels,
                 fs: &a.fs,
-                ops: &a.ops,
+                ops: a.op_names(),
+                all: a.all,
                 race_runs: a.race_runs,
                 race_secs: a.race_secs,
                 race_args: &a.race_args,
@@ -264,7 +266,8 @@ struct Matrix<'a> {
 struct Config<'a> {
     kernels: &'a [String],
     fs: &'a [String],
-    ops: &'a [String],
+    ops: Vec<String>,
+    all: bool,
     race_runs: u32,
     race_secs: f64,
     race_args: &'a str,

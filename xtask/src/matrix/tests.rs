@@ -74,7 +74,8 @@ fn args() -> MatrixArgs {
     MatrixArgs {
         kernels: vec!["5.10".into()],
         fs: vec!["ext4".into(), "tmpfs".into()],
-        ops: vec!["punch".into(), "clone".into()],
+        ops: Some(vec!["punch".into(), "clone".into()]),
+        all: false,
         race_runs: 2,
         race_secs: 6.0,
         race_args: "--op punch --readers 2".into(),
@@ -90,7 +91,7 @@ fn args() -> MatrixArgs {
 
 /// The 5.10 row of `args()` from steps written with `startup`.
 fn report_of<'a>(a: &'a MatrixArgs, dir: &Path, startup: &Startup) -> Report<'a> {
-    let planned = plan(a, "ext4");
+    let planned = plan(a, "5.10", "ext4");
     for p in &planned {
         let rc = if p.workload == "clone" { 77 } else { 0 };
         write_step(dir, &p.step.name, startup, rc);
@@ -119,7 +120,10 @@ fn first_cell(report: &Report) -> Value {
 fn cells_sum_steps_and_mark_unsupported() {
     let dir = scratch("cells");
     let a = args();
-    let names: Vec<String> = plan(&a, "ext4").into_iter().map(|p| p.step.name).collect();
+    let names: Vec<String> = plan(&a, "5.10", "ext4")
+        .into_iter()
+        .map(|p| p.step.name)
+        .collect();
     assert_eq!(
         names,
         ["ext4.race1", "ext4.race2", "ext4.punch", "ext4.clone"]
@@ -218,4 +222,24 @@ fn host_trim_matches_the_guest_format() {
         4
     );
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn vm_kernels_run_the_asserted_ops_unless_asked_for_all() {
+    let mut a = args();
+    a.ops = None;
+    a.kernels = vec!["6.12".into(), "host".into()];
+    let every: Vec<String> = observer_tests::ops::ALL
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    assert_eq!(a.ops_for("6.12"), ["punch"]);
+    assert_eq!(a.ops_for("host"), every);
+    assert_eq!(a.op_names(), every);
+    a.all = true;
+    assert_eq!(a.ops_for("6.12"), every);
+    a.ops = Some(vec!["zero".into()]);
+    assert_eq!(a.ops_for("6.12"), ["zero"]);
+    assert_eq!(a.ops_for("host"), ["zero"]);
+    assert_eq!(a.op_names(), ["zero"]);
 }
