@@ -652,11 +652,17 @@ mod tests {
     #[test]
     fn parse_faultbench_report() {
         let r = FaultbenchReport::parse(
-            r#"{"rounds":50,"pages":4096,"faults":12800,"elapsed_s":0.5,"faults_per_s":25600.0}"#,
+            r#"{"rounds":50,"pages":4096,"faults":12800,"elapsed_s":0.5,"faults_per_s":25600.0,"ops":100,"ops_per_s":200.0}"#,
         )
         .unwrap();
         assert_eq!((r.rounds, r.pages, r.faults), (50, 4096, 12800));
         assert_eq!(r.faults_per_s, 25600.0);
+        assert_eq!((r.ops, r.ops_per_s), (100, 200.0));
+        // A report from before ops were counted is refused, not read as zero ops.
+        assert!(FaultbenchReport::parse(
+            r#"{"rounds":50,"pages":4096,"faults":12800,"elapsed_s":0.5,"faults_per_s":25600.0}"#
+        )
+        .is_err());
     }
 
     #[test]
