@@ -22,9 +22,13 @@
 
 mod alert;
 mod classes;
+mod folio;
+mod invalidate;
 mod pte;
 mod refill;
 mod reorder;
+mod report;
+mod syscall;
 mod window;
 
 #[cfg(test)]
@@ -32,6 +36,7 @@ mod tests;
 
 pub use alert::{Alert, AlertKind, Evidence, Finding, PteCounts, Severity, StackIds, WindowInfo};
 pub use classes::{ClassA, ClassB, Classes, OpCounts};
+pub use report::{JoinedReport, TestStats, TestTable};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -39,10 +44,10 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use crate::event::{
     Body, Event, Fidelity, FileId, FsRemover, InvalidateLock, Invalidator, Op, PageRange, Task,
 };
-use crate::kmsg::KernelReport;
 use pte::{Install, Removal, intersect, walked};
 use refill::{Refill, RefillWindow};
 use reorder::ReorderBuffer;
+use syscall::Syscall;
 use window::{FileWindows, PendingAlert, Window};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,17 +106,6 @@ pub struct Stats {
     pub failed_calls: OpCounts,
 }
 
-/// The syscall a task is inside, and the windows it opened or resumed there.
-struct Syscall {
-    op: Op,
-    /// Tracepoint mode, a syscall that named no file (truncate(2),
-    /// madvise): the range its window takes once a removal names the file.
-    unnamed: Option<PageRange>,
-    windows: Vec<(FileId, u64)>,
-    /// Files on which the task has a class-B window in this syscall.
-    refill_files: Vec<FileId>,
-}
-
 pub struct Correlator {
     cfg: Config,
     reorder: ReorderBuffer,
@@ -138,47 +132,6 @@ pub struct Correlator {
     /// retained windows are kept until it is whole and joins them.
     report_open: Option<(u64, Option<String>)>,
     stats: Stats,
-}
-
-/// A kernel report with the test running as it came and the windows open
-/// on its file (on any file when it names none) in the preceding horizon.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JoinedReport {
-    pub report: KernelReport,
-    pub severity: Severity,
-    pub test: Option<String>,
-    pub windows: Vec<(FileId, WindowInfo)>,
-}
-
-/// Tests by name, in the order they began.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TestTable {
-    index: HashMap<String, usize>,
-    rows: Vec<(String, TestStats)>,
-}
-
-impl TestTable {
-    pub fn entry(&mut self, name: String) -> &mut TestStats {
-        let next = self.rows.len();
-        let i = *self.index.entry(name.clone()).or_insert(next);
-        if i == next {
-            self.rows.push((name, TestStats::default()));
-        }
-        &mut self.rows[i].1
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &TestStats)> {
-        self.rows.iter().map(|(n, t)| (n, t))
-    }
-}
-
-/// What one test of the suite did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TestStats {
-    pub windows_by_op: OpCounts,
-    /// By severity: info, warning, critical.
-    pub alerts: [u64; 3],
-    pub kernel_reports: u64,
 }
 
 impl Correlator {
@@ -438,23 +391,6 @@ impl Correlator {
             .find(|w| w.id == id)
     }
 
-    /// The op of the invalidating syscall `tid` is inside, if any.
-    fn syscall_op(&self, tid: u32) -> Op {
-        self.syscalls
-            .get(&tid)
-            .map(|s| s.op)
-            .filter(|op| op.invalidates())
-            .unwrap_or(Op::Unknown)
-    }
-
-    fn note_in_syscall(&mut self, tid: u32, file: FileId, id: u64) {
-        if let Some(sc) = self.syscalls.get_mut(&tid)
-            && !sc.windows.contains(&(file, id))
-        {
-            sc.windows.push((file, id));
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn open_window(
         &mut self,
@@ -545,199 +481,6 @@ impl Correlator {
         }
     }
 
-    /// The kernel reports joined so far.
-    pub fn take_reports(&mut self) -> Vec<JoinedReport> {
-        std::mem::take(&mut self.reports)
-    }
-
-    /// A kernel report joins the windows open on its file at its time, by
-    /// inode number (the page dump names no device), or on any file when it
-    /// names none: open ones, and those closed within the retention before.
-    fn kernel_report(&mut self, report: KernelReport) {
-        const MAX_WINDOWS: usize = 16;
-        let ts = report.ts;
-        let retain = self.retain_ns();
-        let test = match self.report_open.take() {
-            Some((_, test)) => test,
-            None => self.current_test.clone(),
-        };
-        let mut windows = Vec::new();
-        let mut files: Vec<&FileId> = self
-            .files
-            .keys()
-            .filter(|f| report.ino.is_none_or(|ino| f.ino == ino))
-            .collect();
-        files.sort();
-        for f in files {
-            let fw = &self.files[f];
-            for w in fw.active.iter().chain(fw.retained.iter()) {
-                let near = w.closed_ts.is_none_or(|c| c.saturating_add(retain) >= ts);
-                if w.opened_ts <= ts && near && windows.len() < MAX_WINDOWS {
-                    windows.push((*f, w.info(ts)));
-                }
-            }
-        }
-        // A warning in mm/ or fs/ is often made on purpose (error injection);
-        // one whose page dump names a file with a window open is not.
-        let severity = if report.kind.is_critical() || (report.ino.is_some() && !windows.is_empty())
-        {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        };
-        self.stats.kernel_reports += 1;
-        if severity == Severity::Critical {
-            self.stats.critical_reports += 1;
-        }
-        if let Some(t) = &test {
-            self.stats.tests.entry(t.clone()).kernel_reports += 1;
-        }
-        self.reports.push(JoinedReport {
-            report,
-            severity,
-            test,
-            windows,
-        });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn invalidate_enter(
-        &mut self,
-        ts: u64,
-        file: FileId,
-        task: Task,
-        fidelity: Fidelity,
-        which: Invalidator,
-        lock: InvalidateLock,
-        range: PageRange,
-        stack_id: Option<u32>,
-        out: &mut Vec<Alert>,
-    ) {
-        let tid = task.tid;
-        let gap = self.cfg.op_gap_ns;
-        let current = self
-            .files
-            .get(&file)
-            .and_then(|fw| fw.active.iter().find(|w| w.tid() == tid))
-            .map(|w| (w.id, w.closed_ts));
-        let resumed = match current {
-            None => None,
-            Some((id, None)) => Some(id),
-            // Late events can come before the close: saturating keeps them in.
-            Some((id, Some(closed))) if ts.saturating_sub(closed) <= gap => Some(id),
-            Some((id, Some(_))) => {
-                self.final_close(file, id, out);
-                None
-            }
-        };
-        let op = self.syscall_op(tid);
-        let id = match resumed {
-            Some(id) => {
-                if let Some(w) = self.window_mut(file, id) {
-                    if w.closed_ts.is_some() {
-                        w.resume();
-                    }
-                    w.depth += 1;
-                    w.calls += 1;
-                    w.absorb(range, fidelity);
-                    if w.op == Op::Unknown {
-                        w.op = op;
-                    }
-                }
-                self.note_in_syscall(tid, file, id);
-                id
-            }
-            None => self.open_window(ts, file, task.clone(), fidelity, range, op, false),
-        };
-        let Some(w) = self.window_mut(file, id) else {
-            return;
-        };
-        w.transition(None, stack_id);
-        if which == Invalidator::Unmap {
-            w.unmapped = Some(w.unmapped.map_or(range, |u| u.union(&range)));
-        }
-        let unmapped = w.unmapped;
-        let fw = self.files.entry(file).or_default();
-        if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
-            b.transition(fidelity, stack_id);
-            match which {
-                Invalidator::Unmap => {
-                    b.unmapped = Some(b.unmapped.map_or(range, |u| u.union(&range)));
-                }
-                Invalidator::Truncate | Invalidator::ShmemUndo => {
-                    b.range = b.range.union(&range);
-                    b.lock_seen(lock);
-                }
-            }
-            return;
-        }
-        // Class B opens at the first truncate of an invalidating syscall.
-        if which == Invalidator::Unmap || op == Op::Unknown {
-            return;
-        }
-        fw.refills.push(RefillWindow {
-            window_id: id,
-            task,
-            op,
-            opened_ts: ts,
-            range,
-            unmapped,
-            truncate_exit_ts: None,
-            fs_exit: None,
-            fidelity,
-            punch_stack: stack_id,
-            close_stack: None,
-            lock: lock.seen_by(tid),
-            refills: Vec::new(),
-            test: self.current_test.clone(),
-        });
-        if let Some(sc) = self.syscalls.get_mut(&tid)
-            && !sc.refill_files.contains(&file)
-        {
-            sc.refill_files.push(file);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn invalidate_exit(
-        &mut self,
-        ts: u64,
-        file: FileId,
-        tid: u32,
-        fidelity: Fidelity,
-        which: Invalidator,
-        range: PageRange,
-        stack_id: Option<u32>,
-    ) {
-        let gap = self.cfg.op_gap_ns;
-        let Some(fw) = self.files.get_mut(&file) else {
-            return;
-        };
-        if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
-            b.transition(fidelity, stack_id);
-            if which != Invalidator::Unmap {
-                b.truncate_exit_ts = Some(ts);
-            }
-        }
-        // An exit whose entry we never saw (probe attached mid-call) has no
-        // window, or finds it already closed: nothing to end.
-        let Some(w) = fw
-            .active
-            .iter_mut()
-            .find(|w| w.tid() == tid && w.closed_ts.is_none())
-        else {
-            return;
-        };
-        w.absorb(range, fidelity);
-        w.transition(None, stack_id);
-        w.depth = w.depth.saturating_sub(1);
-        if w.depth == 0 && !w.by_syscall {
-            w.closed_ts = Some(ts);
-            self.close_deadlines
-                .push(Reverse((ts.saturating_add(gap), file, w.id)));
-        }
-    }
-
     fn fault_around(&mut self, file: FileId, fault: PendingAlert, out: &mut Vec<Alert>) {
         let Some(fw) = self.files.get_mut(&file) else {
             return;
@@ -770,110 +513,6 @@ impl Correlator {
         out.extend(settled);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn syscall_enter(
-        &mut self,
-        ts: u64,
-        file: FileId,
-        task: Task,
-        fidelity: Fidelity,
-        op: Op,
-        range: PageRange,
-        out: &mut Vec<Alert>,
-    ) {
-        let tid = task.tid;
-        // A previous syscall whose exit was lost is simply superseded; its
-        // class-B windows can grow no more.
-        let previous = self.syscalls.insert(
-            tid,
-            Syscall {
-                op,
-                unnamed: (self.cfg.syscall_windows && op.invalidates() && file.is_unknown())
-                    .then_some(range),
-                windows: Vec::new(),
-                refill_files: Vec::new(),
-            },
-        );
-        if let Some(sc) = previous {
-            self.end_refills(tid, &sc, out);
-        }
-        if !(self.cfg.syscall_windows && op.invalidates() && !file.is_unknown()) {
-            return;
-        }
-        let fidelity = fidelity.weaker(Fidelity::Tracepoint);
-        let current = self
-            .files
-            .get(&file)
-            .and_then(|fw| fw.active.iter().find(|w| w.tid() == tid))
-            .map(|w| w.id);
-        match current {
-            Some(id) => {
-                if let Some(w) = self.window_mut(file, id) {
-                    if w.closed_ts.is_some() {
-                        w.resume();
-                    }
-                    w.by_syscall = true;
-                    w.absorb(range, fidelity);
-                    if w.op == Op::Unknown {
-                        w.op = op;
-                    }
-                }
-                self.note_in_syscall(tid, file, id);
-            }
-            None => {
-                self.open_window(ts, file, task, fidelity, range, op, true);
-            }
-        }
-    }
-
-    /// Tracepoint mode: the first folio a file-less syscall removes names
-    /// the file its window is on (the kernel side did the same).
-    fn adopt_syscall_file(&mut self, ts: u64, file: FileId, task: &Task, fidelity: Fidelity) {
-        let Some(range) = self
-            .syscalls
-            .get_mut(&task.tid)
-            .and_then(|sc| sc.unnamed.take())
-        else {
-            return;
-        };
-        let op = self.syscall_op(task.tid);
-        let fidelity = fidelity.weaker(Fidelity::Tracepoint);
-        self.open_window(ts, file, task.clone(), fidelity, range, op, true);
-    }
-
-    /// The syscall's return ends every operation it performed: the task
-    /// cannot resume them, so waiting out the op gap would only glue
-    /// back-to-back punches into one window. A call that failed (`ret < 0`)
-    /// and removed nothing was no invalidation: its syscall-made windows
-    /// are dropped and the call is counted as failed instead.
-    fn syscall_exit(&mut self, ts: u64, tid: u32, ret: i32, out: &mut Vec<Alert>) {
-        let Some(sc) = self.syscalls.remove(&tid) else {
-            return;
-        };
-        let failed = ret < 0;
-        let mut invalidated = false;
-        for &(file, id) in &sc.windows {
-            let Some(w) = self.window_mut(file, id) else {
-                continue;
-            };
-            if failed && w.calls == 0 && w.removed == 0 {
-                self.discard(file, id);
-                continue;
-            }
-            invalidated = true;
-            // Depth above zero here means an exit record was lost: the calls
-            // are over all the same.
-            if w.closed_ts.is_none() {
-                w.closed_ts = Some(ts);
-            }
-            self.final_close(file, id, out);
-        }
-        self.end_refills(tid, &sc, out);
-        if failed && !invalidated && sc.op.invalidates() {
-            self.stats.failed_calls.count(sc.op);
-        }
-    }
-
     /// Forgets a window that turned out to be none: no alert, no outcome,
     /// not counted as a window.
     fn discard(&mut self, file: FileId, id: u64) {
@@ -887,157 +526,6 @@ impl Correlator {
         }
         if fw.is_empty() {
             self.files.remove(&file);
-        }
-    }
-
-    /// The task's syscall is over: no later block removal can move the close
-    /// of its class-B windows, so they are evaluated now.
-    fn end_refills(&mut self, tid: u32, sc: &Syscall, out: &mut Vec<Alert>) {
-        for &file in &sc.refill_files {
-            let Some(fw) = self.files.get_mut(&file) else {
-                continue;
-            };
-            let Some(pos) = fw.refills.iter().position(|b| b.tid() == tid) else {
-                continue;
-            };
-            let b = fw.refills.remove(pos);
-            if fw.is_empty() {
-                self.files.remove(&file);
-            }
-            let alerts = b.evaluate(file, &mut self.stats.classes.b);
-            self.count_alerts(&alerts);
-            out.extend(alerts);
-        }
-    }
-
-    fn folio_delete(
-        &mut self,
-        ts: u64,
-        file: FileId,
-        tid: u32,
-        index: u64,
-        pfn: u64,
-        still_mapped: Option<bool>,
-    ) {
-        self.folio_source = true;
-        let Some(fw) = self.files.get_mut(&file) else {
-            if still_mapped == Some(true) {
-                self.stats.classes.a.still_mapped_unattributed += 1;
-            }
-            return;
-        };
-        // Only windows that have not final-closed: deletions after close +
-        // op gap, or after the operation's syscall returned, are some later
-        // operation's.
-        let mut attributed = false;
-        for w in &mut fw.active {
-            if w.tid() == tid {
-                w.removed += 1;
-            }
-            for p in w.pending.iter_mut().chain(w.gap_candidates.iter_mut()) {
-                if p.counts_deletion(index, ts) {
-                    p.folios_removed += 1;
-                }
-            }
-            let removal = match still_mapped {
-                Some(true) => Removal::StillMapped {
-                    deleted_ts: ts,
-                    pfn,
-                    punch_stack: w.punch_stack,
-                },
-                Some(false) => Removal::Unmapped,
-                None => Removal::Unreadable,
-            };
-            attributed |= w.ptes.folio_deleted(index, ts, removal);
-        }
-        if still_mapped == Some(true) && !attributed {
-            self.stats.classes.a.still_mapped_unattributed += 1;
-        }
-        for b in &mut fw.refills {
-            b.folio_deleted(index, ts);
-        }
-    }
-
-    /// Class A: PTEs installed by the event's task. They belong to the first
-    /// window they fall into (in time and pages), for sure or, when it is
-    /// tentatively closed, if its operation resumes.
-    fn pte_install(&mut self, file: FileId, install: Install, range: PageRange) {
-        self.pte_source = true;
-        let Some(fw) = self.files.get_mut(&file) else {
-            return;
-        };
-        let ts = install.ts;
-        let mut target = None;
-        for (i, w) in fw.active.iter().enumerate() {
-            match w.meets(ts, ts, &range) {
-                Some(true) => {
-                    target = Some((i, false));
-                    break;
-                }
-                Some(false) if target.is_none() => target = Some((i, true)),
-                _ => {}
-            }
-        }
-        if let Some((i, in_gap)) = target {
-            fw.active[i].record_install(Install { in_gap, ..install }, &range);
-            return;
-        }
-        // Arrived after its window final-closed (late): inside the window,
-        // but removals were already settled without it.
-        for w in fw.retained.iter().rev() {
-            if w.final_ts.is_some_and(|f| f < ts) {
-                break;
-            }
-            if w.meets(ts, ts, &range) == Some(true)
-                && let Some(span) = intersect(&range, &w.pages)
-            {
-                let n = walked(&span).count() as u64;
-                self.stats.classes.a.ptes_in_window += n;
-                self.stats.classes.a.unknown += n;
-                break;
-            }
-        }
-    }
-
-    /// Class B: a folio entered the page cache of the file.
-    fn folio_add(&mut self, file: FileId, refill: Refill) {
-        let Some(fw) = self.files.get_mut(&file) else {
-            return;
-        };
-        for b in &mut fw.refills {
-            b.folio_added(refill.clone());
-        }
-    }
-
-    /// The filesystem's block removal for a punch: its last exit closes the
-    /// punching task's class-B window.
-    #[allow(clippy::too_many_arguments)]
-    fn fs_remove(
-        &mut self,
-        ts: u64,
-        file: FileId,
-        tid: u32,
-        fidelity: Fidelity,
-        fs: FsRemover,
-        stack_id: Option<u32>,
-        // Some at the enter: the invalidate_lock as the removal began.
-        enter_lock: Option<InvalidateLock>,
-    ) {
-        let Some(fw) = self.files.get_mut(&file) else {
-            return;
-        };
-        if let Some(w) = fw.active.iter_mut().find(|w| w.tid() == tid) {
-            w.transition(None, stack_id);
-        }
-        if let Some(b) = fw.refills.iter_mut().find(|b| b.tid() == tid) {
-            b.transition(fidelity, stack_id);
-            match enter_lock {
-                Some(lock) => b.lock_seen(lock),
-                None => {
-                    b.fs_exit = Some((fs, ts));
-                    b.close_stack = b.punch_stack;
-                }
-            }
         }
     }
 }
