@@ -124,6 +124,34 @@ pub const FICLONE: u32 = 0x4004_9409;
 pub const FICLONERANGE: u32 = 0x4020_940d;
 pub const FIDEDUPERANGE: u32 = 0xc018_9436;
 
+/// uapi struct file_clone_range: FICLONERANGE's argument.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileCloneRange {
+    pub src_fd: i64,
+    pub src_offset: u64,
+    pub src_length: u64,
+    pub dest_offset: u64,
+}
+
+/// uapi struct file_dedupe_range with one struct file_dedupe_range_info:
+/// FIDEDUPERANGE's argument as a caller with one destination passes it
+/// (the kernel side reads only up to the first `dest_offset`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileDedupeRange {
+    pub src_offset: u64,
+    pub src_length: u64,
+    pub dest_count: u16,
+    pub reserved1: u16,
+    pub reserved2: u32,
+    pub dest_fd: i64,
+    pub dest_offset: u64,
+    pub bytes_deduped: u64,
+    pub status: i32,
+    pub reserved: u32,
+}
+
 /// fallocate modes that invalidate page cache (uapi/linux/falloc.h).
 pub const FALLOC_FL_PUNCH_HOLE: u64 = 0x02;
 pub const FALLOC_FL_COLLAPSE_RANGE: u64 = 0x08;
@@ -367,4 +395,19 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::WindowState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizes uapi/linux/fs.h gives these structs: a wrong one makes the
+    /// ioctl read other bytes, or the kernel program read past the header.
+    #[test]
+    fn uapi_layouts() {
+        assert_eq!(core::mem::size_of::<FileCloneRange>(), 32);
+        assert_eq!(core::mem::size_of::<FileDedupeRange>(), 24 + 32);
+        assert_eq!(core::mem::offset_of!(FileDedupeRange, dest_fd), 24);
+        assert_eq!(core::mem::offset_of!(FileDedupeRange, status), 48);
+    }
 }

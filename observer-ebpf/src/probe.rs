@@ -142,6 +142,17 @@ fn window_exit<C: StackIdContext>(ctx: &C, enter: Kind, exit: Kind, fidelity: u8
     });
 }
 
+/// An invalidator's file, or `None` once its entry is counted unresolved
+/// (and stashed so that its exit is dropped too).
+#[inline(always)]
+fn resolved(enter: Kind, key: Option<FileKey>) -> Option<FileKey> {
+    if key.is_none() {
+        count(COUNTER_UNRESOLVED + enter as u32);
+        stash_unresolved(enter);
+    }
+    key
+}
+
 /// Entry of unmap_mapping_range / truncate_inode_pages_range.
 #[inline(always)]
 pub fn invalidate_enter<C: StackIdContext>(
@@ -156,9 +167,7 @@ pub fn invalidate_enter<C: StackIdContext>(
     if ignored(cfg) {
         return;
     }
-    let Some(key) = file_of_mapping(cfg, mapping) else {
-        count(COUNTER_UNRESOLVED + enter as u32);
-        stash_unresolved(enter);
+    let Some(key) = resolved(enter, file_of_mapping(cfg, mapping)) else {
         return;
     };
     let _ = LAST_FILE.insert(&tid(), &key, 0);
@@ -186,9 +195,7 @@ pub fn shmem_undo_enter<C: StackIdContext>(
     if ignored(cfg) {
         return;
     }
-    let Some(key) = file_of_inode(cfg, inode) else {
-        count(COUNTER_UNRESOLVED + Kind::ShmemUndoEnter as u32);
-        stash_unresolved(Kind::ShmemUndoEnter);
+    let Some(key) = resolved(Kind::ShmemUndoEnter, file_of_inode(cfg, inode)) else {
         return;
     };
     let (start, end) = truncate_pages(lstart, lend);

@@ -12,8 +12,9 @@ use aya_ebpf::{
 };
 use observer_abi::{
     COUNTER_FILTERED, Config, EOF_PAGE, FALLOC_INVALIDATING, FICLONE, FICLONERANGE, FIDEDUPERANGE,
-    FileKey, Kind, MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE, OP_DEDUPE_RANGE, OP_FALLOCATE,
-    OP_FTRUNCATE, OP_MADV_REMOVE, OP_TRUNCATE, SCOPE_TREE, TP_MAP_PAGES_LAYOUT,
+    FileCloneRange, FileDedupeRange, FileKey, Kind, MADV_REMOVE, OP_CLONE, OP_CLONE_RANGE,
+    OP_DEDUPE_RANGE, OP_FALLOCATE, OP_FTRUNCATE, OP_MADV_REMOVE, OP_TRUNCATE, SCOPE_TREE,
+    TP_MAP_PAGES_LAYOUT,
     probes::{Method, Prog},
 };
 
@@ -171,29 +172,6 @@ pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// uapi struct file_clone_range.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CloneRange {
-    src_fd: i64,
-    src_offset: u64,
-    src_length: u64,
-    dest_offset: u64,
-}
-
-/// uapi struct file_dedupe_range with its first file_dedupe_range_info.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DedupeRange {
-    src_offset: u64,
-    src_length: u64,
-    dest_count: u16,
-    reserved1: u16,
-    reserved2: u32,
-    dest_fd: i64,
-    dest_offset: u64,
-}
-
 /// Every invalidating syscall's exit (attached to each sys_exit_*): its
 /// return value, and the end of a syscall window.
 #[tracepoint]
@@ -219,7 +197,7 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     let (fd, start, end, op) = if cmd == FICLONE {
         (fd, 0, EOF_PAGE, OP_CLONE)
     } else if cmd == FICLONERANGE {
-        match unsafe { bpf_probe_read_user(user as *const CloneRange) } {
+        match unsafe { bpf_probe_read_user(user as *const FileCloneRange) } {
             Ok(r) => {
                 // A length of 0 clones to the end of the source.
                 let (start, end) = byte_pages(r.dest_offset, r.src_length);
@@ -230,7 +208,7 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     } else {
         // The ioctl's fd is the source; the first destination is the file
         // whose page cache goes (the racer, like most callers, passes one).
-        match unsafe { bpf_probe_read_user(user as *const DedupeRange) } {
+        match unsafe { bpf_probe_read_user(user as *const FileDedupeRange) } {
             Ok(r) if r.dest_count > 0 => {
                 let (start, end) = byte_pages(r.dest_offset, r.src_length);
                 (r.dest_fd as u64, start, end, OP_DEDUPE_RANGE)

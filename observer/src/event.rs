@@ -308,3 +308,18 @@ pub struct Event {
     pub fidelity: Fidelity,
     pub body: Body,
 }
+
+impl Event {
+    /// A kernel-log event: no probe made it, so no file, task or stack.
+    pub fn from_log(ts: u64, body: Body) -> Event {
+        debug_assert!(body.is_log());
+        Event {
+            ts,
+            stack_id: None,
+            file: FileId::default(),
+            task: Task::default(),
+            fidelity: Fidelity::Tracepoint,
+            body,
+        }
+    }
+}

@@ -9,7 +9,7 @@ use observer_abi::{self as abi, probes::Prog};
 
 use crate::{
     correlator::{self, Alert, Correlator, JoinedReport, Severity},
-    event::{Body, Event, Fidelity, FileId, Task},
+    event::{Body, Event},
     filter::Filter,
     health, kmsg,
     paths::PathCache,
@@ -117,17 +117,8 @@ impl Pipeline {
                 kmsg::Finding::ReportBegins { ts } => (ts, Body::ReportBegins),
                 kmsg::Finding::Report(r) => (now.max(r.last), Body::KernelReport(r)),
             };
-            self.correlator.push(
-                Event {
-                    ts,
-                    stack_id: None,
-                    file: FileId::default(),
-                    task: Task::default(),
-                    fidelity: Fidelity::Tracepoint,
-                    body,
-                },
-                &mut self.alerts,
-            );
+            self.correlator
+                .push(Event::from_log(ts, body), &mut self.alerts);
         }
     }
 

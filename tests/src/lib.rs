@@ -283,6 +283,7 @@ fn get_f64(v: &Value, key: &str) -> Result<f64> {
 
 /// File, mapping and hole-punching primitives for the workload binaries.
 pub mod workload {
+    use observer_abi::{FICLONERANGE, FIDEDUPERANGE, FileCloneRange, FileDedupeRange};
     use std::fs::{File, OpenOptions};
     use std::io;
     use std::os::fd::AsRawFd;
@@ -412,11 +413,6 @@ pub mod workload {
         fallocate(file, libc::FALLOC_FL_INSERT_RANGE, off, len)
     }
 
-    /// `_IOW(0x94, 13, struct file_clone_range)`.
-    const FICLONERANGE: libc::c_ulong = 0x4020_940d;
-    /// `_IOWR(0x94, 54, struct file_dedupe_range)`.
-    const FIDEDUPERANGE: libc::c_ulong = 0xc018_9436;
-
     /// `ioctl(dest, FICLONERANGE)`: makes `dest[dest_off..+len]` share the
     /// blocks of `src[src_off..+len]` (reflink).
     pub fn clone_range(
@@ -426,13 +422,6 @@ pub mod workload {
         dest_off: u64,
         len: u64,
     ) -> io::Result<()> {
-        #[repr(C)]
-        struct FileCloneRange {
-            src_fd: i64,
-            src_offset: u64,
-            src_length: u64,
-            dest_offset: u64,
-        }
         let arg = FileCloneRange {
             src_fd: i64::from(src.as_raw_fd()),
             src_offset: src_off,
@@ -458,20 +447,6 @@ pub mod workload {
         dest_off: u64,
         len: u64,
     ) -> io::Result<u64> {
-        #[repr(C)]
-        struct FileDedupeRange {
-            src_offset: u64,
-            src_length: u64,
-            dest_count: u16,
-            reserved1: u16,
-            reserved2: u32,
-            // struct file_dedupe_range_info info[1]
-            dest_fd: i64,
-            dest_offset: u64,
-            bytes_deduped: u64,
-            status: i32,
-            reserved: u32,
-        }
         let mut arg = FileDedupeRange {
             src_offset: src_off,
             src_length: len,

@@ -1910,14 +1910,7 @@ fn invalidate_lock_decodes_from_the_record() {
 }
 
 fn log(ts: u64, body: Body) -> Event {
-    Event {
-        ts,
-        stack_id: None,
-        file: FileId::default(),
-        task: Task::default(),
-        fidelity: Fidelity::Tracepoint,
-        body,
-    }
+    Event::from_log(ts, body)
 }
 
 /// A kernel report is whole only well after its header (its lines trickle

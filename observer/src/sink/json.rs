@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::{Frames, UtcTime, unix_ns};
-use crate::correlator::{Alert, AlertKind, Finding, JoinedReport, PteCounts};
+use crate::correlator::{Alert, AlertKind, Finding, JoinedReport, PteCounts, WindowInfo};
 use crate::event::{PageRange, Task};
 
 /// Appends `s` as a JSON string literal. Control characters become `\u00XX`
@@ -58,6 +58,19 @@ pub fn push_pages(out: &mut String, pages: &PageRange) {
         let _ = write!(out, "{}", pages.end);
     }
     out.push('}');
+}
+
+/// A window's fields that alerts and kernel reports both carry: `"op"`
+/// through `"closed_ns"`.
+fn push_window_fields(s: &mut String, w: &WindowInfo) {
+    s.push_str("\"op\":");
+    push_str(s, w.op.as_str());
+    s.push_str(",\"pages\":");
+    push_pages(s, &w.pages);
+    s.push_str(",\"task\":");
+    push_task(s, &w.task);
+    let _ = write!(s, ",\"opened_ns\":{},\"closed_ns\":", w.opened_ts);
+    push_opt_u64(s, w.closed_ts);
 }
 
 pub fn push_task(out: &mut String, task: &Task) {
@@ -137,14 +150,8 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         );
     }
     let w = &a.window;
-    let _ = write!(s, ",\"window\":{{\"id\":{},\"op\":", w.id);
-    push_str(&mut s, w.op.as_str());
-    s.push_str(",\"pages\":");
-    push_pages(&mut s, &w.pages);
-    s.push_str(",\"task\":");
-    push_task(&mut s, &w.task);
-    let _ = write!(s, ",\"opened_ns\":{},\"closed_ns\":", w.opened_ts);
-    push_opt_u64(&mut s, w.closed_ts);
+    let _ = write!(s, ",\"window\":{{\"id\":{},", w.id);
+    push_window_fields(&mut s, w);
     let _ = write!(s, ",\"open_for_ns\":{}}}", w.open_for_ns);
     let victim_fidelity = match a.kind() {
         AlertKind::PteInPunchWindow => "map_pages_fidelity",
@@ -236,19 +243,13 @@ pub fn report(r: &JoinedReport, boot_to_realtime_ns: i64) -> String {
         }
         let _ = write!(
             s,
-            "{{\"dev\":\"{}:{}\",\"ino\":{},\"id\":{},\"op\":",
+            "{{\"dev\":\"{}:{}\",\"ino\":{},\"id\":{},",
             file.major(),
             file.minor(),
             file.ino,
             w.id
         );
-        push_str(&mut s, w.op.as_str());
-        s.push_str(",\"pages\":");
-        push_pages(&mut s, &w.pages);
-        s.push_str(",\"task\":");
-        push_task(&mut s, &w.task);
-        let _ = write!(s, ",\"opened_ns\":{},\"closed_ns\":", w.opened_ts);
-        push_opt_u64(&mut s, w.closed_ts);
+        push_window_fields(&mut s, w);
         s.push('}');
     }
     s.push_str("]}");
@@ -261,7 +262,7 @@ mod tests {
     use crate::sink::tests::{
         sample_alert, sample_alert_with_ptes, sample_stale_data, sample_stale_pte,
     };
-    use crate::sink::{Startup, StartupProbe, StartupRefusal};
+    use crate::sink::{Startup, sample_startup};
 
     #[test]
     fn escapes_quotes_backslashes_and_control_characters() {
@@ -380,25 +381,7 @@ mod tests {
 
     #[test]
     fn startup_lists_probes_and_refusals() {
-        let st = Startup {
-            programs: vec![],
-            kernel: "6.12.9".into(),
-            probes: vec![
-                StartupProbe {
-                    function: "filemap_map_pages".into(),
-                    method: Some("kprobe".into()),
-                    refused: vec![StartupRefusal {
-                        method: "fentry".into(),
-                        reason: "no BTF for \"vmlinux\"".into(),
-                    }],
-                },
-                StartupProbe {
-                    function: "unmap_mapping_range".into(),
-                    method: None,
-                    refused: vec![],
-                },
-            ],
-        };
+        let st = sample_startup();
         assert_eq!(
             st.to_json(),
             concat!(

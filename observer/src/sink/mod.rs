@@ -244,6 +244,31 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// One startup as both formats' tests print it: a probe attached after a
+/// refusal, and one not attached.
+#[cfg(test)]
+pub(crate) fn sample_startup() -> Startup {
+    Startup {
+        programs: vec![],
+        kernel: "6.12.9".into(),
+        probes: vec![
+            StartupProbe {
+                function: "filemap_map_pages".into(),
+                method: Some("kprobe".into()),
+                refused: vec![StartupRefusal {
+                    method: "fentry".into(),
+                    reason: "no BTF for \"vmlinux\"".into(),
+                }],
+            },
+            StartupProbe {
+                function: "unmap_mapping_range".into(),
+                method: None,
+                refused: vec![],
+            },
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

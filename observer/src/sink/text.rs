@@ -225,10 +225,10 @@ pub fn startup(st: &Startup) -> String {
 mod tests {
     use super::*;
     use crate::event::{Fidelity, PageRange};
+    use crate::sink::sample_startup;
     use crate::sink::tests::{
         sample_alert, sample_alert_with_ptes, sample_stale_data, sample_stale_pte,
     };
-    use crate::sink::{StartupProbe, StartupRefusal};
 
     const OFFSET: i64 = 1_764_072_001_000_000_000 - 5_000_000_000;
 
@@ -337,28 +337,10 @@ mod tests {
 
     #[test]
     fn startup_lines() {
-        let st = Startup {
-            programs: vec![],
-            kernel: "6.12.9".into(),
-            probes: vec![
-                StartupProbe {
-                    function: "filemap_map_pages".into(),
-                    method: Some("kprobe".into()),
-                    refused: vec![StartupRefusal {
-                        method: "fentry".into(),
-                        reason: "no BTF".into(),
-                    }],
-                },
-                StartupProbe {
-                    function: "unmap_mapping_range".into(),
-                    method: None,
-                    refused: vec![],
-                },
-            ],
-        };
+        let st = sample_startup();
         assert_eq!(
             startup(&st),
-            "observer: kernel 6.12.9\n  filemap_map_pages: kprobe\n    fentry refused: no BTF\n  \
+            "observer: kernel 6.12.9\n  filemap_map_pages: kprobe\n    fentry refused: no BTF for \"vmlinux\"\n  \
              unmap_mapping_range: NOT ATTACHED"
         );
     }
