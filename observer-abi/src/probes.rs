@@ -176,6 +176,19 @@ pub enum Role {
     Scope,
 }
 
+impl Role {
+    /// The three functions the observer cannot run without.
+    pub const CORE: [Role; 3] = [Role::Unmap, Role::Truncate, Role::MapPages];
+}
+
+/// The table's function names for these roles, in table order.
+pub fn functions(roles: &[Role]) -> impl Iterator<Item = &'static str> {
+    PROBES
+        .iter()
+        .filter(move |p| roles.contains(&p.role))
+        .map(|p| p.target.name())
+}
+
 /// Where a row attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {

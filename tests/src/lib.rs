@@ -29,6 +29,11 @@ pub use mount::{FsType, LoopMount};
 pub use observer::{ObserverExit, ObserverProcess};
 pub use stream::{Ends, Stream, assert_nothing_vanished, comparable};
 
+/// The observer's three core functions, by the probe table.
+pub fn core_functions() -> Vec<&'static str> {
+    observer_abi::probes::functions(&observer_abi::probes::Role::CORE).collect()
+}
+
 // ---------------------------------------------------------------------------
 // Locating binaries
 // ---------------------------------------------------------------------------

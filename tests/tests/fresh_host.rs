@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use observer_tests::core_functions;
 use observer_tests::{
     FsType, LoopMount, ObserverProcess, RacerReport, Stream, is_root, observer_bin, racer_bin,
 };
@@ -101,11 +102,7 @@ fn starts_without_tracefs_and_leaves_the_hosts_mounts_alone() {
     assert_eq!(mount_table(), before, "the host's mounts changed");
 
     let s = Stream::read(&out).expect("observer output");
-    for f in [
-        "unmap_mapping_range",
-        "truncate_inode_pages_range",
-        "filemap_map_pages",
-    ] {
+    for f in core_functions() {
         assert_eq!(s.method_of(f), Some("tracepoint"), "{f}: {:?}", s.startup);
     }
     let dev = format!("{}:{}", r.dev_major, r.dev_minor);

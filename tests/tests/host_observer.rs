@@ -17,6 +17,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use observer_report::{Record, Startup, StartupProbe, Summary, Verdict};
+use observer_tests::core_functions;
 use observer_tests::{
     FsType, LoopMount, ObserverExit, ObserverProcess, RacerReport, Stream, bpf_held_by, bpf_links,
     bpf_programs, comparable, is_root, observer_bin, ops::Op, racer_bin,
@@ -27,11 +28,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Seconds each racer runs.
 const RACE_SECS: &str = "3";
-const FUNCTIONS: [&str; 3] = [
-    "unmap_mapping_range",
-    "truncate_inode_pages_range",
-    "filemap_map_pages",
-];
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -173,11 +169,15 @@ fn check_tracepoint_startup(startup: &Startup, stderr: &str) {
     let probes: Vec<&StartupProbe> = startup
         .probes
         .iter()
-        .filter(|p| FUNCTIONS.contains(&p.function.as_str()))
+        .filter(|p| core_functions().contains(&p.function.as_str()))
         .collect();
     let functions: BTreeSet<&str> = probes.iter().map(|p| p.function.as_str()).collect();
-    assert_eq!(functions, BTreeSet::from(FUNCTIONS), "{startup:?}");
-    assert_eq!(probes.len(), FUNCTIONS.len(), "{startup:?}");
+    assert_eq!(
+        functions,
+        core_functions().into_iter().collect::<BTreeSet<_>>(),
+        "{startup:?}"
+    );
+    assert_eq!(probes.len(), core_functions().len(), "{startup:?}");
     for p in probes {
         assert_eq!(p.method.as_deref(), Some("tracepoint"), "probe {p:?}");
         let fentry = p
@@ -194,7 +194,7 @@ fn check_tracepoint_startup(startup: &Startup, stderr: &str) {
         stderr.starts_with("observer: kernel "),
         "stderr does not start with the kernel line:\n{stderr}"
     );
-    for f in FUNCTIONS {
+    for f in core_functions() {
         let prefix = format!("observer: {f}: ");
         let line = stderr
             .lines()
@@ -212,7 +212,7 @@ fn check_tracepoint_startup(startup: &Startup, stderr: &str) {
     let last_probe = lines
         .iter()
         .rposition(|l| {
-            FUNCTIONS
+            core_functions()
                 .iter()
                 .any(|f| l.starts_with(&format!("observer: {f}: ")))
         })

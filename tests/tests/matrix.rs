@@ -10,6 +10,7 @@
 
 use std::{path::PathBuf, process::Command};
 
+use observer_tests::core_functions;
 use observer_tests::ops;
 use serde_json::Value;
 
@@ -142,11 +143,7 @@ fn matrix_truth_table() {
         };
         for p in cell["probes"].as_array().into_iter().flatten() {
             let f = p["function"].as_str().unwrap_or("");
-            let core = [
-                "unmap_mapping_range",
-                "truncate_inode_pages_range",
-                "filemap_map_pages",
-            ];
+            let core = core_functions();
             if core.contains(&f) && p["method"] != want {
                 failures.push(format!(
                     "{spec} {fs}: {f} attached with {}, not {want}",

@@ -13,6 +13,7 @@ use std::{
 };
 
 use observer_report::{Record, Summary};
+use observer_tests::core_functions;
 use observer_tests::{RacerReport, Stream, comparable};
 use serde_json::Value;
 
@@ -97,11 +98,7 @@ impl FsRun {
 
     /// Startup lines and the startup record name fentry for all three.
     fn assert_fentry_everywhere(&self) {
-        for f in [
-            "unmap_mapping_range",
-            "truncate_inode_pages_range",
-            "filemap_map_pages",
-        ] {
+        for f in core_functions() {
             assert!(
                 self.log.contains(&format!("observer: {f}: fentry/fexit")),
                 "{f} not on fentry:\n{}",

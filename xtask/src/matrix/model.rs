@@ -5,6 +5,8 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
+use observer_abi::filesystems;
+use observer_abi::probes::{Role, functions};
 use observer_report::{Classes, Counts, Lost, Summary};
 use observer_tests::{Ends, RacerReport, ops::Op};
 use serde::Serialize;
@@ -184,23 +186,25 @@ pub(super) fn window_op(workload: &str) -> &'static str {
 }
 
 /// The observer's three core probes: windows and fault-around.
-const CORE_PROBES: &[&str] = &[
-    "unmap_mapping_range",
-    "truncate_inode_pages_range",
-    "filemap_map_pages",
-];
-/// The kernel's file PTE installer (5.10, 6.1, 6.12+): page-exact class A.
-const PTE_PROBES: &[&str] = &["alloc_set_pte", "do_set_pte", "set_pte_range"];
+fn core_probes() -> Vec<&'static str> {
+    functions(&Role::CORE).collect()
+}
 
-/// The filesystem's block-removal functions: the end of a class B window.
-fn removal_probes(fs: &str) -> &'static [&'static str] {
-    match fs {
-        "ext4" => &["ext4_ext_remove_space", "ext4_ind_remove_space"],
-        "xfs" => &["xfs_free_file_space"],
-        "btrfs" => &["btrfs_replace_file_extents"],
-        "tmpfs" => &["shmem_undo_range"],
-        _ => &[],
-    }
+/// The kernel's file PTE installer (one per kernel): page-exact class A.
+fn pte_probes() -> Vec<&'static str> {
+    functions(&[Role::PteInstall]).collect()
+}
+
+/// The filesystem's block removal (or tmpfs's page removal) from the
+/// filesystem table: the end of a class-B window.
+fn removal_probes(fs: &str) -> Vec<&'static str> {
+    filesystems::by_name(fs).map_or_else(Vec::new, |f| {
+        f.removers
+            .iter()
+            .map(|r| r.function)
+            .chain(f.hooks.iter().copied())
+            .collect()
+    })
 }
 
 fn method_rank(m: &str) -> u8 {
@@ -243,21 +247,21 @@ impl Cell {
 
     /// Whether the kernel's PTE installer is watched: class A is page-exact.
     pub(super) fn pte_hook(&self) -> bool {
-        !self.methods(PTE_PROBES).is_empty()
+        !self.methods(&pte_probes()).is_empty()
     }
 
     /// Whether the filesystem's block removal is watched: class B windows
     /// have an end.
     pub(super) fn removal_hook(&self) -> bool {
-        !self.methods(removal_probes(&self.fs)).is_empty()
+        !self.methods(&removal_probes(&self.fs)).is_empty()
     }
 
     /// The weakest attach method among the core probes, the PTE installer
     /// and this filesystem's block removal, with `!pte` / `!rm` when the
     /// latter two are not watched; None before any observer ran.
     pub(super) fn fidelity(&self) -> Option<String> {
-        let mut names: Vec<&str> = CORE_PROBES.to_vec();
-        names.extend(PTE_PROBES);
+        let mut names = core_probes();
+        names.extend(pte_probes());
         names.extend(removal_probes(&self.fs));
         let mut f = self
             .methods(&names)
