@@ -23,8 +23,8 @@ pub fn assess(ran: &[Ran]) -> Health {
             hits.add(r.prog.name(), r.hits);
         }
     }
-    let of = |role: Role| -> Option<(u64, Vec<&'static str>)> {
-        let mine: Vec<&Ran> = ran.iter().filter(|r| r.role == role).collect();
+    let of = |roles: &[Role]| -> Option<(u64, Vec<&'static str>)> {
+        let mine: Vec<&Ran> = ran.iter().filter(|r| roles.contains(&r.role)).collect();
         if mine.is_empty() {
             return None;
         }
@@ -106,6 +106,29 @@ mod tests {
             ran(Prog::SetPteRangeFentry, Role::PteInstall, 20000),
         ]);
         assert!(h.silent.is_empty());
+    }
+
+    /// tmpfs: deletions through the tracepoint, additions only through
+    /// shmem_add_to_page_cache. Either one running is the page cache's adds.
+    #[test]
+    fn shmem_adds_are_adds() {
+        let h = assess(&[
+            ran(Prog::FolioDeleteRawTp, Role::FolioDelete, 5000),
+            ran(Prog::FolioAddRawTp, Role::FolioAdd, 0),
+            ran(Prog::ShmemAddFentry, Role::ShmemAdd, 5000),
+        ]);
+        assert!(h.silent.is_empty(), "{h:?}");
+        // Both silent: named together.
+        let h = assess(&[
+            ran(Prog::FolioDeleteRawTp, Role::FolioDelete, 5000),
+            ran(Prog::FolioAddRawTp, Role::FolioAdd, 0),
+            ran(Prog::ShmemAddFentry, Role::ShmemAdd, 0),
+        ]);
+        assert_eq!(h.silent.len(), 1, "{h:?}");
+        assert_eq!(
+            h.silent[0].program,
+            "folio_add_raw_tp+shmem_add_to_page_cache_fentry"
+        );
     }
 
     #[test]
