@@ -169,7 +169,15 @@ pub const FLAG_STILL_MAPPED: u8 = 2;
 pub const FLAG_UPTODATE: u8 = 4;
 
 /// FolioAdd: the folio was added by shmem_add_to_page_cache (tmpfs).
+/// PteInstall: the file is on tmpfs (its superblock's magic).
 pub const FLAG_SHMEM: u8 = 8;
+/// PteInstall: one PMD (do_set_pmd) maps the range.
+pub const FLAG_PMD: u8 = 16;
+/// PteInstall: `aux` is the file's i_size in bytes, read as the PTEs went in.
+pub const FLAG_ISIZE_KNOWN: u8 = 32;
+
+/// include/uapi/linux/magic.h: `super_block.s_magic` of tmpfs.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// `Event::aux` of FsRemove* records.
 pub const FS_REMOVE_EXT4_EXT: u64 = 1;
@@ -309,7 +317,11 @@ pub struct Config {
     pub rwsem_owner: u32,
     pub task_pid: u32,
     pub inode_i_mapping: u32,
-    pub _pad2: u32,
+    /// `inode.i_size` (loff_t) and `super_block.s_magic` (unsigned long):
+    /// class C, page-exact installs at or past EOF, and whether the file is
+    /// shmem's.
+    pub inode_i_size: u32,
+    pub sb_s_magic: u32,
 
     /// Kernel address of the variable `vmemmap_base` (x86-64 with a
     /// randomized memory layout), to compute pfns; 0: pfn not reported.
@@ -385,6 +397,7 @@ pub const COUNTER_EMITTED: u32 = 0; // + kind
 pub const COUNTER_LOST: u32 = 16; // + kind: ring buffer full
 pub const COUNTER_FILTERED: u32 = 32; // map_pages dropped by the pre-filter: no window
 pub const COUNTER_FILTERED_RANGE: u32 = 33; // map_pages dropped: a window, but not these pages
+pub const COUNTER_PTE_FILTERED: u32 = 34; // page-exact installs dropped: no window, below EOF
 pub const COUNTER_UNRESOLVED: u32 = 40; // + kind: a kernel pointer chain could not be read
 pub const COUNTER_NO_ENTRY: u32 = 64; // + kind: an exit found no STASH entry
 pub const COUNTERS: u32 = 80;

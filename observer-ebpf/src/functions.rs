@@ -110,8 +110,8 @@ pub fn set_pte_range<C: Args>(ctx: &C, fidelity: u8) {
     let (Some(vmf), Some(nr), Some(addr)) = (ctx.arg_u64(0), ctx.arg_u64(3), ctx.arg_u64(4)) else {
         return;
     };
-    if let Some((key, start, end)) = pte_install_check(vmf, Some(addr), nr & 0xffff_ffff) {
-        pte_install_send(ctx, fidelity, &key, start, end);
+    if let Some(install) = pte_install_check(vmf, Some(addr), nr & 0xffff_ffff) {
+        pte_install_send(ctx, fidelity, &install);
     }
 }
 
@@ -127,8 +127,8 @@ pub fn do_set_pte<C: Args>(ctx: &C, fidelity: u8) {
     } else {
         None
     };
-    if let Some((key, start, end)) = pte_install_check(vmf, addr, 1) {
-        pte_install_send(ctx, fidelity, &key, start, end);
+    if let Some(install) = pte_install_check(vmf, addr, 1) {
+        pte_install_send(ctx, fidelity, &install);
     }
 }
 
@@ -146,8 +146,8 @@ fn installed_at_exit(ctx: &FExitContext, fidelity: u8, ret_arg: usize, pmd: bool
     } else {
         pte_install_check(vmf, None, 1)
     };
-    if let Some((key, start, end)) = checked {
-        pte_install_send(ctx, fidelity, &key, start, end);
+    if let Some(install) = checked {
+        pte_install_send(ctx, fidelity, &install);
     }
 }
 

@@ -2,7 +2,7 @@
 //! BTF. Rust eBPF has no CO-RE, so every offset is looked up in `CONFIG`.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use observer_abi::{Config, FileKey, LOCK_EXPOSED, LOCK_OWNER_SHIFT, LOCK_WRITE_HELD};
+use observer_abi::{Config, FileKey, LOCK_EXPOSED, LOCK_OWNER_SHIFT, LOCK_WRITE_HELD, TMPFS_MAGIC};
 
 use crate::maps::CONFIG;
 
@@ -70,9 +70,31 @@ pub fn file_of_fault(cfg: &Config, vmf: u64) -> Option<FileKey> {
 
 #[inline(always)]
 pub fn file_of_vma(cfg: &Config, vma: u64) -> Option<FileKey> {
+    file_of_inode(cfg, inode_of_vma(cfg, vma)?)
+}
+
+/// vma->vm_file->f_mapping->host: the inode whose page cache the vma's
+/// faults map.
+#[inline(always)]
+pub fn inode_of_vma(cfg: &Config, vma: u64) -> Option<u64> {
     let file = read_u64(vma, cfg.vma_vm_file)?;
     let mapping = read_u64(file, cfg.file_f_mapping)?;
-    file_of_mapping(cfg, mapping)
+    read_u64(mapping, cfg.mapping_host)
+}
+
+/// `inode.i_size` (a loff_t, never negative for a regular file).
+#[inline(always)]
+pub fn i_size(cfg: &Config, inode: u64) -> Option<u64> {
+    read_u64(inode, cfg.inode_i_size)
+}
+
+/// Whether the inode is tmpfs's (its superblock's magic), whose huge pages
+/// may be mapped by a PMD across EOF by design.
+#[inline(always)]
+pub fn on_tmpfs(cfg: &Config, inode: u64) -> bool {
+    read_u64(inode, cfg.inode_i_sb)
+        .and_then(|sb| read_u64(sb, cfg.sb_s_magic))
+        .is_some_and(|m| m == TMPFS_MAGIC)
 }
 
 #[inline(always)]

@@ -36,6 +36,8 @@ pub struct Stash {
     pub start: u64,
     pub end: u64,
     pub aux: u64,
+    /// The record's `FLAG_*` bits.
+    pub flags: u64,
 }
 
 /// Keyed by tid << 8 | record kind of the entry. An LRU, so that entries

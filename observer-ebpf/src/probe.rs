@@ -2,8 +2,9 @@
 
 use aya_ebpf::programs::tracing::StackIdContext;
 use observer_abi::{
-    COUNTER_NO_ENTRY, COUNTER_UNRESOLVED, Config, EOF_PAGE, FLAG_MAPCOUNT_KNOWN, FLAG_SHMEM,
-    FLAG_STILL_MAPPED, FLAG_UPTODATE, FileKey, Kind, NO_STACK,
+    COUNTER_NO_ENTRY, COUNTER_PTE_FILTERED, COUNTER_UNRESOLVED, Config, EOF_PAGE, FLAG_ISIZE_KNOWN,
+    FLAG_MAPCOUNT_KNOWN, FLAG_PMD, FLAG_SHMEM, FLAG_STILL_MAPPED, FLAG_UPTODATE, FileKey, Kind,
+    NO_STACK,
 };
 
 use crate::{
@@ -14,7 +15,7 @@ use crate::{
     },
     kernel::{
         Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
-        invalidate_lock, pfn_of, read_u32, read_u64,
+        i_size, inode_of_vma, invalidate_lock, on_tmpfs, pfn_of, read_u32, read_u64,
     },
     maps::{LAST_FILE, STACKS, STASH, Stash},
 };
@@ -84,6 +85,7 @@ fn window_enter<C: StackIdContext>(
         start,
         end,
         aux,
+        flags: 0,
     };
     let _ = STASH.insert(&stash_key(enter), &stash, 0);
     send(Record {
@@ -103,6 +105,7 @@ fn stash_unresolved(enter: Kind) {
         start: 0,
         end: 0,
         aux: 0,
+        flags: 0,
     };
     let _ = STASH.insert(&stash_key(enter), &stash, 0);
 }
@@ -305,33 +308,52 @@ pub fn ext4_block_pages(inode: u64, first: u32, last: u32) -> (u64, u64) {
     (start, ((((last as u64) + 1) << bits) - 1) >> PAGE_SHIFT)
 }
 
-/// Page-exact class A: PTEs for `nr` pages of a file, starting at user
-/// address `addr` (None: `vmf->address`), are being installed by the
-/// current task. Only files with a window open right now are reported. For
-/// the per-PTE hot path, every other call returns after one array lookup.
-/// Returns the file and page range (for the kprobe rung, which sends at
-/// return).
+/// PTEs (or one PMD) a kernel installer is putting in for pages
+/// `start..=end` of `key`, with the file's size as the installer saw it.
+#[derive(Clone, Copy)]
+pub struct Install {
+    pub key: FileKey,
+    pub start: u64,
+    pub end: u64,
+    /// `inode.i_size` in bytes, when `flags` has FLAG_ISIZE_KNOWN.
+    pub i_size: u64,
+    pub flags: u8,
+}
+
+/// Page-exact classes A and C: PTEs for `nr` pages of a file, starting at
+/// user address `addr` (None: `vmf->address`), are being installed by the
+/// current task. Reported: installs on a file with a window open right now
+/// (class A), and installs reaching at or past the file's EOF (class C,
+/// whatever the windows). With neither windows nor `inode.i_size` in BTF,
+/// every call returns after one array lookup.
 #[inline(always)]
-pub fn pte_install_check(vmf: u64, addr: Option<u64>, nr: u64) -> Option<(FileKey, u64, u64)> {
+pub fn pte_install_check(vmf: u64, addr: Option<u64>, nr: u64) -> Option<Install> {
     pte_range_check(vmf, addr, nr, false)
 }
 
 /// do_set_pmd(vmf, page): one PMD maps the HPAGE_PMD_NR pages around
 /// `vmf->address`.
 #[inline(always)]
-pub fn pmd_install_check(vmf: u64) -> Option<(FileKey, u64, u64)> {
+pub fn pmd_install_check(vmf: u64) -> Option<Install> {
     pte_range_check(vmf, None, PMD_PAGES, true)
 }
 
 /// x86-64 (4 KiB pages): a PMD maps 2 MiB.
 const PMD_PAGES: u64 = 512;
 
+/// The first page index at or past EOF of a file of `i_size` bytes.
 #[inline(always)]
-fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<(FileKey, u64, u64)> {
-    if !any_window_open() {
+fn eof_page(i_size: u64) -> u64 {
+    (i_size + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
+}
+
+#[inline(always)]
+fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<Install> {
+    let windows = any_window_open();
+    let cfg = config()?;
+    if !windows && cfg.inode_i_size == Config::UNKNOWN {
         return None;
     }
-    let cfg = config()?;
     if ignored(cfg) {
         return None;
     }
@@ -343,13 +365,10 @@ fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<(F
     if read_u64(vma, cfg.vma_vm_file)? == 0 {
         return None;
     }
-    let Some(key) = file_of_vma(cfg, vma) else {
+    let (Some(inode), Some(key)) = (inode_of_vma(cfg, vma), file_of_vma(cfg, vma)) else {
         count(COUNTER_UNRESOLVED + Kind::PteInstall as u32);
         return None;
     };
-    if !window_is_open(&key) {
-        return None;
-    }
     // A write fault on a private mapping installs an anonymous copy
     // (vmf->cow_page), not the file's page.
     let fault_flags = read_u32(vmf, cfg.vmf_flags)?;
@@ -368,35 +387,61 @@ fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<(F
     let pgoff = read_u64(vma, cfg.vma_vm_pgoff)?;
     let first = pgoff + ((addr - vm_start) >> PAGE_SHIFT);
     let nr = if nr == 0 { 1 } else { nr };
-    Some((key, first, first + nr - 1))
+    let last = first + nr - 1;
+    let i_size = i_size(cfg, inode);
+    let past_eof = i_size.is_some_and(|sz| last >= eof_page(sz));
+    if !past_eof && !(windows && window_is_open(&key)) {
+        if i_size.is_some() {
+            count(COUNTER_PTE_FILTERED);
+        }
+        return None;
+    }
+    let mut flags = if pmd { FLAG_PMD } else { 0 };
+    if i_size.is_some() {
+        flags |= FLAG_ISIZE_KNOWN;
+    }
+    if on_tmpfs(cfg, inode) {
+        flags |= FLAG_SHMEM;
+    }
+    Some(Install {
+        key,
+        start: first,
+        end: last,
+        i_size: i_size.unwrap_or(0),
+        flags,
+    })
 }
 
 #[inline(always)]
-pub fn pte_install_send<C: StackIdContext>(
-    ctx: &C,
-    fidelity: u8,
-    key: &FileKey,
-    start: u64,
-    end: u64,
-) {
+pub fn pte_install_send<C: StackIdContext>(ctx: &C, fidelity: u8, install: &Install) {
     let ts = now();
     send(Record {
         stack_id: stack(ctx),
-        ..Record::new(Kind::PteInstall, fidelity, ts, *key, start, end)
+        aux: install.i_size,
+        flags: install.flags,
+        ..Record::new(
+            Kind::PteInstall,
+            fidelity,
+            ts,
+            install.key,
+            install.start,
+            install.end,
+        )
     });
 }
 
 /// kprobe rung of a PTE installer that may fail (5.10 alloc_set_pte,
 /// do_set_pmd): the entry remembers, the return sends if it returned 0.
 #[inline(always)]
-pub fn pte_install_stash(checked: Option<(FileKey, u64, u64)>) {
-    if let Some((key, start, end)) = checked {
+pub fn pte_install_stash(checked: Option<Install>) {
+    if let Some(i) = checked {
         let stash = Stash {
             ts: 0,
-            key,
-            start,
-            end,
-            aux: 0,
+            key: i.key,
+            start: i.start,
+            end: i.end,
+            aux: i.i_size,
+            flags: i.flags as u64,
         };
         let _ = STASH.insert(&stash_key(Kind::PteInstall), &stash, 0);
     }
@@ -410,7 +455,14 @@ pub fn pte_install_return<C: StackIdContext>(ctx: &C, fidelity: u8, ret: u64) {
     };
     let _ = STASH.remove(&skey);
     if ret as u32 == 0 {
-        pte_install_send(ctx, fidelity, &stash.key, stash.start, stash.end);
+        let install = Install {
+            key: stash.key,
+            start: stash.start,
+            end: stash.end,
+            i_size: stash.aux,
+            flags: stash.flags as u8,
+        };
+        pte_install_send(ctx, fidelity, &install);
     }
 }
 
@@ -526,6 +578,7 @@ pub fn map_pages_enter(vmf: u64, start: u64, end: u64) {
         start,
         end,
         aux: 0,
+        flags: 0,
     };
     let _ = STASH.insert(&stash_key(Kind::MapPages), &stash, 0);
 }
@@ -584,6 +637,7 @@ pub fn syscall_enter(cfg: &Config, key: FileKey, start: u64, end: u64, aux: u64,
         start,
         end,
         aux,
+        flags: 0,
     };
     let stashed = STASH
         .insert(&stash_key(Kind::SyscallEnter), &stash, 0)

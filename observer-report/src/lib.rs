@@ -87,6 +87,10 @@ pub struct Summary {
     /// Fault-arounds it dropped because they missed the pages of their
     /// file's only open window (tracepoint mode).
     pub filtered_outside_range: u64,
+    /// Page-exact installs the kernel judged against EOF and dropped: below
+    /// EOF, no window on their file. By design, not a loss.
+    #[serde(default)]
+    pub pte_installs_filtered: u64,
     pub windows: u64,
     /// Final-closed windows by operation, every operation listed.
     pub windows_by_op: Counts,
@@ -209,16 +213,41 @@ pub struct ClassB {
     pub refills_under_lock: u64,
 }
 
+/// Class C: page-exact installs (PTEs, or a PMD from do_set_pmd) at or past
+/// the file's EOF, by the i_size the kernel program read as they went in.
+/// `installs_past_eof == during_size_change + shmem + beyond_eof`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassC {
+    pub installs_past_eof: u64,
+    /// Of those, PMD mappings that reach past EOF.
+    pub pmd: u64,
+    /// While the file's size was changing (a truncate, collapse or insert
+    /// window or syscall on the file, or such a window opening within the op
+    /// gap after): a truncate writes i_size before it unmaps, so a
+    /// fault-around that read the old size installs past the new EOF and the
+    /// truncate's unmap zaps it. Legitimate.
+    pub during_size_change: u64,
+    /// On tmpfs, whose huge pages are mapped across EOF by design.
+    pub shmem: u64,
+    /// The rest: a mapping past EOF that no size change explains, where an
+    /// access must raise SIGBUS (the 2025 "do not populate page table entries
+    /// beyond i_size" class). Critical.
+    pub beyond_eof: u64,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classes {
     pub a: ClassA,
     pub b: ClassB,
+    /// Absent from summaries made before class C.
+    #[serde(default)]
+    pub c: ClassC,
 }
 
 impl Classes {
     /// Critical outcomes: the verdict is `critical` when this is non-zero.
     pub fn critical(&self) -> u64 {
-        self.a.stale_pte + self.b.stale_data
+        self.a.stale_pte + self.b.stale_data + self.c.beyond_eof
     }
 }
 
@@ -288,7 +317,7 @@ impl Verdict {
     pub fn explain(self) -> &'static str {
         match self {
             Verdict::Critical => {
-                "a PTE outlived its folio, the page cache kept data of freed blocks, or the kernel reported a bad page"
+                "a PTE outlived its folio, a page was mapped past EOF, the page cache kept data of freed blocks, or the kernel reported a bad page"
             }
             Verdict::RaceObserved => "fault-around installed PTEs inside invalidation windows",
             Verdict::NoRace => "no fault-around met an invalidation window",

@@ -2,7 +2,7 @@
 
 use std::ops::AddAssign;
 
-use crate::{ClassA, ClassB, Classes, Counts, Lost};
+use crate::{ClassA, ClassB, ClassC, Classes, Counts, Lost};
 
 impl AddAssign<&Counts> for Counts {
     fn add_assign(&mut self, other: &Counts) {
@@ -46,7 +46,14 @@ add_fields! {
         removals_without_lock,
         refills_under_lock
     }
-    Classes { a, b }
+    ClassC {
+        installs_past_eof,
+        pmd,
+        during_size_change,
+        shmem,
+        beyond_eof
+    }
+    Classes { a, b, c }
 }
 
 #[cfg(test)]

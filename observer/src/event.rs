@@ -207,6 +207,15 @@ impl Op {
             Op::Unknown => "unknown",
         }
     }
+    /// Whether the operation moves the file's EOF (or may: an unknown
+    /// op), so that installs past the new EOF can be legitimate.
+    pub fn changes_size(self) -> bool {
+        matches!(
+            self,
+            Op::Ftruncate | Op::Truncate | Op::CollapseRange | Op::InsertRange | Op::Unknown
+        )
+    }
+
     /// Whether this syscall drops page cache for its range.
     pub fn invalidates(self) -> bool {
         !matches!(self, Op::Fallocate { .. } | Op::Unknown)
@@ -258,6 +267,13 @@ pub enum Body {
     /// installer) by the event's task.
     PteInstall {
         range: PageRange,
+        /// The file's size in bytes as the PTEs went in (None: the kernel's
+        /// BTF has no `inode.i_size`).
+        i_size: Option<u64>,
+        /// One PMD (do_set_pmd) maps the range.
+        pmd: bool,
+        /// The file is on tmpfs.
+        shmem: bool,
     },
     /// Folios entered the page cache for `range`. `uptodate`: already filled
     /// when added (not read from disk).

@@ -217,11 +217,17 @@ impl Pipeline {
         if let Some(r) = self.recorder.take() {
             r.finish(t).context("cannot write the recording")?;
         }
+        // Class C is counted, not alerted: a beyond_eof still fails the run.
+        let worst = if summary.classes.c.beyond_eof > 0 {
+            self.worst.max(Some(Severity::Critical))
+        } else {
+            self.worst
+        };
         Ok((
             summary,
             Output {
                 shown: self.shown,
-                worst: self.worst,
+                worst,
             },
         ))
     }
@@ -260,6 +266,7 @@ fn summarize(
         lost,
         filtered: counters.filtered,
         filtered_outside_range: counters.filtered_outside_range,
+        pte_installs_filtered: counters.pte_filtered,
         windows: stats.windows_opened,
         windows_by_op: stats.windows_by_op.by_op().into_iter().collect(),
         failed_calls: stats.failed_calls.by_op().into_iter().collect(),
@@ -281,7 +288,10 @@ fn summarize(
         health: observer_report::Health::default(),
         agent: usage(),
         verdict: sink::Verdict::with_critical(
-            stats.alerts_by_severity[Severity::Critical as usize] + stats.critical_reports,
+            // Class C is counted, not alerted (yet): its beyond_eof too.
+            stats.alerts_by_severity[Severity::Critical as usize]
+                + stats.critical_reports
+                + stats.classes.c.beyond_eof,
             stats.alerts,
             &lost,
             stats.windows_opened,

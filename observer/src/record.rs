@@ -60,7 +60,12 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             still_mapped: (raw.flags & abi::FLAG_MAPCOUNT_KNOWN != 0)
                 .then_some(raw.flags & abi::FLAG_STILL_MAPPED != 0),
         },
-        abi::Kind::PteInstall => Body::PteInstall { range },
+        abi::Kind::PteInstall => Body::PteInstall {
+            range,
+            i_size: (raw.flags & abi::FLAG_ISIZE_KNOWN != 0).then_some(raw.aux),
+            pmd: raw.flags & abi::FLAG_PMD != 0,
+            shmem: raw.flags & abi::FLAG_SHMEM != 0,
+        },
         abi::Kind::FolioAdd => Body::FolioAdd {
             range,
             uptodate: raw.flags & abi::FLAG_UPTODATE != 0,

@@ -84,6 +84,10 @@ pub struct KernelCounters {
     pub lost: [u64; abi::KIND_MAX],
     pub filtered: u64,
     pub filtered_outside_range: u64,
+    /// Page-exact installs judged against EOF and not sent: below it, and
+    /// no window on their file.
+    #[serde(default)]
+    pub pte_filtered: u64,
     /// Records not sent because a kernel pointer chain could not be read.
     pub unresolved: [u64; abi::KIND_MAX],
     /// Exits that found no entry in STASH (an LRU: evicted, or the call
@@ -106,6 +110,7 @@ pub fn read_counters(ebpf: &aya::Ebpf) -> Result<KernelCounters> {
     }
     c.filtered = sum(abi::COUNTER_FILTERED)?;
     c.filtered_outside_range = sum(abi::COUNTER_FILTERED_RANGE)?;
+    c.pte_filtered = sum(abi::COUNTER_PTE_FILTERED)?;
     let hits: PerCpuArray<_, u64> =
         PerCpuArray::try_from(ebpf.map("HITS").context("no HITS map")?)?;
     c.hits = (0..abi::probes::PROG_COUNT as u32)

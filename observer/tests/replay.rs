@@ -351,3 +351,43 @@ fn critical_alerts_obey_the_filters_but_the_verdict_does_not() {
     assert_eq!(summary["alerts_shown"], 0);
     assert_eq!(summary["verdict"], "critical");
 }
+
+/// Class C through the binary: installs on ino 7 (size 40960 bytes, pages
+/// 0-9). One reaches page 10 with nothing changing the size: beyond_eof. One
+/// does so inside an ftruncate: legitimate. One PMD on tmpfs spans EOF: by
+/// design. One stays below EOF: not class C at all.
+#[test]
+fn synthetic_installs_past_eof_are_classified_and_fail_the_verdict() {
+    use observer_abi::{FLAG_ISIZE_KNOWN, FLAG_PMD, FLAG_SHMEM, OP_FTRUNCATE};
+    let sized = |mut e: Event, flags: u8| {
+        e.aux = 10 * 4096;
+        e.flags = FLAG_ISIZE_KNOWN | flags;
+        e
+    };
+    let events = vec![
+        sized(ev(Kind::PteInstall, 1_000, 102, 7, 8, 10), 0),
+        sized(ev(Kind::PteInstall, 1_100, 102, 7, 0, 9), 0),
+        with(
+            ev(Kind::SyscallEnter, 50_000_000, 101, 7, 4, u64::MAX),
+            |e| e.aux = OP_FTRUNCATE,
+        ),
+        sized(ev(Kind::PteInstall, 50_001_000, 102, 7, 9, 12), 0),
+        with(ev(Kind::SyscallExit, 50_100_000, 101, 7, 0, 0), |e| {
+            e.aux = OP_FTRUNCATE
+        }),
+        sized(
+            ev(Kind::PteInstall, 60_000_000, 102, 8, 0, 511),
+            FLAG_PMD | FLAG_SHMEM,
+        ),
+    ];
+    let lines = replay(&events, &[]);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    let c = &summary["classes"]["c"];
+    assert_eq!(c["installs_past_eof"], 3, "{c}");
+    assert_eq!(c["beyond_eof"], 1, "{c}");
+    assert_eq!(c["during_size_change"], 1, "{c}");
+    assert_eq!(c["shmem"], 1, "{c}");
+    assert_eq!(c["pmd"], 1, "{c}");
+    assert_eq!(summary["verdict"], "critical");
+}

@@ -22,6 +22,7 @@
 
 mod alert;
 mod classes;
+mod eof;
 mod folio;
 mod invalidate;
 mod pte;
@@ -131,6 +132,8 @@ pub struct Correlator {
     /// A kernel report is being read (its header's time and the test then):
     /// retained windows are kept until it is whole and joins them.
     report_open: Option<(u64, Option<String>)>,
+    /// Class C installs past EOF waiting out the op gap, in event order.
+    eof_pending: VecDeque<eof::PendingEof>,
     stats: Stats,
 }
 
@@ -150,6 +153,7 @@ impl Correlator {
             current_test: None,
             report_open: None,
             reports: Vec::new(),
+            eof_pending: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -219,6 +223,7 @@ impl Correlator {
                 self.end_refills(tid, &sc, out);
             }
         }
+        self.settle_eof(true);
         self.files.clear();
         self.close_deadlines.clear();
         self.expiries.clear();
@@ -259,6 +264,7 @@ impl Correlator {
                 self.final_close(file, id, out);
             }
         }
+        self.settle_eof(false);
         let retain = self.retain_ns();
         while let Some(&(final_ts, file)) = self.expiries.front() {
             if self.report_open.is_some() {
@@ -342,7 +348,15 @@ impl Correlator {
                     .get_or_insert((ts, self.current_test.clone()));
             }
             Body::KernelReport(report) => self.kernel_report(report),
-            Body::PteInstall { range } => {
+            Body::PteInstall {
+                range,
+                i_size,
+                pmd,
+                shmem,
+            } => {
+                if let Some(i_size) = i_size {
+                    self.eof_install(ts, file, range, i_size, pmd, shmem);
+                }
                 let install = Install {
                     ts,
                     task,
@@ -430,6 +444,9 @@ impl Correlator {
         self.stats.open_windows += 1;
         self.stats.max_open_windows = self.stats.max_open_windows.max(self.stats.open_windows);
         self.note_in_syscall(tid, file, id);
+        if op.changes_size() {
+            self.size_change_began(file, ts);
+        }
         id
     }
 

@@ -7,6 +7,8 @@ use crate::event::{Fidelity, FileId, Op, PageRange, Task};
 /// The syscall a task is inside, and the windows it opened or resumed there.
 pub(super) struct Syscall {
     op: Op,
+    /// The file it names (unknown for truncate(2) and madvise).
+    file: FileId,
     /// Tracepoint mode, a syscall that named no file (truncate(2),
     /// madvise): the range its window takes once a removal names the file.
     unnamed: Option<PageRange>,
@@ -23,6 +25,14 @@ impl Correlator {
             .map(|s| s.op)
             .filter(|op| op.invalidates())
             .unwrap_or(Op::Unknown)
+    }
+
+    /// Whether some task is inside a syscall that may move `file`'s EOF
+    /// (one naming no file may be on any).
+    pub(super) fn size_changing_syscall_on(&self, file: FileId) -> bool {
+        self.syscalls
+            .values()
+            .any(|sc| sc.op.changes_size() && (sc.file == file || sc.file.is_unknown()))
     }
 
     pub(super) fn note_in_syscall(&mut self, tid: u32, file: FileId, id: u64) {
@@ -60,6 +70,7 @@ impl Correlator {
             tid,
             Syscall {
                 op,
+                file,
                 unnamed: (self.cfg.syscall_windows && op.invalidates() && file.is_unknown())
                     .then_some(range),
                 windows: Vec::new(),

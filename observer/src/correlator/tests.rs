@@ -1036,7 +1036,17 @@ fn with_stack(mut e: Event, id: u32) -> Event {
 }
 
 fn install(ts: u64, f: FileId, tid: u32, range: PageRange) -> Event {
-    ev(ts, f, tid, Body::PteInstall { range })
+    ev(
+        ts,
+        f,
+        tid,
+        Body::PteInstall {
+            range,
+            i_size: None,
+            pmd: false,
+            shmem: false,
+        },
+    )
 }
 
 fn delete(ts: u64, f: FileId, index: u64, still_mapped: Option<bool>) -> Event {
@@ -2016,4 +2026,121 @@ fn a_warning_in_fs_is_critical_only_on_a_windowed_file() {
         ]
     );
     assert_eq!(c.stats().critical_reports, 1);
+}
+
+// --- Class C: installs past EOF --------------------------------------------
+
+fn eof_install(ts: u64, f: FileId, range: PageRange, i_size: u64, pmd: bool, shmem: bool) -> Event {
+    ev(
+        ts,
+        f,
+        5,
+        Body::PteInstall {
+            range,
+            i_size: Some(i_size),
+            pmd,
+            shmem,
+        },
+    )
+}
+
+/// A 10-page file (40960 bytes): page 9 is its last, page 10 is past EOF.
+const TEN_PAGES: u64 = 10 * 4096;
+
+#[test]
+fn an_install_past_eof_with_no_size_change_is_beyond_eof() {
+    let f = file(1);
+    let (alerts, st) = run([
+        eof_install(T0, f, pages(8, 9), TEN_PAGES, false, false),
+        eof_install(T0 + MS, f, pages(9, 10), TEN_PAGES, false, false),
+        // A punch keeps the size: it explains nothing.
+        sys_enter(T0 + 2 * MS, f, 1, Op::PunchHole, pages(0, 3)),
+    ]
+    .into_iter()
+    .chain(punch(T0 + 2 * MS + 10 * US, f, 1, pages(0, 3)))
+    .chain([sys_exit(T0 + 3 * MS, f, 1, Op::PunchHole)]));
+    let c = st.classes.c;
+    assert_eq!((c.installs_past_eof, c.beyond_eof), (1, 1), "{c:?}");
+    assert_eq!((c.during_size_change, c.shmem, c.pmd), (0, 0, 0));
+    assert_eq!(st.classes.critical(), 1);
+    assert!(alerts.is_empty(), "{alerts:?}");
+}
+
+#[test]
+fn an_install_past_eof_before_a_truncate_unmaps_is_legitimate() {
+    let f = file(1);
+    // fentry mode, no syscall record: the truncate's window opens at its
+    // unmap, after it wrote the smaller i_size the install was judged by.
+    let (_, st) = run([eof_install(T0, f, pages(4, 11), 4 * 4096, false, false)]
+        .into_iter()
+        .chain(punch(T0 + MS, f, 1, pages(4, PageRange::EOF))));
+    let c = st.classes.c;
+    assert_eq!(
+        (c.installs_past_eof, c.during_size_change, c.beyond_eof),
+        (1, 1, 0)
+    );
+    // The same install long before the truncate: nothing explains it.
+    let (_, st) = run([eof_install(T0, f, pages(4, 11), 4 * 4096, false, false)]
+        .into_iter()
+        .chain(punch(T0 + 50 * MS, f, 1, pages(4, PageRange::EOF))));
+    assert_eq!(st.classes.c.beyond_eof, 1);
+}
+
+#[test]
+fn an_install_past_eof_inside_a_size_changing_syscall_is_legitimate() {
+    let f = file(1);
+    let (_, st) = run([
+        sys_enter(T0, f, 1, Op::Ftruncate, pages(4, PageRange::EOF)),
+        eof_install(T0 + 10 * US, f, pages(4, 11), 4 * 4096, false, false),
+        sys_exit(T0 + 100 * MS, f, 1, Op::Ftruncate),
+    ]);
+    let c = st.classes.c;
+    assert_eq!((c.during_size_change, c.beyond_eof), (1, 0), "{c:?}");
+    // truncate(2) names no file: it may be any.
+    let (_, st) = run([
+        sys_enter(
+            T0,
+            FileId::default(),
+            1,
+            Op::Truncate,
+            pages(4, PageRange::EOF),
+        ),
+        eof_install(T0 + 10 * US, f, pages(4, 11), 4 * 4096, false, false),
+    ]);
+    assert_eq!(st.classes.c.during_size_change, 1);
+}
+
+#[test]
+fn shmem_installs_past_eof_are_by_design_and_pmds_are_counted() {
+    let f = file(1);
+    let (_, st) = run([
+        eof_install(T0, f, pages(0, 511), TEN_PAGES, true, true),
+        eof_install(T0 + MS, f, pages(512, 1023), TEN_PAGES, true, false),
+        // Below EOF: not class C.
+        eof_install(T0 + 2 * MS, f, pages(0, 9), TEN_PAGES, false, false),
+    ]);
+    let c = st.classes.c;
+    assert_eq!(
+        (c.installs_past_eof, c.pmd, c.shmem, c.beyond_eof),
+        (2, 2, 1, 1),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn a_pending_install_past_eof_settles_as_the_clock_passes_its_op_gap() {
+    let f = file(1);
+    let mut c = Correlator::new(Config::default());
+    let mut out = Vec::new();
+    c.push(
+        eof_install(T0, f, pages(10, 10), TEN_PAGES, false, false),
+        &mut out,
+    );
+    c.advance(T0 + Config::default().reorder_horizon_ns + MS, &mut out);
+    assert_eq!(c.stats().classes.c.beyond_eof, 0, "still within the op gap");
+    c.advance(
+        T0 + Config::default().reorder_horizon_ns + 10 * MS,
+        &mut out,
+    );
+    assert_eq!(c.stats().classes.c.beyond_eof, 1);
 }

@@ -59,7 +59,8 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
         rwsem_owner: Config::UNKNOWN,
         task_pid: Config::UNKNOWN,
         inode_i_mapping: Config::UNKNOWN,
-        _pad2: 0,
+        inode_i_size: Config::UNKNOWN,
+        sb_s_magic: Config::UNKNOWN,
         vmemmap_base_addr: 0,
         scope: observer_abi::SCOPE_HOST,
         scope_cgroup_level: 0,
@@ -73,6 +74,13 @@ pub fn resolve(btf: &Btf) -> Result<Config> {
     // are the loader's to call: their errors say why a probe is missing.
     cfg.inode_i_blkbits = btf
         .member_offset("inode", "i_blkbits")
+        .map_or(Config::UNKNOWN, |o| o.0);
+    // Class C only: without them no install is judged against EOF.
+    cfg.inode_i_size = btf
+        .member_offset("inode", "i_size")
+        .map_or(Config::UNKNOWN, |o| o.0);
+    cfg.sb_s_magic = btf
+        .member_offset("super_block", "s_magic")
         .map_or(Config::UNKNOWN, |o| o.0);
     invalidate_lock_layout(btf, &mut cfg);
     Ok(cfg)

@@ -37,8 +37,8 @@ pub fn text(sum: &Summary) -> String {
     );
     let _ = writeln!(
         s,
-        "  filtered         {} without a window, {} outside its pages (kernel pre-filter, not a loss)",
-        sum.filtered, sum.filtered_outside_range
+        "  filtered         {} without a window, {} outside its pages, {} installs below EOF without a window (kernel pre-filter, not a loss)",
+        sum.filtered, sum.filtered_outside_range, sum.pte_installs_filtered
     );
     if sum.windows_by_op.total() == 0 {
         let _ = writeln!(s, "  windows          {}", sum.windows);
@@ -99,6 +99,12 @@ pub fn text(sum: &Summary) -> String {
         "  class b (refill) windows {} (unbounded {}): refills {}, survived {}, stale_data {}, exempt {}",
         b.windows, b.unbounded, b.refills, b.survived, b.stale_data, b.exempt
     );
+    let c = &sum.classes.c;
+    let _ = writeln!(
+        s,
+        "  class c (eof)    installs past EOF {} (pmd {}): during a size change {}, shmem {}, beyond_eof {}",
+        c.installs_past_eof, c.pmd, c.during_size_change, c.shmem, c.beyond_eof
+    );
     let _ = writeln!(
         s,
         "  invalidate_lock  removals under it {}, without it {}; refills under it {}",
@@ -135,7 +141,8 @@ pub fn text(sum: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use observer_report::{
-        AgentUsage, BySeverity, ClassA, ClassB, Classes, Health, Lost, Silence, TestRow, Verdict,
+        AgentUsage, BySeverity, ClassA, ClassB, ClassC, Classes, Health, Lost, Silence, TestRow,
+        Verdict,
     };
 
     use super::*;
@@ -161,6 +168,13 @@ mod tests {
                 removals_without_lock: 0,
                 refills_under_lock: 0,
             },
+            c: ClassC {
+                installs_past_eof: 3,
+                pmd: 1,
+                during_size_change: 2,
+                shmem: 1,
+                beyond_eof: 0,
+            },
         };
         let lost = Lost {
             ringbuf_full: 1,
@@ -181,6 +195,7 @@ mod tests {
             lost,
             filtered: 900,
             filtered_outside_range: 0,
+            pte_installs_filtered: 0,
             windows: 4,
             windows_by_op: [("punch_hole", 3), ("collapse_range", 0), ("ftruncate", 1)]
                 .into_iter()
@@ -222,7 +237,7 @@ mod tests {
              \x20 events received  map_pages 120, unmap_enter 4\n\
              \x20 kernel emitted   map_pages 121, unmap_enter 4\n\
              \x20 lost             ringbuf_full 1, unresolved 0, late 2, undecodable 0, no_entry 0\n\
-             \x20 filtered         900 without a window, 0 outside its pages (kernel pre-filter, not a loss)\n\
+             \x20 filtered         900 without a window, 0 outside its pages, 0 installs below EOF without a window (kernel pre-filter, not a loss)\n\
              \x20 windows          4 (punch_hole 3, ftruncate 1)\n\
              \x20 failed calls     collapse_range 7 (removed nothing: not windows)\n\
              \x20 alerts           3 (2 shown): info 3, warning 0, critical 0\n\
@@ -230,6 +245,7 @@ mod tests {
              \x20 class a (ptes)   in window 40: rezapped 30, stale_pte 0, \
              still_mapped_after_window 8, unknown 2; still mapped unattributed 0\n\
              \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0, exempt 0\n\
+             \x20 class c (eof)    installs past EOF 3 (pmd 1): during a size change 2, shmem 1, beyond_eof 0\n\
              \x20 invalidate_lock  removals under it 3, without it 0; refills under it 0\n\
              \x20 health           every attached probe fired or had no reason to\n\
              \x20 agent            peak rss 20480 KiB, cpu 0.25 s, 7 wakeups\n\

@@ -20,8 +20,8 @@ pub struct Report<'a> {
 }
 
 /// The table's columns after the kernel, the filesystem and the fidelity:
-/// class A, class B, the lock counts, then the windows per workload.
-const CLASS_COLUMNS: [&str; 12] = [
+/// class A, class B, the lock counts, class C, then the windows per workload.
+const CLASS_COLUMNS: [&str; 13] = [
     "A:in-win",
     "rezap",
     "stale",
@@ -33,6 +33,7 @@ const CLASS_COLUMNS: [&str; 12] = [
     "surv",
     "stale",
     "lock+/-/byp",
+    "C:eof/beyond",
     "win:race",
 ];
 
@@ -61,9 +62,15 @@ fn class_cells(classes: Option<&Classes>, page_exact: bool) -> Vec<String> {
         Some(c) => c.iter().map(u64::to_string).collect(),
         None => vec!["-".to_string(); n],
     };
+    // Class C comes from the PTE installer too: installs past EOF, and of
+    // those the ones no size change or tmpfs explains.
+    let c = classes
+        .filter(|_| page_exact)
+        .map(|&Classes { c, .. }| vec![c.installs_past_eof, c.beyond_eof]);
     let mut cells: Vec<String> = shown(a, 4);
     cells.extend(shown(b, 5));
     cells.push(shown(lock, 3).join("/"));
+    cells.push(shown(c, 2).join("/"));
     cells
 }
 
@@ -154,6 +161,9 @@ impl Report<'_> {
              windows whose block removal ran with the punching task holding invalidate_lock \
              for writing (+) or not (-), refills by other tasks that got in while it was held \
              (byp); 0/0/0 on kernels without invalidate_lock (before 5.15).\n\
+             C: page-exact installs (PTE or PMD) reaching at or past EOF by the i_size the \
+             kernel read (eof), and those no size change on the file and no tmpfs explains \
+             (beyond: critical).\n\
              win:OP: windows the observer named after that workload's operation (punch_hole, \
              zero_range, ..., madv_remove, clone_range, dedupe_range); n/a: the filesystem \
              lacks the operation.\n",

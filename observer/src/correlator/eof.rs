@@ -1,0 +1,108 @@
+//! Class C: page-exact installs at or past the file's EOF.
+//!
+//! The kernel program sends every PTE or PMD install that reaches at or past
+//! EOF by the i_size it read as the install went in, window or not. A
+//! truncate writes i_size before it unmaps, so a fault-around that read the
+//! old size may install past the new EOF, and the truncate's unmap zaps it:
+//! legitimate when a size change on the file is under way, or begins within
+//! the op gap after (in fentry mode the window opens only at the unmap).
+//! tmpfs maps its huge pages across EOF by design. Everything else is
+//! `beyond_eof`: a mapping where an access must raise SIGBUS.
+
+use super::Correlator;
+use crate::event::{FileId, PageRange};
+
+const PAGE_SHIFT: u32 = 12;
+
+/// The first page index at or past EOF of a file of `i_size` bytes.
+pub(super) fn eof_page(i_size: u64) -> u64 {
+    i_size.div_ceil(1 << PAGE_SHIFT)
+}
+
+/// An install past EOF that nothing explained yet, waiting out the op gap
+/// for a size change to begin.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PendingEof {
+    pub ts: u64,
+    pub file: FileId,
+}
+
+impl Correlator {
+    /// One install record with the file's size: counted if it reaches EOF.
+    pub(super) fn eof_install(
+        &mut self,
+        ts: u64,
+        file: FileId,
+        range: PageRange,
+        i_size: u64,
+        pmd: bool,
+        shmem: bool,
+    ) {
+        if range.end < eof_page(i_size) {
+            return;
+        }
+        let c = &mut self.stats.classes.c;
+        c.installs_past_eof += 1;
+        if pmd {
+            c.pmd += 1;
+        }
+        if shmem {
+            c.shmem += 1;
+        } else if self.size_changing_at(file, ts) {
+            self.stats.classes.c.during_size_change += 1;
+        } else {
+            self.eof_pending.push_back(PendingEof { ts, file });
+        }
+    }
+
+    /// Whether `file`'s size may be changing at `ts`: a size-changing window
+    /// on it open then (or closed within the op gap before), or such a
+    /// syscall in progress.
+    fn size_changing_at(&self, file: FileId, ts: u64) -> bool {
+        let gap = self.cfg.op_gap_ns;
+        let window = self.files.get(&file).is_some_and(|fw| {
+            fw.active.iter().chain(fw.retained.iter()).any(|w| {
+                w.op.changes_size()
+                    && w.opened_ts <= ts.saturating_add(gap)
+                    && w.closed_ts.is_none_or(|c| c.saturating_add(gap) >= ts)
+            })
+        });
+        window || self.size_changing_syscall_on(file)
+    }
+
+    /// A size-changing window opened on `file` at `ts`: it explains the
+    /// installs past EOF on the file within the op gap before.
+    pub(super) fn size_change_began(&mut self, file: FileId, ts: u64) {
+        let gap = self.cfg.op_gap_ns;
+        let before = self.eof_pending.len();
+        self.eof_pending
+            .retain(|p| !(p.file == file && p.ts.saturating_add(gap) >= ts));
+        self.stats.classes.c.during_size_change += (before - self.eof_pending.len()) as u64;
+    }
+
+    /// Installs whose op gap has passed with no size change: `beyond_eof`.
+    /// `all`: the stream ended, nothing can explain them any more.
+    pub(super) fn settle_eof(&mut self, all: bool) {
+        let gap = self.cfg.op_gap_ns;
+        while let Some(p) = self.eof_pending.front() {
+            if !all && p.ts.saturating_add(gap) >= self.clock {
+                break;
+            }
+            self.eof_pending.pop_front();
+            self.stats.classes.c.beyond_eof += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eof_page;
+
+    #[test]
+    fn eof_pages() {
+        assert_eq!(eof_page(0), 0);
+        assert_eq!(eof_page(1), 1);
+        assert_eq!(eof_page(4096), 1);
+        assert_eq!(eof_page(4097), 2);
+    }
+}
