@@ -244,6 +244,7 @@ async fn pump(
         syscall_windows: loaded.syscall_windows,
         folio_deletes: loaded.attached(Role::FolioDelete),
         pte_installs: loaded.attached(Role::PteInstall),
+        no_shmem_exemption: cli.no_shmem_exemption,
         reorder_horizon_ns: cli.reorder_ms * 1_000_000,
         boot_to_realtime_ns: sink.boot_to_realtime_ns(),
     };

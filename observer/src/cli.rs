@@ -120,6 +120,11 @@ pub struct Cli {
     #[arg(global = true, long, value_name = "PROGRAM=TRACEPOINT", hide = true)]
     pub redirect: Vec<String>,
 
+    /// Tests only: count tmpfs installs past EOF as beyond_eof too (the
+    /// live control of class C: a huge=always tmpfs maps PMDs across EOF).
+    #[arg(global = true, long, hide = true)]
+    pub no_shmem_exemption: bool,
+
     /// Print the verifier log of refused rungs too.
     #[arg(global = true, long, short)]
     pub verbose: bool,

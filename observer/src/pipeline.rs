@@ -68,6 +68,7 @@ impl Pipeline {
         let mut correlator = Correlator::new(correlator::Config {
             reorder_horizon_ns: wiring.reorder_horizon_ns,
             syscall_windows: wiring.syscall_windows,
+            shmem_eof_exempt: !wiring.no_shmem_exemption,
             ..correlator::Config::default()
         });
         if wiring.folio_deletes {

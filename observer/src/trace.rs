@@ -33,6 +33,8 @@ pub struct Wiring {
     pub syscall_windows: bool,
     pub folio_deletes: bool,
     pub pte_installs: bool,
+    /// `--no-shmem-exemption` (tests only).
+    pub no_shmem_exemption: bool,
     pub reorder_horizon_ns: u64,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC of the recording host, so replayed
     /// alerts carry the wall-clock times the live run printed.
@@ -73,7 +75,8 @@ impl Recorder {
         header[8..12].copy_from_slice(&(size_of::<abi::Event>() as u32).to_le_bytes());
         header[12] = wiring.syscall_windows as u8
             | (wiring.folio_deletes as u8) << 1
-            | (wiring.pte_installs as u8) << 2;
+            | (wiring.pte_installs as u8) << 2
+            | (wiring.no_shmem_exemption as u8) << 3;
         header[16..24].copy_from_slice(&wiring.reorder_horizon_ns.to_le_bytes());
         header[24..32].copy_from_slice(&wiring.boot_to_realtime_ns.to_le_bytes());
         out.write_all(&header)?;
@@ -152,6 +155,7 @@ pub fn parse(bytes: &[u8]) -> Result<Recording> {
         syscall_windows: flags & 1 != 0,
         folio_deletes: flags & 2 != 0,
         pte_installs: flags & 4 != 0,
+        no_shmem_exemption: flags & 8 != 0,
         reorder_horizon_ns: u64::from_le_bytes(bytes[16..24].try_into()?),
         boot_to_realtime_ns: i64::from_le_bytes(bytes[24..32].try_into()?),
     };
@@ -212,6 +216,7 @@ mod tests {
             syscall_windows: true,
             folio_deletes: false,
             pte_installs: true,
+            no_shmem_exemption: true,
             reorder_horizon_ns: 7_000_000,
             boot_to_realtime_ns: -42,
         };

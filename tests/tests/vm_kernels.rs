@@ -344,3 +344,39 @@ fn debian_6_12_replay_equals_the_live_run() {
         assert_eq!(comparable(l), comparable(r), "line {}", i + 1);
     }
 }
+
+/// Class C's live control. On a huge=always tmpfs a 384-page file (1.5 MiB)
+/// gets a 2 MiB folio, and the racer maps 2 MiB of it: shmem maps the folio
+/// by one PMD across EOF, by design. The test-only --no-shmem-exemption
+/// counts those as beyond_eof, so this shows the kernel side (do_set_pmd,
+/// i_size and the tmpfs magic read from BTF offsets) seeing a mapping past
+/// EOF on a live kernel, and the verdict failing on it.
+#[test]
+#[ignore = "needs root and qemu: run by cargo xtask test"]
+fn debian_6_12_tmpfs_huge_pmd_past_eof_is_class_c() {
+    let run = Run::boot_with(
+        "6.12",
+        &[
+            "--fs",
+            "tmpfs-huge",
+            "--duration",
+            "2",
+            "--racer-args",
+            "--pages 384 --map-pages 512",
+            "--observer-args",
+            "--no-shmem-exemption",
+        ],
+    );
+    let r = run.fs("tmpfs-huge");
+    let s = r.summary();
+    let c = s.classes.c;
+    assert!(c.pmd > 0, "no PMD past EOF: {c:?}\n{}", r.log);
+    assert!(c.beyond_eof >= c.pmd, "{c:?}");
+    assert_eq!(c.shmem, 0, "the exemption was off: {c:?}");
+    assert_eq!(
+        c.installs_past_eof,
+        c.during_size_change + c.shmem + c.beyond_eof,
+        "{c:?}"
+    );
+    assert_eq!(s.verdict, observer_report::Verdict::Critical, "{}", r.log);
+}

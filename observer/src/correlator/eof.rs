@@ -46,7 +46,7 @@ impl Correlator {
         if pmd {
             c.pmd += 1;
         }
-        if shmem {
+        if shmem && self.cfg.shmem_eof_exempt {
             c.shmem += 1;
         } else if self.size_changing_at(file, ts) {
             self.stats.classes.c.during_size_change += 1;

@@ -62,6 +62,8 @@ pub struct Config {
     pub retain_ns: u64,
     /// No function probes: invalidating syscalls themselves are the windows.
     pub syscall_windows: bool,
+    /// tmpfs installs past EOF are by design (off only for the control).
+    pub shmem_eof_exempt: bool,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             op_gap_ns: 2_000_000,
             retain_ns: 500_000_000,
             syscall_windows: false,
+            shmem_eof_exempt: true,
         }
     }
 }

@@ -2128,6 +2128,31 @@ fn shmem_installs_past_eof_are_by_design_and_pmds_are_counted() {
 }
 
 #[test]
+fn without_the_shmem_exemption_a_tmpfs_pmd_past_eof_is_beyond_eof() {
+    let cfg = Config {
+        shmem_eof_exempt: false,
+        ..Config::default()
+    };
+    let (_, st) = run_with(
+        cfg,
+        [eof_install(
+            T0,
+            file(1),
+            pages(0, 511),
+            TEN_PAGES,
+            true,
+            true,
+        )],
+    );
+    let c = st.classes.c;
+    assert_eq!(
+        (c.installs_past_eof, c.shmem, c.beyond_eof),
+        (1, 0, 1),
+        "{c:?}"
+    );
+}
+
+#[test]
 fn a_pending_install_past_eof_settles_as_the_clock_passes_its_op_gap() {
     let f = file(1);
     let mut c = Correlator::new(Config::default());

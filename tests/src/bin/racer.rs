@@ -51,6 +51,13 @@ struct Args {
     #[arg(long, default_value_t = 256, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1 << 28))]
     pages: u64,
+    /// Pages each fault mapping spans [default: --pages]. More maps past
+    /// EOF, 2 MiB aligned (faults still touch only the file's pages): on a
+    /// huge=always tmpfs the first fault maps one PMD across EOF, the live
+    /// control of the observer's class C.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1 << 28))]
+    map_pages: Option<u64>,
     /// Pages per invalidated range.
     #[arg(long, default_value_t = 16, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -201,6 +208,8 @@ struct Shared {
     op: Op,
     page: usize,
     pages: u64,
+    /// Pages each fault mapping spans (≥ pages).
+    map_pages: u64,
     punch_pages: u64,
     stop: AtomicBool,
     /// First page + 1 of the range being invalidated now (0: none yet).
@@ -389,7 +398,7 @@ fn read_loop(sh: &Shared, file: &File, seed: u64) -> Result<u64, Failure> {
 /// (0, 16, 32, …, then 1, 17, …) so their faults sweep the whole file quickly.
 fn fault_loop(sh: &Shared, slot: usize, base: *mut u8) -> Result<u64, String> {
     const STRIDE: u64 = 16;
-    let len = sh.pages as usize * sh.page;
+    let len = sh.map_pages as usize * sh.page;
     let patched = PATCHED.load(Ordering::Acquire);
     let my_flag = (!patched.is_null()).then(|| {
         // SAFETY: PATCHED has REGION_SLOTS entries and slot < REGION_SLOTS.
@@ -439,13 +448,18 @@ fn fault_loop(sh: &Shared, slot: usize, base: *mut u8) -> Result<u64, String> {
 }
 
 /// Reserves `slots * len` bytes (64 KiB aligned, so fault-around windows line
-/// up with 16-page file windows) and maps the file into every slot.
+/// up with 16-page file windows; 2 MiB when mapping past EOF, so a PMD can
+/// map it) and maps the file into every slot.
 fn map_slots(sh: &Shared, slots: usize) -> Result<*mut u8, String> {
-    const ALIGN: usize = 64 * 1024;
-    let len = sh.pages as usize * sh.page;
+    let align: usize = if sh.map_pages > sh.pages {
+        2 << 20
+    } else {
+        64 * 1024
+    };
+    let len = sh.map_pages as usize * sh.page;
     let total = len
         .checked_mul(slots)
-        .and_then(|t| t.checked_add(ALIGN))
+        .and_then(|t| t.checked_add(align))
         .ok_or("mapping too large")?;
     // SAFETY: fresh anonymous PROT_NONE reservation; never unmapped (the
     // process exits after the run).
@@ -465,7 +479,7 @@ fn map_slots(sh: &Shared, slots: usize) -> Result<*mut u8, String> {
             os_error(&std::io::Error::last_os_error())
         ));
     }
-    let base = (res as usize).next_multiple_of(ALIGN) as *mut u8;
+    let base = (res as usize).next_multiple_of(align) as *mut u8;
     for i in 0..slots {
         // SAFETY: inside the reservation.
         let at = unsafe { base.add(i * len) };
@@ -553,6 +567,7 @@ fn run(args: Args) -> Result<String, Failure> {
         op: args.op,
         page,
         pages: args.pages,
+        map_pages: args.map_pages.unwrap_or(args.pages).max(args.pages),
         punch_pages: args.punch_pages,
         stop: AtomicBool::new(false),
         current: AtomicU64::new(0),
@@ -576,7 +591,7 @@ fn run(args: Args) -> Result<String, Failure> {
         let flags: &'static [AtomicBool] =
             Box::leak((0..slots).map(|_| AtomicBool::new(false)).collect());
         PATCHED.store(flags.as_ptr().cast_mut(), Ordering::Release);
-        REGION_SLOT_LEN.store(args.pages as usize * page, Ordering::Release);
+        REGION_SLOT_LEN.store(sh.map_pages as usize * page, Ordering::Release);
         REGION_SLOTS.store(slots, Ordering::Release);
         REGION_BASE.store(base as usize, Ordering::Release);
         install_sigbus_handler()?;
@@ -590,7 +605,7 @@ fn run(args: Args) -> Result<String, Failure> {
     for slot in 0..slots {
         let sh = Arc::clone(&sh);
         // Raw pointers are not Send; pass the slot address as an integer.
-        let at = base as usize + slot * args.pages as usize * page;
+        let at = base as usize + slot * sh.map_pages as usize * page;
         let h = thread::Builder::new()
             .name("racer-fault".into())
             .spawn(move || {

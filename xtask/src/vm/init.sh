@@ -83,12 +83,15 @@ for d in $DEVICES; do
 	mount_fs "${d%%:*}" "${d#*:}"
 done
 if [ "$TMPFS" = 1 ]; then
-	mkdir -p /mnt/tmpfs
-	if mount -t tmpfs -o size=256m tmpfs /mnt/tmpfs; then
-		log "mounted tmpfs on /mnt/tmpfs"
-	else
-		fail "mount -t tmpfs tmpfs /mnt/tmpfs"
-	fi
+	# tmpfs-huge: huge pages always, which shmem maps by PMD across EOF.
+	for t in tmpfs:size=256m tmpfs-huge:size=256m,huge=always; do
+		mkdir -p "/mnt/${t%%:*}"
+		if mount -t tmpfs -o "${t#*:}" tmpfs "/mnt/${t%%:*}"; then
+			log "mounted tmpfs on /mnt/${t%%:*} (${t#*:})"
+		else
+			fail "mount -t tmpfs -o ${t#*:} tmpfs /mnt/${t%%:*}"
+		fi
+	done
 fi
 wait_dev /dev/vda || fail "/dev/vda (results disk) never appeared"
 cat /proc/filesystems >/results/filesystems

@@ -28,7 +28,7 @@ pub struct Contents<'a> {
     pub observer_args: &'a str,
     /// `FS:/dev/vdX ...` (see `qemu::Disks::guest_devices`).
     pub devices: &'a str,
-    /// Also mount a tmpfs on /mnt/tmpfs.
+    /// Also mount a tmpfs on /mnt/tmpfs and a huge=always one on /mnt/tmpfs-huge.
     pub tmpfs: bool,
     pub scenario: &'a Scenario<'a>,
 }

@@ -305,7 +305,7 @@ fn extract(deb: &Path, dir: &Path) -> Result<()> {
 /// Whether `kernel` can mount `fs`: built in or shipped as a module (for
 /// tmpfs: CONFIG_TMPFS in its config, assumed when the config is missing).
 pub fn offers(kernel: &Kernel, fs: &str) -> Result<bool> {
-    if fs == "tmpfs" {
+    if fs.starts_with("tmpfs") {
         let config = kernel
             .vmlinuz
             .with_file_name(format!("config-{}", kernel.release));

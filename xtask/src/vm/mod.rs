@@ -25,7 +25,8 @@ use crate::{
     util::{Workspace, output, pick, prepare_out, say},
 };
 
-pub const FILESYSTEMS: &[&str] = &["xfs", "ext4", "btrfs", "tmpfs"];
+/// tmpfs-huge: a tmpfs mounted huge=always (the class C control).
+pub const FILESYSTEMS: &[&str] = &["xfs", "ext4", "btrfs", "tmpfs", "tmpfs-huge"];
 /// Marks an output directory as ours, so that it may be emptied next time.
 const OUT_MARKER: &str = ".xtask-vm";
 
@@ -389,7 +390,7 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
             extra_bins: g.extra_bins,
             observer_args: g.observer_args,
             devices: &disks.guest_devices(),
-            tmpfs: g.filesystems.iter().any(|fs| fs == "tmpfs"),
+            tmpfs: g.filesystems.iter().any(|fs| fs.starts_with("tmpfs")),
             scenario: g.scenario,
         },
         &initramfs,
