@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use observer_tests::workload::{self, page_size};
 use observer_tests::{
-    FsType, LoopMount, ObserverProcess, RacerReport, Stream, is_root, observer_bin, racer_bin,
-    statfs_type,
+    FsType, LoopMount, ObserverProcess, RacerReport, Stream, assert_nothing_vanished, is_root,
+    observer_bin, racer_bin, statfs_type,
 };
 use serde_json::Value;
 
@@ -170,15 +170,12 @@ fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 <= b.1 && b.0 <= a.1
 }
 
-/// The observer around the racer's punches on the fuse file: the
-/// windows open on the fuse inode and device, and fault-around runs
-/// inside them. The kernel's fuse takes no lock against faults in
-/// fallocate (fs/fuse/file.c fuse_file_fallocate: invalidate_lock only
-/// when FUSE_IS_DAX), so the racer's faults land in the windows as on
-/// ext4.
-#[test]
-#[ignore = "needs root: mounts, /dev/fuse and BPF; run by cargo xtask test"]
-fn observer_sees_the_racers_punches_on_fuse() {
+/// The observer around the racer's `op` on the fuse file: the windows
+/// open on the fuse inode and device, and fault-around runs inside them.
+/// The kernel's fuse takes no lock against faults in fallocate (fs/fuse/
+/// file.c fuse_file_fallocate: the invalidate_lock only when FUSE_IS_DAX),
+/// so the racer's faults land in the windows as on ext4.
+fn observe_op_on_fuse(op: &str, window_op: &str) {
     let _serial = serial();
     let mut m = fuse_mount();
     let out = m.dir().join("observer.jsonl");
@@ -191,7 +188,7 @@ fn observer_sees_the_racers_punches_on_fuse() {
     let racer = Command::new(racer_bin())
         .arg("--file")
         .arg(&file)
-        .args(["--duration", "3", "--op", "punch"])
+        .args(["--duration", "3", "--op", op])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&racer.stdout);
@@ -206,6 +203,7 @@ fn observer_sees_the_racers_punches_on_fuse() {
     let exit = p.wait(Duration::from_secs(60)).unwrap();
     assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
     let s = Stream::read(&out).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_nothing_vanished(&s.summary);
 
     // The racer's file is the fuse file: fuse's device, the backing inode.
     let dev = m.dev();
@@ -214,9 +212,15 @@ fn observer_sees_the_racers_punches_on_fuse() {
     assert_eq!(r.ino, back.ino());
     assert!(r.punches > 0 && r.faults > 0, "{r:?}");
 
+    // Two windows per racer call: the racer's fallocate on the fuse inode,
+    // and inside it the server's fallocate on the backing ext4 inode.
     let sum = &s.summary;
-    let punch_windows = sum.windows_by_op.get("punch_hole");
-    assert!(punch_windows > 0, "no punch window: {sum:?}");
+    let windows = sum.windows_by_op.get(window_op);
+    assert_eq!(
+        windows,
+        2 * r.punches,
+        "{window_op} windows, racer {r:?}: {sum:?}"
+    );
     let ours = s.alerts_on(&dev, r.ino);
     assert!(
         !ours.is_empty(),
@@ -224,11 +228,14 @@ fn observer_sees_the_racers_punches_on_fuse() {
         r.ino,
         s.alerts.len()
     );
+    // The server reads and writes the backing file, never maps it: every
+    // alert is on the fuse file.
+    assert_eq!(ours.len(), s.alerts.len());
     let punched = (r.punched_start, r.punched_end);
     for a in &ours {
         assert_eq!(a["kind"], "pte_in_punch_window", "{a}");
         let w = &a["window"];
-        assert_eq!(w["op"], "punch_hole", "{a}");
+        assert_eq!(w["op"], window_op, "{a}");
         assert_eq!(w["task"]["comm"], "racer-punch", "{a}");
         assert_eq!(a["task"]["comm"], "racer-fault", "{a}");
         let (pages, wpages) = (page_range(&a["pages"]), page_range(&w["pages"]));
@@ -238,25 +245,38 @@ fn observer_sees_the_racers_punches_on_fuse() {
         );
         assert!(
             overlap(wpages, punched),
-            "window outside the punched range: {a}"
+            "window outside the racer's range: {a}"
         );
+        assert_eq!(wpages.1 - wpages.0 + 1, r.punch_pages, "{a}");
         assert!(
             pages.1 < r.pages,
             "alert past the file's {} pages: {a}",
             r.pages
         );
     }
-    // Nothing the server does can free a page the kernel maps: no critical.
+    // The kernel unmaps what it removes (truncate_inode_pages_range): no
+    // critical outcome.
     assert_eq!(sum.alerts_by_severity.critical, 0, "{sum:?}");
     eprintln!(
-        "fuse punch: {} punches, {} faults, {punch_windows} punch windows, {} alerts on the file \
-         ({} in all), first pages {:?} in window {:?}",
+        "fuse {op}: {} calls, {} faults, {windows} {window_op} windows, {} alerts on the file, \
+         first pages {:?} in window {:?}",
         r.punches,
         r.faults,
         ours.len(),
-        sum.alerts,
         page_range(&ours[0]["pages"]),
         page_range(&ours[0]["window"]["pages"])
     );
     stop_and_check(&mut m);
+}
+
+#[test]
+#[ignore = "needs root: mounts, /dev/fuse and BPF; run by cargo xtask test"]
+fn observer_sees_the_racers_punches_on_fuse() {
+    observe_op_on_fuse("punch", "punch_hole");
+}
+
+#[test]
+#[ignore = "needs root: mounts, /dev/fuse and BPF; run by cargo xtask test"]
+fn observer_sees_the_racers_zero_ranges_on_fuse() {
+    observe_op_on_fuse("zero", "zero_range");
 }
