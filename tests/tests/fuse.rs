@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use observer_tests::ops::Op;
 use observer_tests::workload::{self, page_size};
 use observer_tests::{
     FsType, LoopMount, ObserverProcess, RacerReport, Stream, assert_nothing_vanished, is_root,
@@ -279,4 +280,44 @@ fn observer_sees_the_racers_punches_on_fuse() {
 #[ignore = "needs root: mounts, /dev/fuse and BPF; run by cargo xtask test"]
 fn observer_sees_the_racers_zero_ranges_on_fuse() {
     observe_op_on_fuse("zero", "zero_range");
+}
+
+/// Every racer op on fuse: the ones the kernel's fuse passes on run (with
+/// a reader thread), the others are "not supported" (exit 77): collapse
+/// and insert are refused by fuse_file_fallocate itself, and the server
+/// answers no clone or dedupe ioctl.
+#[test]
+#[ignore = "needs root: mounts and /dev/fuse; run by cargo xtask test"]
+fn racer_runs_every_supported_op_on_fuse() {
+    let _serial = serial();
+    let m = fuse_mount();
+    let file = m.path().join("race");
+    for op in observer_tests::ops::ALL {
+        let unsupported = matches!(op, Op::Collapse | Op::Insert | Op::Clone | Op::Dedupe);
+        let out = Command::new(racer_bin())
+            .arg("--file")
+            .arg(&file)
+            .args(["--op", op.name(), "--duration", "0.5", "--readers", "1"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if unsupported {
+            assert_eq!(out.status.code(), Some(77), "{}: {out:?}", op.name());
+            continue;
+        }
+        assert!(out.status.success(), "{}: {out:?}", op.name());
+        let r = RacerReport::parse(&stdout).unwrap();
+        assert!(
+            r.punches > 0 && r.faults > 0 && r.reads > 0,
+            "{}: {r:?}",
+            op.name()
+        );
+        eprintln!(
+            "fuse {}: {} calls, {} faults, {} reads",
+            op.name(),
+            r.punches,
+            r.faults,
+            r.reads
+        );
+    }
 }
