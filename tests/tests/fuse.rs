@@ -214,13 +214,15 @@ fn observe_op_on_fuse(op: &str, window_op: &str) {
     assert!(r.punches > 0 && r.faults > 0, "{r:?}");
 
     // Two windows per racer call: the racer's fallocate on the fuse inode,
-    // and inside it the server's fallocate on the backing ext4 inode.
+    // and inside it the server's fallocate on the backing ext4 inode. The
+    // observer watches the whole host, so other processes' calls may add
+    // a few (measured alone: exactly 2 per call).
     let sum = &s.summary;
     let windows = sum.windows_by_op.get(window_op);
-    assert_eq!(
-        windows,
-        2 * r.punches,
-        "{window_op} windows, racer {r:?}: {sum:?}"
+    assert!(
+        windows >= 2 * r.punches,
+        "{windows} {window_op} windows for {} racer calls: {sum:?}",
+        r.punches
     );
     let ours = s.alerts_on(&dev, r.ino);
     assert!(
@@ -229,9 +231,10 @@ fn observe_op_on_fuse(op: &str, window_op: &str) {
         r.ino,
         s.alerts.len()
     );
-    // The server reads and writes the backing file, never maps it: every
-    // alert is on the fuse file.
-    assert_eq!(ours.len(), s.alerts.len());
+    // The server reads and writes the backing file, never maps it: no
+    // alert is on the backing file.
+    let back_dev = format!("{}:{}", libc::major(back.dev()), libc::minor(back.dev()));
+    assert!(s.alerts_on(&back_dev, back.ino()).is_empty());
     let punched = (r.punched_start, r.punched_end);
     for a in &ours {
         assert_eq!(a["kind"], "pte_in_punch_window", "{a}");
