@@ -25,7 +25,7 @@ pub mod stream;
 pub mod stress;
 
 pub use bpf::{BpfObject, HeldBpf, bpf_held_by, bpf_links, bpf_programs, bpftool_bin};
-pub use mount::{FsType, LoopMount};
+pub use mount::{FsType, LoopMount, statfs_type};
 pub use observer::{ObserverExit, ObserverProcess};
 pub use stream::{Ends, Stream, assert_nothing_vanished, comparable};
 
@@ -114,6 +114,12 @@ fn sibling_candidates(name: &str) -> Vec<PathBuf> {
 /// Panics with the list of searched paths when none exists.
 pub fn racer_bin() -> PathBuf {
     env_override("RACER_BIN").unwrap_or_else(|| first_file("racer", &sibling_candidates("racer")))
+}
+
+/// Path of the `fusefs` FUSE server: `$FUSEFS_BIN`, else like [`racer_bin`].
+pub fn fusefs_bin() -> PathBuf {
+    env_override("FUSEFS_BIN")
+        .unwrap_or_else(|| first_file("fusefs", &sibling_candidates("fusefs")))
 }
 
 /// Path of the `faultbench` binary: `$FAULTBENCH_BIN`, else like [`racer_bin`].

@@ -1,10 +1,12 @@
 //! Scratch file systems for the tests, the benchmark and the matrix's host
-//! row: a fresh loop mount on a sparse image, or a tmpfs.
+//! row: a fresh loop mount on a sparse image, a tmpfs, or the project's
+//! FUSE server (`fusefs`) over a loop-mounted ext4.
 
 use std::fmt;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,10 +20,20 @@ pub enum FsType {
     Btrfs,
     /// No image: a tmpfs of the given size.
     Tmpfs,
+    /// `fusefs` serving the files of an ext4 loop mount (ext4 punches,
+    /// zeroes, collapses and inserts, so every fallocate mode the kernel's
+    /// fuse passes on works).
+    Fuse,
 }
 
 impl FsType {
-    pub const ALL: [FsType; 4] = [FsType::Xfs, FsType::Ext4, FsType::Btrfs, FsType::Tmpfs];
+    pub const ALL: [FsType; 5] = [
+        FsType::Xfs,
+        FsType::Ext4,
+        FsType::Btrfs,
+        FsType::Tmpfs,
+        FsType::Fuse,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,10 +41,11 @@ impl FsType {
             FsType::Ext4 => "ext4",
             FsType::Btrfs => "btrfs",
             FsType::Tmpfs => "tmpfs",
+            FsType::Fuse => "fuse",
         }
     }
 
-    /// The file system called `name` ("xfs", "ext4", "btrfs", "tmpfs").
+    /// The file system called `name` ("xfs", "ext4", "btrfs", "tmpfs", "fuse").
     pub fn named(name: &str) -> Option<FsType> {
         FsType::ALL.into_iter().find(|fs| fs.as_str() == name)
     }
@@ -41,18 +54,28 @@ impl FsType {
     pub fn min_size_mib(self) -> u64 {
         match self {
             FsType::Xfs => 300,
-            FsType::Ext4 | FsType::Tmpfs => 8,
+            FsType::Ext4 | FsType::Tmpfs | FsType::Fuse => 8,
             FsType::Btrfs => 128,
         }
     }
 
-    /// The mkfs program and its flags; None for tmpfs.
+    /// The mkfs program and its flags; None for tmpfs and fuse (whose
+    /// image is [`FsType::backing`]'s).
     pub fn mkfs(self) -> Option<(&'static str, &'static [&'static str])> {
         match self {
+            FsType::Fuse => None,
             FsType::Xfs => Some(("mkfs.xfs", &["-q", "-f"])),
             FsType::Ext4 => Some(("mkfs.ext4", &["-q", "-F"])),
             FsType::Btrfs => Some(("mkfs.btrfs", &["-q", "-f"])),
             FsType::Tmpfs => None,
+        }
+    }
+
+    /// The file system the image holds: fuse's files live on ext4.
+    pub fn backing(self) -> FsType {
+        match self {
+            FsType::Fuse => FsType::Ext4,
+            fs => fs,
         }
     }
 }
@@ -64,18 +87,31 @@ impl fmt::Display for FsType {
 }
 
 /// A freshly made file system on a sparse image, loop-mounted in a private
-/// temporary directory (or a tmpfs mounted there). Dropping it unmounts
-/// (which also detaches the auto-cleared loop device) and removes the
-/// directory with the image.
+/// temporary directory (or a tmpfs mounted there; for fuse, the image is
+/// mounted at `DIR/backing` and `fusefs` mounts itself on the mount point
+/// with it as its backing directory). Dropping it stops the server (which
+/// unmounts the fuse mount and exits), unmounts (which also detaches the
+/// auto-cleared loop device) and removes the directory with the image.
 #[derive(Debug)]
 pub struct LoopMount {
     dir: PathBuf,
     image: PathBuf,
     mountpoint: PathBuf,
+    /// Where the image (or tmpfs) is mounted: the mount point, or for fuse
+    /// the server's backing directory.
+    lower: PathBuf,
     fs: FsType,
     dev: u64,
     mounted: bool,
+    /// The fuse server, until it has exited.
+    server: Option<Child>,
 }
+
+/// statfs f_type of a fuse mount (FUSE_SUPER_MAGIC).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// How long the fuse server may take to mount, and to exit once told.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
@@ -113,20 +149,29 @@ impl LoopMount {
     /// Needs root and the mkfs tools.
     pub fn new(fs: FsType, size_mib: u64) -> Result<LoopMount> {
         let dir = unique_temp_dir(&format!("observer-loop-{fs}"))?;
+        let lower = match fs {
+            FsType::Fuse => dir.join("backing"),
+            _ => dir.join("mnt"),
+        };
         let mut lm = LoopMount {
-            image: dir.join(format!("{fs}.img")),
+            image: dir.join(format!("{}.img", fs.backing())),
             mountpoint: dir.join("mnt"),
+            lower,
             dir,
             fs,
             dev: 0,
             mounted: false,
+            server: None,
         };
         // From here on Drop cleans up whatever got created.
-        std::fs::create_dir(&lm.mountpoint)
-            .with_context(|| format!("cannot create {}", lm.mountpoint.display()))?;
+        for d in [&lm.mountpoint, &lm.lower] {
+            if !d.exists() {
+                std::fs::create_dir(d).with_context(|| format!("cannot create {}", d.display()))?;
+            }
+        }
         let size_mib = size_mib.max(fs.min_size_mib());
         let mut mount = Command::new("mount");
-        match fs.mkfs() {
+        match fs.backing().mkfs() {
             None => {
                 mount
                     .args(["-t", "tmpfs", "-o"])
@@ -140,15 +185,89 @@ impl LoopMount {
                     .with_context(|| format!("cannot size {}", lm.image.display()))?;
                 drop(img);
                 run(Command::new(mkfs).args(args).arg(&lm.image))?;
-                mount.args(["-t", fs.as_str(), "-o", "loop"]).arg(&lm.image);
+                mount
+                    .args(["-t", fs.backing().as_str(), "-o", "loop"])
+                    .arg(&lm.image);
             }
         }
-        run(mount.arg(&lm.mountpoint))?;
+        run(mount.arg(&lm.lower))?;
         lm.mounted = true;
+        if fs == FsType::Fuse {
+            lm.start_server()?;
+        }
         lm.dev = std::fs::metadata(&lm.mountpoint)
             .with_context(|| format!("cannot stat {}", lm.mountpoint.display()))?
             .dev();
         Ok(lm)
+    }
+
+    /// Starts `fusefs --backing LOWER --mountpoint MNT` and waits for its
+    /// `fusefs: mounted` line and for statfs to see a fuse mount there.
+    fn start_server(&mut self) -> Result<()> {
+        let bin = crate::fusefs_bin();
+        let mut child = Command::new(&bin)
+            .arg("--backing")
+            .arg(&self.lower)
+            .arg("--mountpoint")
+            .arg(&self.mountpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        self.server = Some(child);
+        // The line comes after mount(2) returned; on failure the server
+        // exits (its error is on the inherited stderr) and stdout ends.
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading fusefs's output")?;
+        if !line.starts_with("fusefs: mounted ") {
+            let status = self.server.as_mut().and_then(|c| c.wait().ok());
+            self.server = None;
+            bail!("fusefs did not mount (exit {status:?}): {line:?}");
+        }
+        if statfs_type(&self.mountpoint)? != FUSE_SUPER_MAGIC {
+            bail!("{} is not a fuse mount", self.mountpoint.display());
+        }
+        Ok(())
+    }
+
+    /// SIGTERMs the server, which detaches its mount and exits 0; waits
+    /// for it. After a timeout it is killed and the mount detached here.
+    fn stop_server(&mut self) -> Result<()> {
+        let Some(mut child) = self.server.take() else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + SERVER_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for fusefs")? {
+                if !status.success() {
+                    bail!("fusefs exited with {status}");
+                }
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = run(Command::new("umount").arg("-l").arg(&self.mountpoint));
+                bail!("fusefs did not exit within {SERVER_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the fuse server and reports how it ended (Ok: exit status 0,
+    /// and its mount is gone); a no-op for the other file systems.
+    pub fn stop_fuse_server(&mut self) -> Result<()> {
+        self.stop_server()
+    }
+
+    /// The fuse server's pid while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
     }
 
     /// The mount point (an empty file system root).
@@ -179,6 +298,7 @@ impl LoopMount {
 
     /// Unmounts now, reporting failure (Drop only retries and then detaches lazily).
     pub fn unmount(mut self) -> Result<()> {
+        self.stop_server()?;
         let r = self.try_unmount();
         if r.is_ok() {
             self.mounted = false;
@@ -189,7 +309,7 @@ impl LoopMount {
     fn try_unmount(&self) -> Result<()> {
         let mut last = None;
         for _ in 0..20 {
-            match run(Command::new("umount").arg(&self.mountpoint)) {
+            match run(Command::new("umount").arg(&self.lower)) {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
@@ -201,13 +321,28 @@ impl LoopMount {
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
+        if let Err(e) = self.stop_server() {
+            eprintln!("LoopMount: {e:#}");
+        }
         if self.mounted {
             if let Err(e) = self.try_unmount() {
                 eprintln!("LoopMount: {e:#}; detaching lazily");
-                let _ = run(Command::new("umount").arg("-l").arg(&self.mountpoint));
+                let _ = run(Command::new("umount").arg("-l").arg(&self.lower));
             }
             self.mounted = false;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// statfs(2)'s f_type for `path`.
+pub fn statfs_type(path: &Path) -> Result<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: zeroed statfs is a valid out buffer; c is NUL-terminated.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(s.f_type)
 }

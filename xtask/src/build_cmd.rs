@@ -11,6 +11,8 @@ pub struct Binaries {
     pub observer: PathBuf,
     pub racer: PathBuf,
     pub faultbench: PathBuf,
+    /// The FUSE server the fuse tests mount.
+    pub fusefs: PathBuf,
 }
 
 impl Binaries {
@@ -20,6 +22,7 @@ impl Binaries {
             observer: dir.join("observer"),
             racer: dir.join("racer"),
             faultbench: dir.join("faultbench"),
+            fusefs: dir.join("fusefs"),
         }
     }
 }
@@ -33,7 +36,7 @@ pub fn build(ws: &Workspace, debug: bool) -> Result<Binaries> {
     }
     cmd.args(["-p", "observer", "-p", "observer-tests"]);
     say(format!(
-        "building observer, racer and faultbench ({})",
+        "building observer, racer, faultbench and fusefs ({})",
         if debug { "debug" } else { "release" }
     ));
     run(&mut cmd).context("building the workspace")?;
@@ -42,6 +45,7 @@ pub fn build(ws: &Workspace, debug: bool) -> Result<Binaries> {
         ("observer", &bins.observer),
         ("racer", &bins.racer),
         ("faultbench", &bins.faultbench),
+        ("fusefs", &bins.fusefs),
     ] {
         if path.exists() {
             say(format!("  {name:<10} {}", path.display()));

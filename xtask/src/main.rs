@@ -34,7 +34,7 @@ enum Cmd {
     /// Install what building and testing need (apt packages, nightly
     /// rust-src, bpf-linker); skips what is present.
     Setup,
-    /// Set up, then build observer, racer and faultbench.
+    /// Set up, then build observer, racer, faultbench and fusefs.
     Build {
         /// Debug profile instead of release.
         #[arg(long)]
@@ -125,12 +125,14 @@ fn test(ws: &Workspace, args: Vec<String>) -> Result<()> {
         .env("OBSERVER_BIN", &bins.observer)
         .env("RACER_BIN", &bins.racer)
         .env("FAULTBENCH_BIN", &bins.faultbench)
+        .env("FUSEFS_BIN", &bins.fusefs)
         .env("XTASK_VM", "1")
         .env("XTASK_BIN", &xtask);
     for (var, path) in [
         ("OBSERVER_BIN", &bins.observer),
         ("RACER_BIN", &bins.racer),
         ("FAULTBENCH_BIN", &bins.faultbench),
+        ("FUSEFS_BIN", &bins.fusefs),
         ("XTASK_BIN", &xtask),
     ] {
         say(format!("  {var}={}", path.display()));
