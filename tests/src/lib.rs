@@ -29,6 +29,15 @@ pub use mount::{FsType, LoopMount, statfs_type};
 pub use observer::{ObserverExit, ObserverProcess};
 pub use stream::{Ends, Stream, assert_nothing_vanished, comparable};
 
+/// One observer test at a time within a test binary: each loads programs
+/// and reads host-wide counts. A failed test must not block the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The observer's three core functions, by the probe table.
 pub fn core_functions() -> Vec<&'static str> {
     observer_abi::probes::functions(&observer_abi::probes::Role::CORE).collect()

@@ -12,21 +12,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use observer_tests::core_functions;
+use observer_tests::serial;
 use observer_tests::{
     FsType, LoopMount, ObserverProcess, RacerReport, Stream, is_root, observer_bin, racer_bin,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The tests compare mount tables: one at a time, or the other's loop
-/// mount shows as a change.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+// The tests compare mount tables: one at a time (`serial`), or the
+// other's loop mount shows as a change.
 
 /// (mount point, filesystem type) of every mount this process sees.
 fn mount_table() -> BTreeSet<(String, String)> {

@@ -8,22 +8,16 @@
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use observer_tests::ops::Op;
+use observer_tests::serial;
 use observer_tests::workload::{self, page_size};
 use observer_tests::{
     FsType, LoopMount, ObserverProcess, RacerReport, Stream, assert_nothing_vanished, is_root,
     observer_bin, racer_bin, statfs_type,
 };
 use serde_json::Value;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn fuse_mount() -> LoopMount {
     assert!(is_root(), "needs root (mounts, /dev/fuse, BPF)");

@@ -13,28 +13,20 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use observer_report::{Record, Startup, StartupProbe, Summary, Verdict};
-use observer_tests::core_functions;
 use observer_tests::{
     FsType, LoopMount, ObserverExit, ObserverProcess, RacerReport, Stream, bpf_held_by, bpf_links,
     bpf_programs, comparable, is_root, observer_bin, ops::Op, racer_bin,
 };
+use observer_tests::{core_functions, serial};
 use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Seconds each racer runs.
 const RACE_SECS: &str = "3";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One observer test at a time (a failed test must not block the others).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn need_root() {
     assert!(

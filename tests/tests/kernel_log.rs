@@ -8,19 +8,13 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use observer_tests::serial;
 use observer_tests::{
     FsType, LoopMount, ObserverExit, ObserverProcess, RacerReport, Stream, is_root, observer_bin,
     racer_bin,
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn mount() -> LoopMount {
     assert!(is_root(), "needs root (loop mounts, BPF, /dev/kmsg)");

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use observer_tests::{
@@ -22,11 +22,9 @@ const EXIT_OBSERVER: i32 = 125;
 const EXIT_NOT_EXECUTABLE: i32 = 126;
 const EXIT_NOT_FOUND: i32 = 127;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 fn serial() -> MutexGuard<'static, ()> {
     assert!(is_root(), "needs root (BPF, loop mounts)");
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    observer_tests::serial()
 }
 
 /// `observer ARGS`, to its end.
