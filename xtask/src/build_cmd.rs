@@ -11,6 +11,8 @@ pub struct Binaries {
     pub observer: PathBuf,
     pub racer: PathBuf,
     pub faultbench: PathBuf,
+    /// Writes the man pages and completions (`cargo xtask package`).
+    pub docs: PathBuf,
 }
 
 impl Binaries {
@@ -20,6 +22,7 @@ impl Binaries {
             observer: dir.join("observer"),
             racer: dir.join("racer"),
             faultbench: dir.join("faultbench"),
+            docs: dir.join("observer-docs"),
         }
     }
 }
