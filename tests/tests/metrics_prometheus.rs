@@ -196,6 +196,18 @@ fn prometheus_scrapes_exactly_the_summary() {
         target,
     );
 
+    // Prometheus hands new targets to its scrapers at most every 5 s: wait
+    // for its first (failed) scrape, so that the run itself is scraped.
+    let t0 = Instant::now();
+    while prom.query("up").is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "prometheus never scraped: {}",
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // The observer keeps serving its final counts for 3 scrape intervals
     // after the summary, so that a scrape lands after the drain.
     let racer = racer_bin();
@@ -246,6 +258,15 @@ fn prometheus_scrapes_exactly_the_summary() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // Live, not only at exit: the scrapes during the racer's 4 s saw the
+    // counts grow.
+    let live = prom.query(&format!("max(changes({}[10m]))", metrics::EVENTS.series()));
+    assert!(
+        live.len() == 1 && live[0].1 >= 2.0,
+        "the events counts changed only {live:?} times while scraped; up {:?}",
+        prom.query("up[10m]"),
+    );
 
     assert_eq!(prom.last(&metrics::EVENTS), labelled(s.events.iter()));
     assert_eq!(
