@@ -211,7 +211,7 @@ fn prometheus_scrapes_exactly_the_summary() {
     // The observer keeps serving its final counts for 3 scrape intervals
     // after the summary, so that a scrape lands after the drain.
     let racer = racer_bin();
-    let exit = ObserverProcess::spawn(
+    let observer = ObserverProcess::spawn(
         &observer_bin(),
         [
             "run",
@@ -232,9 +232,22 @@ fn prometheus_scrapes_exactly_the_summary() {
             "4",
         ],
     )
-    .expect("start the observer")
-    .wait(TIMEOUT)
-    .expect("the run ends");
+    .expect("start the observer");
+    // /healthz: 200 once attached (every core probe, none silent).
+    let t0 = Instant::now();
+    let health = loop {
+        match get(target, "/healthz") {
+            Ok((200, body)) => break body,
+            other => assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "/healthz never 200: {other:?}\n{}",
+                observer.stderr_so_far()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(health.starts_with("ok: "), "{health}");
+    let exit = observer.wait(TIMEOUT).expect("the run ends");
     assert_eq!(exit.code(), Some(0), "{}", exit.stderr);
     assert!(
         exit.stderr.contains(&format!(
