@@ -7,8 +7,11 @@
 //! schema is the README's.
 
 mod counts;
+pub mod metrics;
 mod sum;
 pub mod text;
+
+use std::collections::BTreeMap;
 
 pub use counts::Counts;
 use serde::{Deserialize, Serialize};
@@ -103,6 +106,11 @@ pub struct Summary {
     pub alerts_shown: u64,
     /// Every alert by severity, filtered or not.
     pub alerts_by_severity: BySeverity,
+    /// Every alert by kind (`pte_in_punch_window`, `stale_pte`,
+    /// `stale_data`, all listed) and severity, filtered or not: what
+    /// `pcro_alerts_total{kind,severity}` exports.
+    #[serde(default)]
+    pub alerts_by_kind: BTreeMap<String, BySeverity>,
     /// The kernel's own reports (Bad page cache/map/state, kernel BUG in
     /// mm/) and other mm/ and fs/ warnings seen in its log.
     pub kernel_reports: u64,

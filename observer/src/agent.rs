@@ -50,6 +50,11 @@ pub fn run(cli: Cli) -> Result<u8> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("must run as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)");
     }
+    // Before anything is loaded: a port in use costs no attach.
+    let listener = match &cli.metrics {
+        Some(m) => Some(crate::metrics::bind(crate::metrics::parse_addr(m)?)?),
+        None => None,
+    };
     // Before the runtime starts any thread: the signal mask and the mount
     // namespace are per thread.
     let blocked = Signals::block()?;
@@ -115,6 +120,16 @@ pub fn run(cli: Cli) -> Result<u8> {
         .build()?;
     let code = runtime.block_on(async {
         let signals = Signals::new(blocked)?;
+        let metrics = match listener {
+            Some(l) => {
+                let m = crate::metrics::Metrics::new(startup.clone());
+                let addr = l.local_addr()?;
+                m.serve(l)?;
+                eprintln!("observer: metrics at http://{addr}/metrics, health at /healthz");
+                Some(m)
+            }
+            None => None,
+        };
         let child = match (run_args, program) {
             (Some(args), Some(program)) => {
                 let launch = run::Launch {
@@ -129,7 +144,16 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             _ => None,
         };
-        pump(&cli, loaded, &startup, sink, filter, signals, child).await
+        pump(
+            &cli,
+            loaded,
+            &startup,
+            (sink, metrics),
+            filter,
+            signals,
+            child,
+        )
+        .await
     });
     if let Some(cg) = cgroup
         && let Err(e) = cg.remove()
@@ -198,6 +222,18 @@ pub(crate) fn validate(cli: &Cli) -> Result<Filter> {
     {
         anyhow::bail!("bad --duration {d}: must be a positive number of seconds");
     }
+    if let Some(m) = &cli.metrics {
+        if matches!(cli.command, Some(Command::Replay { .. })) {
+            anyhow::bail!("--metrics does not apply to `replay`");
+        }
+        crate::metrics::parse_addr(m)?;
+    }
+    if !(cli.metrics_linger.is_finite() && cli.metrics_linger >= 0.0) {
+        anyhow::bail!(
+            "bad --metrics-linger {}: must be a number of seconds ≥ 0",
+            cli.metrics_linger
+        );
+    }
     if matches!(cli.command, Some(Command::Run(_))) && cli.duration.is_some() {
         anyhow::bail!("--duration does not apply to `run`: the command's end ends the run");
     }
@@ -234,7 +270,8 @@ async fn pump(
     cli: &Cli,
     mut loaded: Loaded,
     startup: &sink::Startup,
-    sink: Sink,
+    // Where the alerts and the summary go, and where the counts are served.
+    (sink, metrics): (Sink, Option<crate::metrics::Metrics>),
     filter: Filter,
     mut signals: Signals,
     command: Option<(run::Launch<'_>, cli::FailOn)>,
@@ -297,6 +334,12 @@ async fn pump(
     let mut tick = tokio::time::interval(Duration::from_millis((cli.reorder_ms / 2).clamp(5, 50)));
     let started = Instant::now();
     let mut batch = source::Batch::default();
+    let mut publish = tokio::time::interval(crate::metrics::UPDATE_EVERY);
+    let attached: Vec<String> = loaded
+        .programs()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
 
     let (mut child, fail_on) = match &command {
         Some((launch, fail_on)) => {
@@ -370,6 +413,16 @@ async fn pump(
             status = async { child.as_mut().expect("a child").wait().await }, if child.is_some() => {
                 break End::Command(run::status_code(status.context("waiting for the command")?));
             }
+            _ = publish.tick(), if metrics.is_some() => {
+                let trailer = Trailer {
+                    counters: source::read_counters(&loaded.ebpf)?,
+                    attached: attached.clone(),
+                    duration_s: started.elapsed().as_secs_f64(),
+                };
+                if let Some(m) = &metrics {
+                    m.update(pipeline.snapshot(&trailer));
+                }
+            }
             _ = &mut stop => break End::Stopped,
         }
         pipeline.emit(&resolve_stack)?;
@@ -396,11 +449,7 @@ async fn pump(
     }
     let trailer = Trailer {
         counters,
-        attached: loaded
-            .programs()
-            .iter()
-            .map(|p| p.name().to_owned())
-            .collect(),
+        attached,
         duration_s: started.elapsed().as_secs_f64(),
     };
     pipeline.set_wakeups(source.wakeups);
@@ -416,6 +465,10 @@ async fn pump(
     // Dropping the object detaches and unloads every program.
     drop(source);
     drop(loaded);
+    if let Some(m) = &metrics {
+        m.finish(summary.clone());
+        linger(cli.metrics_linger, &mut signals).await?;
+    }
     Ok(match end {
         End::Stopped => 0,
         End::Command(code) => {
@@ -434,6 +487,19 @@ async fn pump(
             exit
         }
     })
+}
+
+/// `--metrics-linger`: serve the final counts a while longer, unless a
+/// signal says to go now.
+async fn linger(secs: f64, signals: &mut Signals) -> Result<()> {
+    if secs <= 0.0 {
+        return Ok(());
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+        sig = signals.next() => { sig?; }
+    }
+    Ok(())
 }
 
 pub(crate) fn output_name(cli: &Cli) -> String {

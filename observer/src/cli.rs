@@ -125,6 +125,17 @@ pub struct Cli {
     #[arg(global = true, long, hide = true)]
     pub no_shmem_exemption: bool,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics and a health
+    /// check at /healthz (200, or 503 with the reason); ADDR defaults to
+    /// 127.0.0.1.
+    #[arg(global = true, long, value_name = "[ADDR:]PORT")]
+    pub metrics: Option<String>,
+
+    /// Keep serving --metrics this long after the summary, so that a last
+    /// scrape sees the final counts (they equal the summary's).
+    #[arg(global = true, long, value_name = "SECS", default_value_t = 0.0)]
+    pub metrics_linger: f64,
+
     /// Print the verifier log of refused rungs too.
     #[arg(global = true, long, short)]
     pub verbose: bool,

@@ -65,9 +65,72 @@ pub fn warning(s: &Silence) -> String {
     )
 }
 
+/// The functions without which the observer watches nothing: the startup
+/// record lists them first.
+pub const CORE: [&str; 3] = [
+    "unmap_mapping_range",
+    "truncate_inode_pages_range",
+    "filemap_map_pages",
+];
+
+/// `/healthz`: Ok while every core function is attached and no probe is
+/// silent when it should fire, and the run goes on; Err with the reason
+/// otherwise. The text is the response body.
+pub fn healthz(
+    probes: &[observer_report::StartupProbe],
+    health: &Health,
+    finished: bool,
+) -> Result<String, String> {
+    let mut why = Vec::new();
+    if finished {
+        why.push("the run ended: the probes are detached".to_owned());
+    }
+    for f in CORE {
+        match probes.iter().find(|p| p.function == f) {
+            Some(p) if p.method.is_some() => {}
+            _ => why.push(format!("core probe {f} is not attached")),
+        }
+    }
+    why.extend(health.silent.iter().map(warning));
+    if why.is_empty() {
+        Ok("ok: every core probe is attached and none is silent\n".into())
+    } else {
+        Err(why.join("\n") + "\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn probe(function: &str, method: Option<&str>) -> observer_report::StartupProbe {
+        observer_report::StartupProbe {
+            function: function.into(),
+            method: method.map(str::to_owned),
+            refused: vec![],
+        }
+    }
+
+    #[test]
+    fn healthz_names_what_is_wrong() {
+        let all: Vec<_> = CORE.iter().map(|f| probe(f, Some("fentry"))).collect();
+        let fine = Health::default();
+        assert!(healthz(&all, &fine, false).unwrap().starts_with("ok"));
+        let e = healthz(&all, &fine, true).unwrap_err();
+        assert!(e.contains("run ended"), "{e}");
+        let mut missing = all.clone();
+        missing[2].method = None;
+        let e = healthz(&missing, &fine, false).unwrap_err();
+        assert!(e.contains("filemap_map_pages is not attached"), "{e}");
+        let e = healthz(&all[..2], &fine, false).unwrap_err();
+        assert!(e.contains("filemap_map_pages is not attached"), "{e}");
+        let silent = assess(&[
+            ran(Prog::FolioDeleteRawTp, Role::FolioDelete, 2739),
+            ran(Prog::FolioAddRawTp, Role::FolioAdd, 0),
+        ]);
+        let e = healthz(&all, &silent, false).unwrap_err();
+        assert!(e.contains("probe folio_add_raw_tp never ran"), "{e}");
+    }
 
     fn ran(prog: Prog, role: Role, hits: u64) -> Ran {
         Ran { prog, role, hits }

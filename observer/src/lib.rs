@@ -12,6 +12,7 @@ pub mod filter;
 pub mod health;
 pub mod kmsg;
 pub mod loader;
+pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod record;

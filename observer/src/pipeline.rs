@@ -188,6 +188,23 @@ impl Pipeline {
         self.sink.report(r).with_context(|| self.output.clone())
     }
 
+    /// The summary of what went through so far, as if the run ended now
+    /// (`--metrics` exports it live; `finish` writes the last one). Windows
+    /// still open and alerts still held are not in it yet.
+    pub fn snapshot(&self, t: &Trailer) -> Summary {
+        let mut summary = summarize(
+            &self.correlator,
+            &t.counters,
+            &self.received,
+            self.undecodable,
+            t.duration_s,
+            self.shown,
+        );
+        summary.health = health::assess(&ran(&t.attached, &t.counters));
+        summary.agent.wakeups = self.wakeups;
+        summary
+    }
+
     /// End of input: every window closes, the last alerts go out, and the
     /// summary is written (and returned). `trailer` holds what only the end
     /// of a live run knows; a recording cut short has none.
@@ -202,16 +219,7 @@ impl Pipeline {
         self.emit(stacks)?;
         let none = Trailer::default();
         let t = trailer.unwrap_or(&none);
-        let mut summary = summarize(
-            &self.correlator,
-            &t.counters,
-            &self.received,
-            self.undecodable,
-            t.duration_s,
-            self.shown,
-        );
-        summary.health = health::assess(&ran(&t.attached, &t.counters));
-        summary.agent.wakeups = self.wakeups;
+        let summary = self.snapshot(t);
         self.sink
             .summary(&summary)
             .with_context(|| self.output.clone())?;
@@ -275,6 +283,15 @@ fn summarize(
         alerts_shown: shown,
         classes: stats.classes,
         alerts_by_severity: by_severity(&stats.alerts_by_severity),
+        alerts_by_kind: correlator::AlertKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    k.as_str().to_owned(),
+                    by_severity(&stats.alerts_by_kind[*k as usize]),
+                )
+            })
+            .collect(),
         kernel_reports: stats.kernel_reports,
         tests: stats
             .tests

@@ -13,6 +13,8 @@ pub struct Binaries {
     pub faultbench: PathBuf,
     /// The FUSE server the fuse tests mount.
     pub fusefs: PathBuf,
+    /// Writes the man pages and completions (`cargo xtask package`).
+    pub docs: PathBuf,
 }
 
 impl Binaries {
@@ -23,6 +25,7 @@ impl Binaries {
             racer: dir.join("racer"),
             faultbench: dir.join("faultbench"),
             fusefs: dir.join("fusefs"),
+            docs: dir.join("observer-docs"),
         }
     }
 }

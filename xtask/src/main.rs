@@ -6,6 +6,7 @@ mod build_cmd;
 mod fixtures;
 mod json;
 mod matrix;
+mod package;
 mod progress;
 mod setup;
 mod util;
@@ -59,6 +60,9 @@ enum Cmd {
         )]
         args: Vec<String>,
     },
+    /// Build, then make a Debian package (target/package/*.deb): the
+    /// binary, the systemd unit, man pages and shell completions.
+    Package,
     /// Run the observer and the racer in a Debian kernel under qemu.
     Vm(Box<vm::VmArgs>),
     /// Build, then measure the observer's overhead on a fault-around-heavy
@@ -89,6 +93,10 @@ fn real_main() -> Result<()> {
         Cmd::Build { debug } => build_cmd::build(&ws, debug).map(drop),
         Cmd::Run { args } => run_observer(&ws, args),
         Cmd::Test { args } => test(&ws, args),
+        Cmd::Package => {
+            let bins = build_cmd::build(&ws, false)?;
+            package::build(&ws, &bins).map(drop)
+        }
         Cmd::Vm(args) => vm::run(&ws, *args),
         Cmd::Bench(args) => {
             build_cmd::build(&ws, false)?;
@@ -115,6 +123,8 @@ fn run_observer(ws: &Workspace, args: Vec<String>) -> Result<()> {
 
 fn test(ws: &Workspace, args: Vec<String>) -> Result<()> {
     let bins = build_cmd::build(ws, false)?;
+    // The package test installs this .deb into a clean Debian root.
+    let deb = package::build(ws, &bins)?;
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
     let mut cmd = ws.cargo();
     // Every test binary runs even after one failed: the total says how many
@@ -127,8 +137,10 @@ fn test(ws: &Workspace, args: Vec<String>) -> Result<()> {
         .env("FAULTBENCH_BIN", &bins.faultbench)
         .env("FUSEFS_BIN", &bins.fusefs)
         .env("XTASK_VM", "1")
-        .env("XTASK_BIN", &xtask);
+        .env("XTASK_BIN", &xtask)
+        .env("PCRO_DEB", &deb);
     for (var, path) in [
+        ("PCRO_DEB", &deb),
         ("OBSERVER_BIN", &bins.observer),
         ("RACER_BIN", &bins.racer),
         ("FAULTBENCH_BIN", &bins.faultbench),

@@ -53,7 +53,11 @@ pub const TOOLS: &[Tool] = &[
         "the fresh-host test (a namespace without tracefs)",
     ),
     tool("dpkg-query", Origin::Base, "setup"),
-    tool("dpkg-deb", Origin::Base, "unpacking kernel packages"),
+    tool(
+        "dpkg-deb",
+        Origin::Base,
+        "unpacking kernel packages, building the .deb",
+    ),
     tool("apt-get", Origin::Base, "setup, kernel downloads"),
     tool("apt-cache", Origin::Base, "kernel lookups"),
     tool("gzip", Origin::Base, "decompressing kernel modules"),
@@ -82,6 +86,31 @@ pub const TOOLS: &[Tool] = &[
         "stress-ng",
         Origin::Apt("stress-ng"),
         "the third-party suite tests",
+    ),
+    tool(
+        "prometheus",
+        Origin::Apt("prometheus"),
+        "the metrics test (a real Prometheus scrapes the observer)",
+    ),
+    tool(
+        "systemd-analyze",
+        Origin::Apt("systemd"),
+        "the unit test (systemd-analyze verify)",
+    ),
+    tool(
+        "mmdebstrap",
+        Origin::Apt("mmdebstrap"),
+        "the package test (a clean Debian root)",
+    ),
+    tool(
+        "dpkg",
+        Origin::Base,
+        "the package test (dpkg -i in the root)",
+    ),
+    tool(
+        "chroot",
+        Origin::Base,
+        "the package test (running it there)",
     ),
 ];
 

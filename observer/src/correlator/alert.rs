@@ -44,6 +44,13 @@ impl Severity {
 }
 
 impl AlertKind {
+    /// Every kind, in the order the summary lists them.
+    pub const ALL: [AlertKind; 3] = [
+        AlertKind::PteInPunchWindow,
+        AlertKind::StalePte,
+        AlertKind::StaleData,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::PteInPunchWindow => "pte_in_punch_window",

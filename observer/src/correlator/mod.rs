@@ -99,6 +99,8 @@ pub struct Stats {
     pub windows_by_op: OpCounts,
     /// Alerts by severity: info, warning, critical.
     pub alerts_by_severity: [u64; 3],
+    /// Alerts by kind (`AlertKind as usize`), then severity.
+    pub alerts_by_kind: [[u64; 3]; 3],
     /// Kernel reports of this bug class.
     pub kernel_reports: u64,
     /// Critical kernel reports.
@@ -495,6 +497,7 @@ impl Correlator {
             let sev = a.severity as usize;
             self.stats.alerts += 1;
             self.stats.alerts_by_severity[sev] += 1;
+            self.stats.alerts_by_kind[a.kind() as usize][sev] += 1;
             if let Some(t) = &a.window.test {
                 self.stats.tests.entry(t.clone()).alerts[sev] += 1;
             }

@@ -208,6 +208,16 @@ mod tests {
                 warning: 0,
                 critical: 0,
             },
+            alerts_by_kind: [(
+                "pte_in_punch_window".to_owned(),
+                BySeverity {
+                    info: 3,
+                    warning: 0,
+                    critical: 0,
+                },
+            )]
+            .into_iter()
+            .collect(),
             kernel_reports: 0,
             tests: vec![TestRow {
                 test: "generic/127".into(),
