@@ -4,6 +4,10 @@
 //! says `observer: replaying N records` once the file is read and decoded,
 //! so each replay splits into startup (exec, reading the recording) and the
 //! replay proper (the pipeline: correlator, sinks, summary), timed apart.
+//! The replay proper still has fixed costs (setting the pipeline up, the
+//! summary at the end), so the recording's first half is replayed as well
+//! (a recording cut short replays every whole entry): the difference between
+//! the two gives the marginal rate, records/s with every fixed cost out.
 //! Peak RSS is the kernel's (`ru_maxrss` from wait4).
 
 use std::{
@@ -30,6 +34,9 @@ pub(crate) struct ReplayResult {
     pub(crate) records: u64,
     pub(crate) recording_bytes: u64,
     pub(crate) replays: Vec<OneReplay>,
+    /// The recording's first half, replayed as many times.
+    pub(crate) half_records: u64,
+    pub(crate) half_replays: Vec<OneReplay>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +59,18 @@ impl ReplayResult {
             .map(|r| self.records as f64 / r.replay_s)
             .collect();
         median(&v)
+    }
+
+    /// Records/s of the second half alone: (all - first half) records over
+    /// the difference of the median replay times.
+    pub(crate) fn marginal_records_per_s(&self) -> f64 {
+        let t = |v: &[OneReplay]| median(&v.iter().map(|r| r.replay_s).collect::<Vec<_>>());
+        let dt = t(&self.replays) - t(&self.half_replays);
+        if dt > 0.0 {
+            self.records.saturating_sub(self.half_records) as f64 / dt
+        } else {
+            f64::NAN
+        }
     }
 
     pub(crate) fn startup_s(&self) -> f64 {
@@ -105,25 +124,39 @@ pub(super) fn measure(bins: &Binaries, mount: &LoopMount, n: u32) -> Result<Repl
         bail!("observer record failed ({}): {}", exit.status, exit.stderr);
     }
     let recording_bytes = fs::metadata(&rec).map(|m| m.len()).unwrap_or(0);
+    let half = mount.dir().join("racer-half.rec");
+    let bytes = fs::read(&rec).with_context(|| format!("cannot read {}", rec.display()))?;
+    fs::write(&half, &bytes[..bytes.len() / 2])
+        .with_context(|| format!("cannot write {}", half.display()))?;
     let mut replays = Vec::new();
-    let mut records = 0;
+    let mut half_replays = Vec::new();
+    let (mut records, mut half_records) = (0, 0);
+    // Alternated, as the bench's setups are.
     for i in 1..=n {
-        let (r, count) = replay_once(bins, &rec)?;
-        say(format!(
-            "replay {i}/{n}: {count} records, startup {:.3} s, replay {:.3} s ({:.0} records/s), peak RSS {} MiB",
-            r.startup_s,
-            r.replay_s,
-            count as f64 / r.replay_s,
-            r.peak_rss_kib / 1024
-        ));
-        records = count;
-        replays.push(r);
+        for (file, out, count, what) in [
+            (&rec, &mut replays, &mut records, "whole"),
+            (&half, &mut half_replays, &mut half_records, "first half"),
+        ] {
+            let (r, n_records) = replay_once(bins, file)?;
+            say(format!(
+                "replay {i}/{n}, {what}: {n_records} records, startup {:.3} s, replay {:.3} s ({:.0} records/s), peak RSS {} MiB",
+                r.startup_s,
+                r.replay_s,
+                n_records as f64 / r.replay_s,
+                r.peak_rss_kib / 1024
+            ));
+            *count = n_records;
+            out.push(r);
+        }
     }
     let _ = fs::remove_file(&rec);
+    let _ = fs::remove_file(&half);
     Ok(ReplayResult {
         records,
         recording_bytes,
         replays,
+        half_records,
+        half_replays,
     })
 }
 

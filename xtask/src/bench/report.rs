@@ -313,9 +313,16 @@ impl Report {
         out.push(Target {
             kind: TargetKind::Goal,
             what: "correlator >= 5 M records/s on one core (replayed racer)".into(),
-            met: self.replay.as_ref().map(|r| r.records_per_s() >= 5e6),
+            met: self
+                .replay
+                .as_ref()
+                .map(|r| r.marginal_records_per_s() >= 5e6),
             measured: match &self.replay {
-                Some(r) => format!("{} records/s", group(r.records_per_s())),
+                Some(r) => format!(
+                    "{} records/s marginal, {} over the whole replay",
+                    group(r.marginal_records_per_s()),
+                    group(r.records_per_s())
+                ),
                 None => "not measured (--replay)".into(),
             },
         });
@@ -518,12 +525,16 @@ impl Report {
             let _ = writeln!(
                 s,
                 "\nreplay: the racer recorded {} s ({} records, {:.1} MB), replayed {} times on one CPU:\n\
-                 {} records/s (median, replay proper), startup {:.3} s (median: exec and reading\n\
-                 the recording), CPU {:.3} s per replay (median), peak RSS {:.1} MB",
+                 {} records/s marginal (the second half's records over the time they add to\n\
+                 replaying the first half {} times), {} records/s over the whole replay\n\
+                 proper; startup {:.3} s (median: exec and reading the recording), CPU\n\
+                 {:.3} s per replay (median), peak RSS {:.1} MB",
                 super::replay::RECORD_S,
                 group(r.records as f64),
                 r.recording_bytes as f64 / 1e6,
                 r.replays.len(),
+                group(r.marginal_records_per_s()),
+                r.half_replays.len(),
                 group(r.records_per_s()),
                 r.startup_s(),
                 median(&cpu),
