@@ -9,6 +9,11 @@
 //! (a recording cut short replays every whole entry): the difference between
 //! the two gives the marginal rate, records/s with every fixed cost out.
 //! Peak RSS is the kernel's (`ru_maxrss` from wait4).
+//!
+//! Each replay runs twice: writing every alert as JSON (what `--json`
+//! costs), and with `--min-severity critical`, which prints none of the
+//! racer's info alerts but correlates and counts every one of them: the
+//! correlator's own rate.
 
 use std::{
     ffi::OsString,
@@ -37,6 +42,9 @@ pub(crate) struct ReplayResult {
     /// The recording's first half, replayed as many times.
     pub(crate) half_records: u64,
     pub(crate) half_replays: Vec<OneReplay>,
+    /// The same with `--min-severity critical`: no alert written.
+    pub(crate) quiet: Vec<OneReplay>,
+    pub(crate) quiet_half: Vec<OneReplay>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,8 +72,17 @@ impl ReplayResult {
     /// Records/s of the second half alone: (all - first half) records over
     /// the difference of the median replay times.
     pub(crate) fn marginal_records_per_s(&self) -> f64 {
+        self.marginal(&self.replays, &self.half_replays)
+    }
+
+    /// The marginal rate with no alert written.
+    pub(crate) fn quiet_records_per_s(&self) -> f64 {
+        self.marginal(&self.quiet, &self.quiet_half)
+    }
+
+    fn marginal(&self, whole: &[OneReplay], half: &[OneReplay]) -> f64 {
         let t = |v: &[OneReplay]| median(&v.iter().map(|r| r.replay_s).collect::<Vec<_>>());
-        let dt = t(&self.replays) - t(&self.half_replays);
+        let dt = t(whole) - t(half);
         if dt > 0.0 {
             self.records.saturating_sub(self.half_records) as f64 / dt
         } else {
@@ -130,14 +147,39 @@ pub(super) fn measure(bins: &Binaries, mount: &LoopMount, n: u32) -> Result<Repl
         .with_context(|| format!("cannot write {}", half.display()))?;
     let mut replays = Vec::new();
     let mut half_replays = Vec::new();
+    let mut quiet = Vec::new();
+    let mut quiet_half = Vec::new();
     let (mut records, mut half_records) = (0, 0);
+    let (mut q_records, mut q_half_records) = (0, 0);
+    const JSON: &[&str] = &[];
+    const QUIET: &[&str] = &["--min-severity", "critical"];
     // Alternated, as the bench's setups are.
     for i in 1..=n {
-        for (file, out, count, what) in [
-            (&rec, &mut replays, &mut records, "whole"),
-            (&half, &mut half_replays, &mut half_records, "first half"),
+        for (file, flags, out, count, what) in [
+            (&rec, JSON, &mut replays, &mut records, "whole"),
+            (
+                &half,
+                JSON,
+                &mut half_replays,
+                &mut half_records,
+                "first half",
+            ),
+            (
+                &rec,
+                QUIET,
+                &mut quiet,
+                &mut q_records,
+                "whole, no alert written",
+            ),
+            (
+                &half,
+                QUIET,
+                &mut quiet_half,
+                &mut q_half_records,
+                "first half, no alert written",
+            ),
         ] {
-            let (r, n_records) = replay_once(bins, file)?;
+            let (r, n_records) = replay_once(bins, file, flags)?;
             say(format!(
                 "replay {i}/{n}, {what}: {n_records} records, startup {:.3} s, replay {:.3} s ({:.0} records/s), peak RSS {} MiB",
                 r.startup_s,
@@ -157,14 +199,17 @@ pub(super) fn measure(bins: &Binaries, mount: &LoopMount, n: u32) -> Result<Repl
         replays,
         half_records,
         half_replays,
+        quiet,
+        quiet_half,
     })
 }
 
-fn replay_once(bins: &Binaries, rec: &std::path::Path) -> Result<(OneReplay, u64)> {
+fn replay_once(bins: &Binaries, rec: &std::path::Path, flags: &[&str]) -> Result<(OneReplay, u64)> {
     let mut cmd = Command::new(&bins.observer);
     cmd.arg("replay")
         .arg(rec)
         .args(["--json", "--output", "/dev/null"])
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
