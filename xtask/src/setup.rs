@@ -83,6 +83,11 @@ pub const TOOLS: &[Tool] = &[
         "the detach tests (what stays loaded)",
     ),
     tool(
+        "bpftrace",
+        Origin::Apt("bpftrace"),
+        "the benchmark's peer (a hand-written bpftrace script)",
+    ),
+    tool(
         "stress-ng",
         Origin::Apt("stress-ng"),
         "the third-party suite tests",

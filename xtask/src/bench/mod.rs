@@ -1,20 +1,28 @@
-//! `cargo xtask bench`: what the observer costs a fault-around-heavy workload.
+//! `cargo xtask bench`: what the observer costs, beside what a hand-written
+//! bpftrace script (the peer, peer.bt) costs.
 //!
-//! Every configuration (bare, observer, observer --full-stream; each without
-//! and with concurrent hole punching) runs once per round, in a fixed
-//! interleaved order, on one freshly made XFS loop mount. Interleaving keeps
-//! slow drifts of the machine (page cache, thermal, noisy neighbours) from
-//! landing on one configuration only; the median over the rounds then takes
-//! out the odd outlier.
+//! On the host every setup (bare, observer, bpftrace peer) runs every
+//! workload (the fault loop without and with a concurrent hole puncher, and
+//! the fsx-like op mix) once per round, in a fixed interleaved order, on one
+//! freshly made XFS loop mount. Interleaving keeps slow drifts of the
+//! machine (page cache, thermal, noisy neighbours) from landing on one setup
+//! only; each round gives a ratio bare ÷ setup, and the table shows their
+//! median and quartiles. Separate runs with `kernel.bpf_stats_enabled=1`
+//! (which costs time itself) then give every program's runs and ns per run,
+//! and `--replay` times the correlator alone on a recorded racer trace.
 //!
-//! With `--kernel` the same schedule runs inside a Debian cloud kernel under
-//! qemu (the `cargo xtask vm` harness, whose init.sh has a bench mode), where
-//! the observer attaches with fentry/fexit instead of the host's fallback;
-//! the guest brings every faultbench report and observer summary back, and
-//! they go through the same aggregation and table as the host's.
+//! With `--kernel` the fault loop runs inside a Debian cloud kernel under
+//! qemu (the `cargo xtask vm` harness, whose init.sh has a bench mode), bare,
+//! under the observer and under `--full-stream` (the peer's tracepoint
+//! only exists from 6.13); the guest brings every faultbench report and
+//! observer summary back, and they go through the same aggregation and
+//! table as the host's.
 
 mod host;
+mod peer;
+mod replay;
 mod report;
+mod stats;
 #[cfg(test)]
 mod tests;
 mod vm;
@@ -25,7 +33,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use observer_report::Summary;
+use observer_report::{Startup, Summary};
 use observer_tests::FaultbenchReport;
 
 use self::report::Report;
@@ -38,11 +46,13 @@ use crate::{
 pub struct BenchArgs {
     /// Run the benchmark in this Debian cloud kernel under qemu (TCG), as
     /// `cargo xtask vm --kernel` does (6.12, 6.1, or an exact release),
-    /// instead of on the host; there the observer uses fentry/fexit.
+    /// instead of on the host; there the observer uses fentry/fexit, and the
+    /// setups are bare, observer and observer --full-stream (the peer's
+    /// tracepoint only exists from 6.13).
     #[arg(long, value_name = "SERIES")]
     pub kernel: Option<String>,
-    /// Runs of each configuration; configurations alternate within a round
-    /// [default: 3; with --kernel: 7].
+    /// Timed rounds; every setup runs every workload once per round, in a
+    /// fixed interleaved order [default: 7].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: Option<u32>,
     /// Size of the faultbench file, in pages [default: 4096].
@@ -54,6 +64,18 @@ pub struct BenchArgs {
     /// under TCG].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub fault_rounds: Option<u64>,
+    /// Operations per run of the fsx-like mix (`faultbench --mix`) [default: 5000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub mix_ops: Option<u64>,
+    /// Skip the rounds with `kernel.bpf_stats_enabled=1` (per-program runs
+    /// and ns per run).
+    #[arg(long)]
+    pub no_stats: bool,
+    /// Also record the racer for a few seconds and replay the recording N
+    /// times on one core: the correlator's records/s and peak RSS [N: 5].
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "5",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub replay: Option<u32>,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
@@ -79,9 +101,13 @@ pub(crate) struct Params {
     pub(crate) rounds: u32,
     pub(crate) pages: u64,
     pub(crate) fault_rounds: u64,
+    pub(crate) mix_ops: u64,
     /// fault_rounds is the VM default, which the guest lowers on a kernel
     /// too slow for it (see VM_BUDGET_MS).
     pub(crate) scalable: bool,
+    /// What runs: the host's three workloads and setups, or the VM's.
+    pub(crate) workloads: &'static [Workload],
+    pub(crate) configs: &'static [Config],
 }
 
 /// The default VM fault rounds make the two warm-up runs (bare, without and
@@ -92,36 +118,33 @@ const VM_BUDGET_MS: u64 = 3500;
 
 impl Params {
     fn new(args: &BenchArgs) -> Self {
-        // Under TCG faults are ~5x slower than on the host, and each
-        // observer start and stop costs ~2 s. 400 fault rounds (~100k faults:
-        // ~0.8 s bare, ~2 s punching, up to ~4 s under --full-stream) keep a
-        // round near 25 s; 7 rounds keep the whole VM bench (boot included)
-        // near 3 minutes, and give the medians enough runs to shrug off the
-        // odd round that the host's neighbours slow down.
-        let (rounds, pages, fault_rounds) = match args.kernel {
-            None => (3, 4096, 2000),
-            Some(_) => (7, 4096, 400),
-        };
+        // On the host 2000 fault rounds are ~512k faults, about a second
+        // bare. Under TCG faults are ~5x slower, and each observer start and
+        // stop costs ~2 s; 400 fault rounds keep a VM round near 25 s.
+        let host = args.kernel.is_none();
         Self {
-            rounds: args.rounds.unwrap_or(rounds),
-            pages: args.pages.unwrap_or(pages),
-            fault_rounds: args.fault_rounds.unwrap_or(fault_rounds),
-            scalable: args.kernel.is_some() && args.fault_rounds.is_none(),
+            rounds: args.rounds.unwrap_or(7),
+            pages: args.pages.unwrap_or(4096),
+            fault_rounds: args.fault_rounds.unwrap_or(if host { 2000 } else { 400 }),
+            mix_ops: args.mix_ops.unwrap_or(5000),
+            scalable: !host && args.fault_rounds.is_none(),
+            workloads: if host { &HOST_WORKLOADS } else { &VM_WORKLOADS },
+            configs: if host { &HOST_CONFIGS } else { &VM_CONFIGS },
         }
     }
 
-    /// Every run in order: per round, without then with punching, each
-    /// configuration in CONFIGS order.
-    fn schedule(self) -> impl Iterator<Item = (u32, bool, Config)> {
-        (1..=self.rounds).flat_map(|round| {
-            [false, true]
-                .into_iter()
-                .flat_map(move |punch| CONFIGS.map(|config| (round, punch, config)))
+    /// Every run in order: per round, each workload, each configuration in
+    /// `configs` order.
+    fn schedule(self) -> impl Iterator<Item = (u32, Workload, Config)> {
+        (1..=self.rounds).flat_map(move |round| {
+            self.workloads
+                .iter()
+                .flat_map(move |&w| self.configs.iter().map(move |&config| (round, w, config)))
         })
     }
 
     fn total_runs(self) -> usize {
-        self.rounds as usize * 2 * CONFIGS.len()
+        self.rounds as usize * self.workloads.len() * self.configs.len()
     }
 }
 
@@ -129,9 +152,34 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let mut params = Params::new(&args);
     let bins = Binaries::locate(ws, args.bin_dir.as_deref())?;
-    let (runs, probes, machine) = match &args.kernel {
-        Some(kernel) => vm::run(ws, kernel, &mut params, &bins, &args.observer_args)?,
-        None => host::run(params, &bins, &args.observer_args)?,
+    let host::Measured {
+        runs,
+        probes,
+        machine,
+        stats,
+        replay,
+    } = match &args.kernel {
+        Some(kernel) => {
+            if args.replay.is_some() {
+                bail!("--replay runs on the host only");
+            }
+            let (runs, probes, machine) =
+                vm::run(ws, kernel, &mut params, &bins, &args.observer_args)?;
+            host::Measured {
+                runs,
+                probes,
+                machine,
+                stats: Vec::new(),
+                replay: None,
+            }
+        }
+        None => host::run(
+            params,
+            &bins,
+            &args.observer_args,
+            !args.no_stats,
+            args.replay,
+        )?,
     };
     let report = Report::new(
         params,
@@ -139,6 +187,8 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
         runs,
         probes,
         machine,
+        stats,
+        replay,
         started.elapsed().as_secs_f64(),
     );
     print!("{}", report.table());
@@ -151,7 +201,7 @@ pub fn run(ws: &Workspace, args: BenchArgs) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// Configurations and one run of each
+// Configurations, workloads and one run of each
 // ---------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,10 +209,13 @@ pub(crate) enum Config {
     Bare,
     Observer,
     FullStream,
+    /// The project's bpftrace script (peer.bt).
+    Peer,
 }
 
 /// Also the order of the runs inside a round and of the table rows.
-const CONFIGS: [Config; 3] = [Config::Bare, Config::Observer, Config::FullStream];
+const HOST_CONFIGS: [Config; 3] = [Config::Bare, Config::Observer, Config::Peer];
+const VM_CONFIGS: [Config; 3] = [Config::Bare, Config::Observer, Config::FullStream];
 
 impl Config {
     pub(crate) fn name(self) -> &'static str {
@@ -170,26 +223,75 @@ impl Config {
             Config::Bare => "bare",
             Config::Observer => "observer",
             Config::FullStream => "full-stream",
+            Config::Peer => "bpftrace-peer",
         }
     }
 
     /// Extra observer flags, or None when no observer runs.
     fn observer_flags(self) -> Option<&'static [&'static str]> {
         match self {
-            Config::Bare => None,
+            Config::Bare | Config::Peer => None,
             Config::Observer => Some(&[]),
             Config::FullStream => Some(&["--full-stream"]),
         }
     }
 }
 
-fn workload_name(punch: bool) -> &'static str {
-    if punch { "punch" } else { "no punch" }
+/// What faultbench does in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// The fault loop alone: windows never open.
+    NoPunch,
+    /// The fault loop beside a thread that punches and refills.
+    Punch,
+    /// The fsx-like op mix (`--mix`), one process.
+    Mix,
+}
+
+const HOST_WORKLOADS: [Workload; 3] = [Workload::NoPunch, Workload::Punch, Workload::Mix];
+const VM_WORKLOADS: [Workload; 2] = [Workload::NoPunch, Workload::Punch];
+
+impl Workload {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Workload::NoPunch => "no punch",
+            Workload::Punch => "punch",
+            Workload::Mix => "mix",
+        }
+    }
+
+    /// In file names (the VM guest's results).
+    fn tag(self) -> &'static str {
+        match self {
+            Workload::NoPunch => "nopunch",
+            Workload::Punch => "punch",
+            Workload::Mix => "mix",
+        }
+    }
+
+    /// faultbench's flags for it, beside --file and --pages.
+    fn faultbench_args(self, params: Params) -> Vec<String> {
+        match self {
+            Workload::NoPunch => vec!["--rounds".into(), params.fault_rounds.to_string()],
+            Workload::Punch => vec![
+                "--rounds".into(),
+                params.fault_rounds.to_string(),
+                "--punch".into(),
+            ],
+            Workload::Mix => vec![
+                "--rounds".into(),
+                params.mix_ops.to_string(),
+                "--mix".into(),
+            ],
+        }
+    }
 }
 
 struct Binaries {
     observer: PathBuf,
     faultbench: PathBuf,
+    /// For --replay's recording (checked there: only it needs the racer).
+    racer: PathBuf,
 }
 
 impl Binaries {
@@ -201,6 +303,7 @@ impl Binaries {
         let bins = Self {
             observer: dir.join("observer"),
             faultbench: dir.join("faultbench"),
+            racer: dir.join("racer"),
         };
         for path in [&bins.observer, &bins.faultbench] {
             if !path.is_file() {
@@ -220,10 +323,12 @@ impl Binaries {
 /// one watched.
 pub(crate) struct Run {
     round: u32,
-    punch: bool,
+    workload: Workload,
     config: Config,
     fb: FaultbenchReport,
     observer: Option<Summary>,
+    /// The peer's fault-around calls inside a window (its @in_window).
+    peer_in_window: Option<u64>,
 }
 
 impl Run {
@@ -236,9 +341,9 @@ impl Run {
     /// What it was and what it measured, in a line.
     fn line(&self, rounds: u32) -> String {
         let mut line = format!(
-            "{}: {} faults/s",
-            describe(self.round, rounds, self.punch, self.config),
-            report::group(self.fb.faults_per_s)
+            "{}: {} ops/s",
+            describe(self.round, rounds, self.workload, self.config),
+            report::group(self.fb.ops_per_s)
         );
         if let (Some(eps), Some(obs)) = (self.events_per_s(), &self.observer) {
             let _ = write!(
@@ -249,31 +354,35 @@ impl Run {
                 obs.filtered
             );
         }
+        if let Some(n) = self.peer_in_window {
+            let _ = write!(line, ", {n} fault-arounds in a window");
+        }
         line
     }
 }
 
-fn describe(round: u32, rounds: u32, punch: bool, config: Config) -> String {
+fn describe(round: u32, rounds: u32, workload: Workload, config: Config) -> String {
     format!(
         "round {round}/{rounds}, {}, {}",
-        workload_name(punch),
+        workload.name(),
         config.name()
     )
 }
 
-/// The probe methods from an observer's startup record, if there is one:
-/// they are context, not a measurement, and missing them is no failure.
-/// The summary must be there.
-fn read_observer_output(text: &str) -> Result<(Summary, Vec<Probe>)> {
+/// The summary and the startup record from an observer's output. The
+/// startup record is context, not a measurement: missing it is no failure
+/// (an empty one stands in). The summary must be there.
+fn read_observer_output(text: &str) -> Result<(Summary, Startup)> {
     let ends = observer_tests::Ends::parse(text);
     let summary = ends
         .summary
         .context("no summary at the end of the observer's output")?;
-    let probes = ends
-        .startup
-        .map(|s| s.probes.iter().map(Probe::from).collect())
-        .unwrap_or_default();
-    Ok((summary, probes))
+    Ok((summary, ends.startup.unwrap_or_default()))
+}
+
+/// The probe methods of a startup record.
+fn probes_of(startup: &Startup) -> Vec<Probe> {
+    startup.probes.iter().map(Probe::from).collect()
 }
 
 fn last_line(text: &str) -> Option<&str> {

@@ -109,13 +109,9 @@ pub(super) fn guest_runs(dir: &Path, params: Params) -> Result<(Vec<Run>, Vec<Pr
     let total = params.total_runs();
     let mut runs = Vec::with_capacity(total);
     let mut probes = Vec::new();
-    for (round, punch, config) in params.schedule() {
-        let what = describe(round, params.rounds, punch, config);
-        let prefix = dir.join(format!(
-            "{round}.{}.{}",
-            if punch { "punch" } else { "nopunch" },
-            config.name()
-        ));
+    for (round, workload, config) in params.schedule() {
+        let what = describe(round, params.rounds, workload, config);
+        let prefix = dir.join(format!("{round}.{}.{}", workload.tag(), config.name()));
         let file = |ext: &str| {
             let mut p = prefix.clone().into_os_string();
             p.push(ext);
@@ -149,17 +145,18 @@ pub(super) fn guest_runs(dir: &Path, params: Params) -> Result<(Vec<Run>, Vec<Pr
                 let (summary, startup) = read_observer_output(&read(".observer.json")?)
                     .with_context(|| format!("{what}: {}", file(".observer.json").display()))?;
                 if probes.is_empty() {
-                    probes = startup;
+                    probes = super::probes_of(&startup);
                 }
                 Some(summary)
             }
         };
         let run = Run {
             round,
-            punch,
+            workload,
             config,
             fb,
             observer,
+            peer_in_window: None,
         };
         say(format!(
             "[{:>2}/{total}] {}",
