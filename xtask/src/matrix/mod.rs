@@ -195,6 +195,7 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
                 KernelResult {
                     spec: spec.clone(),
                     release: String::new(),
+                    package: None,
                     mode: if spec == "host" { "host" } else { "vm" },
                     wall_s,
                     error: Some(format!("{e:#}")),
@@ -248,11 +249,16 @@ fn plan_kernel<'a>(ws: &Workspace, args: &MatrixArgs, spec: &'a str) -> Row<'a> 
         };
     }
     match kernel_filesystems(ws, spec, &args.fs) {
-        Ok((release, offered)) => Row::Vm(vm::Kernel {
+        Ok(k) => Row::Vm(vm::Kernel {
             spec,
-            release,
-            planned: offered.iter().flat_map(|fs| plan(args, spec, fs)).collect(),
-            offered,
+            release: k.release,
+            package: k.package,
+            planned: k
+                .offered
+                .iter()
+                .flat_map(|fs| plan(args, spec, fs))
+                .collect(),
+            offered: k.offered,
         }),
         Err(error) => Row::Broken(error),
     }

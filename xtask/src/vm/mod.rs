@@ -5,6 +5,7 @@
 
 mod initramfs;
 mod kernel;
+mod modules;
 mod qemu;
 
 pub use initramfs::Step;
@@ -177,21 +178,30 @@ pub struct StepsGuest<'a> {
     pub watch: &'a dyn Fn(&str),
 }
 
+/// A kernel `spec` named, downloaded and unpacked.
+pub struct Prepared {
+    pub release: String,
+    /// `SUITE VERSION` of its package, e.g. `sid 7.2.13-1`.
+    pub package: String,
+    /// Which of the filesystems asked for it can mount.
+    pub offered: Vec<String>,
+}
+
 /// The kernel `spec` names, downloaded and unpacked if needed, and which of
 /// `filesystems` it can mount.
-pub fn kernel_filesystems(
-    ws: &Workspace,
-    spec: &str,
-    filesystems: &[String],
-) -> Result<(String, Vec<String>)> {
+pub fn kernel_filesystems(ws: &Workspace, spec: &str, filesystems: &[String]) -> Result<Prepared> {
     let kernel = kernel::prepare(ws, spec)?;
     let mut offered = Vec::new();
     for fs in filesystems {
-        if kernel::offers(&kernel, fs)? {
+        if modules::offers(&kernel, fs)? {
             offered.push(fs.clone());
         }
     }
-    Ok((kernel.release, offered))
+    Ok(Prepared {
+        release: kernel.release,
+        package: kernel.package,
+        offered,
+    })
 }
 
 /// What a steps guest brought back.
@@ -366,6 +376,12 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
     let out = fs::canonicalize(g.out)?;
 
     let kernel = kernel::prepare(ws, g.kernel)?;
+    // Which package this run booted: sid moves on, the cache stays.
+    say(format!(
+        "kernel {}: package {}",
+        kernel.release, kernel.package
+    ));
+    fs::write(out.join("package"), format!("{}\n", kernel.package))?;
     // On 5.10 virtio_pci is a module too (pulling in virtio, virtio_ring).
     let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk"].map(String::from).to_vec();
     wanted.extend(
@@ -375,7 +391,7 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
             .cloned(),
     );
     wanted.extend(g.modules.iter().cloned());
-    let modules = kernel::modules(&kernel, &wanted)?;
+    let modules = modules::modules(&kernel, &wanted)?;
 
     let work = out.join("work");
     fs::create_dir_all(&work)?;
@@ -501,8 +517,9 @@ fn summarize(out: &Path, filesystems: &[String]) -> Result<()> {
     };
     say(format!("results in {}", out.display()));
     say(format!(
-        "  kernel   {}",
-        read("uname").unwrap_or_else(|| "?".into())
+        "  kernel   {} (package {})",
+        read("uname").unwrap_or_else(|| "?".into()),
+        read("package").unwrap_or_else(|| "?".into())
     ));
     for fs in filesystems {
         let alerts = read(&format!("{fs}.alerts.json"))
