@@ -32,8 +32,10 @@ const OUT_MARKER: &str = ".xtask-vm";
 
 #[derive(Args)]
 pub struct VmArgs {
-    /// Kernel series (6.12, 6.1 or 5.10: newest Debian cloud package; 5.10
-    /// comes from bullseye) or an exact release such as 6.1.0-50-cloud-amd64.
+    /// Kernel series (5.10, 6.1, 6.12, 7.2 or 7.3: newest Debian cloud
+    /// package; 5.10 comes from bullseye, 7.2 from sid, 7.3 from
+    /// trixie-backports; a series the suite has left falls back to the newest
+    /// cached one) or an exact release such as 6.1.0-50-cloud-amd64.
     #[arg(long)]
     kernel: String,
     /// Filesystems to run the racer on, in order (xfs, ext4, btrfs, tmpfs).
