@@ -5,7 +5,7 @@
 //! everywhere). Asserts the cells whose value is understood from the kernel
 //! sources; every other cell is printed.
 //!
-//! Needs root and qemu, and takes about 25 minutes on two cores: run by
+//! Needs root and qemu, and takes about 15 minutes on two cores: run by
 //! `cargo xtask test`, which sets XTASK_BIN and XTASK_VM=1.
 
 use std::{path::PathBuf, process::Command};
