@@ -1,11 +1,11 @@
-//! The truth table: `cargo xtask matrix` across Debian 5.10, 6.1 and 6.12
-//! (qemu, fentry) and the host kernel (tracepoints), on xfs, ext4, btrfs and
+//! The truth table: `cargo xtask matrix` across Debian 5.10, 6.1, 6.12, 7.2
+//! and 7.3 (qemu, fentry) and the host kernel (tracepoints), on xfs, ext4, btrfs and
 //! tmpfs: the race runs and the punch on every kernel, every invalidator on
 //! the host (the cells it asserts; `cargo xtask matrix --all` runs them all
 //! everywhere). Asserts the cells whose value is understood from the kernel
 //! sources; every other cell is printed.
 //!
-//! Needs root and qemu, and takes about 12 minutes on two cores: run by
+//! Needs root and qemu, and takes about 15 minutes on two cores: run by
 //! `cargo xtask test`, which sets XTASK_BIN and XTASK_VM=1.
 
 use std::{path::PathBuf, process::Command};
@@ -22,6 +22,20 @@ const UNSUPPORTED: &[(&str, &[&str])] = &[
     ("ext4", &["clone", "dedupe"]),
     ("btrfs", &["collapse", "insert"]),
     ("tmpfs", &["zero", "collapse", "insert", "clone", "dedupe"]),
+];
+
+/// Kernels with invalidate_lock (5.15 on) and without the xfs MMAPLOCK
+/// wrapper around fault-around (gone in 6.4): 7.2 and 7.3 behave as 6.12.
+const NEWER: &[&str] = &["6.12", "7.2", "7.3"];
+
+/// The Debian suite each VM series comes from, as a prefix (the package's
+/// suite and version are recorded per row: sid moves on).
+const SUITES: &[(&str, &str)] = &[
+    ("5.10", "bullseye"),
+    ("6.1", "bookworm"),
+    ("6.12", "bookworm"),
+    ("7.2", "sid"),
+    ("7.3", "trixie-backports"),
 ];
 
 fn kernel<'a>(v: &'a Value, spec: &str) -> Option<&'a Value> {
@@ -113,6 +127,8 @@ fn matrix_truth_table() {
         ("5.10", "5.10."),
         ("6.1", "6.1."),
         ("6.12", "6.12."),
+        ("7.2", "7.2."),
+        ("7.3", "7.3."),
         ("host", ""),
     ] {
         let Some(k) = kernel(&v, spec) else {
@@ -125,6 +141,18 @@ fn matrix_truth_table() {
         let rel = k["release"].as_str().unwrap_or("");
         if !rel.starts_with(release) {
             failures.push(format!("kernel {spec} booted {rel:?}"));
+        }
+        // Each VM row says which package it booted: `SUITE VERSION`.
+        if let Some((_, suite)) = SUITES.iter().find(|(s, _)| *s == spec) {
+            // 6.1 and 6.12 come from bookworm-security (6.12 also from
+            // bookworm-backports): the suite is a prefix.
+            let package = k["package"].as_str().unwrap_or("");
+            let (from, version) = package.split_once(' ').unwrap_or(("", ""));
+            if !from.starts_with(suite) || !version.starts_with(release) {
+                failures.push(format!(
+                    "kernel {spec}: package {package:?}, expected \"{suite}… {release}…\""
+                ));
+            }
         }
     }
 
@@ -207,7 +235,7 @@ fn matrix_truth_table() {
     // around map_pages) and on xfs from 6.4 on; xfs 5.10 and 6.1 wrap
     // filemap_map_pages in the MMAPLOCK the punch holds exclusively.
     let positive = true;
-    for spec in ["5.10", "6.1", "6.12"] {
+    for &spec in ["5.10", "6.1"].iter().chain(NEWER) {
         let why = "ext4 takes no lock around fault-around";
         expect(
             &v,
@@ -217,14 +245,16 @@ fn matrix_truth_table() {
             why,
         );
     }
-    let why = "xfs_filemap_map_pages is gone since 6.4";
-    expect(
-        &v,
-        &mut failures,
-        ("6.12", "xfs", "a", "ptes_in_window"),
-        positive,
-        why,
-    );
+    for &spec in NEWER {
+        let why = "xfs_filemap_map_pages is gone since 6.4";
+        expect(
+            &v,
+            &mut failures,
+            (spec, "xfs", "a", "ptes_in_window"),
+            positive,
+            why,
+        );
+    }
     for spec in ["5.10", "6.1"] {
         let why = "xfs_filemap_map_pages takes the MMAPLOCK";
         expect(
@@ -255,7 +285,7 @@ fn matrix_truth_table() {
         !positive,
         why,
     );
-    for spec in ["6.1", "6.12"] {
+    for &spec in std::iter::once(&"6.1").chain(NEWER) {
         for fs in ["ext4", "xfs"] {
             let why = "reads take invalidate_lock shared";
             expect(
@@ -272,7 +302,7 @@ fn matrix_truth_table() {
     // their block removal with the punching task holding it for writing,
     // and no other task refills the cache meanwhile; btrfs keeps its own
     // i_mmap_lock; 5.10 has no such lock to read.
-    for spec in ["6.1", "6.12"] {
+    for &spec in std::iter::once(&"6.1").chain(NEWER) {
         for fs in ["ext4", "xfs"] {
             let why = "the punch holds invalidate_lock for writing";
             let b = |key| (spec, fs, "b", key);

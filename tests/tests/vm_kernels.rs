@@ -241,6 +241,59 @@ fn debian_6_1_fentry_sees_the_race_on_ext4_and_xfs_mmaplock_prevents_it() {
     assert!(xfs.racer.faults > 0);
 }
 
+/// Debian 7.2 (sid) ships its kernel split: an empty linux-image package
+/// that depends on linux-binary (the image), linux-modules and linux-base
+/// (modules.builtin, config); the harness assembles them. The observer's
+/// ladder gets fentry/fexit on the core functions and the PTE installer, as
+/// on 6.12, and sees the race on xfs and ext4. Buffered readers race the
+/// punch too: they take invalidate_lock shared while the punch holds it for
+/// writing, so no page-cache add lands inside a window (no refill), although
+/// the add tracepoint fires for their reads between the windows.
+#[test]
+#[ignore = "needs root and qemu: run by cargo xtask test"]
+fn debian_7_2_split_packages_fentry_sees_the_race_and_no_refill() {
+    let run = Run::boot_with(
+        "7.2",
+        &[
+            "--duration",
+            "4",
+            "--racer-args",
+            "--op punch --punch-pages 16 --fault-threads 2 --readers 2",
+        ],
+    );
+    let release = kernel_release(&run.dir);
+    assert!(release.starts_with("7.2."), "booted {release}");
+    // Recorded because sid drops superseded versions: "sid 7.2.13-1".
+    let package = run.text("package");
+    assert!(package.starts_with("sid 7.2."), "package {package}");
+    for fs in ["xfs", "ext4"] {
+        let r = run.fs(fs);
+        r.assert_fentry_everywhere();
+        for f in ["set_pte_range", "do_set_pmd"] {
+            assert_eq!(r.stream.method_of(f), Some("fentry"), "{fs} {f}");
+        }
+        r.assert_race_seen();
+        let s = r.summary();
+        let b = s.classes.b;
+        assert!(b.windows > 0, "{fs}: {s:?}");
+        assert_eq!((b.refills, b.stale_data), (0, 0), "{fs}: {s:?}");
+        assert!(b.removals_under_lock > 0, "{fs}: {s:?}");
+        assert_eq!(
+            (b.removals_without_lock, b.refills_under_lock),
+            (0, 0),
+            "{fs}: {s:?}"
+        );
+        assert!(r.racer.reads > 0, "{fs}: the readers did not read");
+        // The add program emits only inside windows; its runs show it saw
+        // the readers' adds all the same.
+        assert!(
+            s.health.hits.get("folio_add_raw_tp") > 0,
+            "{fs}: the page-cache add probe is silent: {s:?}"
+        );
+        assert!(s.health.silent.is_empty(), "{fs}: {:?}", s.health.silent);
+    }
+}
+
 /// `observer run` on a kernel with a real critical race: on 5.10 ext4,
 /// buffered reads refill a punched range before the blocks are freed
 /// (stale_data, see the truth table). The command (the racer, then `exit

@@ -69,7 +69,7 @@ enum Cmd {
     /// workload: bare, observer, observer --full-stream, alternating.
     Bench(bench::BenchArgs),
     /// The truth table: every invalidator and the race workloads under the
-    /// observer, per kernel (Debian 5.10, 6.1, 6.12 under qemu; the host)
+    /// observer, per kernel (Debian 5.10, 6.1, 6.12, 7.2, 7.3 under qemu; the host)
     /// and filesystem (xfs, ext4, btrfs, tmpfs).
     Matrix(Box<matrix::MatrixArgs>),
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use observer_abi::probes::Prog;
 use observer_report::{Counts, Summary};
 
 /// `name n, name n` of the non-zero counts, or "none".
@@ -105,6 +106,23 @@ pub fn text(sum: &Summary) -> String {
         "  class c (eof)    installs past EOF {} (pmd {}): during a size change {}, shmem {}, beyond_eof {}",
         c.installs_past_eof, c.pmd, c.during_size_change, c.shmem, c.beyond_eof
     );
+    // The add probes emit only while the file has a window open, so a
+    // `folio_add 0` above cannot tell a silent probe from adds that all
+    // land between windows (on xfs and ext4 the readers wait on
+    // invalidate_lock, which the punch holds): the probes' runs can.
+    let add_runs: u64 = [
+        Prog::FolioAddRawTp,
+        Prog::ShmemAddFentry,
+        Prog::ShmemAddKprobe,
+    ]
+    .iter()
+    .map(|p| sum.health.hits.get(p.name()))
+    .sum();
+    let _ = writeln!(
+        s,
+        "  page-cache adds  {add_runs} seen by the add probes, {} inside a window",
+        sum.events.get("folio_add")
+    );
     let _ = writeln!(
         s,
         "  invalidate_lock  removals under it {}, without it {}; refills under it {}",
@@ -185,10 +203,10 @@ mod tests {
         };
         Summary {
             duration_s: 12.3456,
-            events: [("map_pages", 120), ("unmap_enter", 4)]
+            events: [("map_pages", 120), ("unmap_enter", 4), ("folio_add", 7)]
                 .into_iter()
                 .collect(),
-            kernel_emitted: [("map_pages", 121), ("unmap_enter", 4)]
+            kernel_emitted: [("map_pages", 121), ("unmap_enter", 4), ("folio_add", 7)]
                 .into_iter()
                 .collect(),
             kernel_dropped: [("map_pages", 1)].into_iter().collect(),
@@ -229,7 +247,12 @@ mod tests {
                 kernel_reports: 0,
             }],
             classes,
-            health: Health::default(),
+            health: Health {
+                hits: [("folio_add_raw_tp", 2241), ("folio_delete_raw_tp", 2054)]
+                    .into_iter()
+                    .collect(),
+                ..Health::default()
+            },
             agent: AgentUsage {
                 peak_rss_kib: 20480,
                 cpu_s: 0.25,
@@ -244,8 +267,8 @@ mod tests {
         assert_eq!(
             text(&sample()),
             "summary after 12.346 s\n\
-             \x20 events received  map_pages 120, unmap_enter 4\n\
-             \x20 kernel emitted   map_pages 121, unmap_enter 4\n\
+             \x20 events received  map_pages 120, unmap_enter 4, folio_add 7\n\
+             \x20 kernel emitted   map_pages 121, unmap_enter 4, folio_add 7\n\
              \x20 lost             ringbuf_full 1, unresolved 0, late 2, undecodable 0, no_entry 0\n\
              \x20 filtered         900 without a window, 0 outside its pages, 0 installs below EOF without a window (kernel pre-filter, not a loss)\n\
              \x20 windows          4 (punch_hole 3, ftruncate 1)\n\
@@ -256,6 +279,7 @@ mod tests {
              still_mapped_after_window 8, unknown 2; still mapped unattributed 0\n\
              \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0, exempt 0\n\
              \x20 class c (eof)    installs past EOF 3 (pmd 1): during a size change 2, shmem 1, beyond_eof 0\n\
+             \x20 page-cache adds  2241 seen by the add probes, 7 inside a window\n\
              \x20 invalidate_lock  removals under it 3, without it 0; refills under it 0\n\
              \x20 health           every attached probe fired or had no reason to\n\
              \x20 agent            peak rss 20480 KiB, cpu 0.25 s, 7 wakeups\n\
@@ -288,7 +312,7 @@ mod tests {
             r#""windows_by_op":{"punch_hole":3,"collapse_range":0,"ftruncate":1}"#,
             r#""failed_calls":{"collapse_range":7}"#,
             r#""classes":{"a":{"ptes_in_window":40,"rezapped":30,"stale_pte":0,"#,
-            r#""health":{"hits":{},"silent":[]}"#,
+            r#""health":{"hits":{"folio_add_raw_tp":2241,"folio_delete_raw_tp":2054},"silent":[]}"#,
             r#""verdict":"race_observed"}"#,
         ] {
             assert!(line.contains(key), "{key} not in {line}");

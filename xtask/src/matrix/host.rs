@@ -77,6 +77,7 @@ pub fn run(
     Ok(KernelResult {
         spec: "host".into(),
         release,
+        package: None,
         mode: "host",
         wall_s: 0.0,
         error: None,

@@ -1,6 +1,6 @@
 //! `cargo xtask matrix`: the truth table across kernels and filesystems.
 //!
-//! For every kernel (Debian 5.10, 6.1 and 6.12 cloud kernels under qemu, and
+//! For every kernel (Debian 5.10, 6.1, 6.12, 7.2 and 7.3 cloud kernels under qemu, and
 //! the host's own kernel on loop mounts) and every filesystem it offers among
 //! xfs, ext4, btrfs and tmpfs, the racer runs a list of workloads, each under
 //! its own observer: a few "race" runs (hole punches racing mapped faults and
@@ -39,10 +39,14 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct MatrixArgs {
-    /// Kernels, in order: Debian series (5.10, 6.1, 6.12) or exact releases
-    /// booted under qemu as `cargo xtask vm` does, and `host` for the running
-    /// kernel on loop mounts.
-    #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12,host")]
+    /// Kernels, in order: Debian series (5.10, 6.1, 6.12, 7.2 from sid, 7.3
+    /// from trixie-backports) or exact releases booted under qemu as `cargo
+    /// xtask vm` does, and `host` for the running kernel on loop mounts.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "5.10,6.1,6.12,7.2,7.3,host"
+    )]
     pub kernels: Vec<String>,
     /// Filesystems, where the kernel offers them.
     #[arg(long, value_delimiter = ',', default_value = "xfs,ext4,btrfs,tmpfs")]
@@ -195,6 +199,7 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
                 KernelResult {
                     spec: spec.clone(),
                     release: String::new(),
+                    package: None,
                     mode: if spec == "host" { "host" } else { "vm" },
                     wall_s,
                     error: Some(format!("{e:#}")),
@@ -248,11 +253,16 @@ fn plan_kernel<'a>(ws: &Workspace, args: &MatrixArgs, spec: &'a str) -> Row<'a> 
         };
     }
     match kernel_filesystems(ws, spec, &args.fs) {
-        Ok((release, offered)) => Row::Vm(vm::Kernel {
+        Ok(k) => Row::Vm(vm::Kernel {
             spec,
-            release,
-            planned: offered.iter().flat_map(|fs| plan(args, spec, fs)).collect(),
-            offered,
+            release: k.release,
+            package: k.package,
+            planned: k
+                .offered
+                .iter()
+                .flat_map(|fs| plan(args, spec, fs))
+                .collect(),
+            offered: k.offered,
         }),
         Err(error) => Row::Broken(error),
     }

@@ -30,6 +30,8 @@ pub(super) struct Planned {
 pub(super) struct KernelResult {
     pub(super) spec: String,
     pub(super) release: String,
+    /// `SUITE VERSION` of the Debian package a VM kernel came from.
+    pub(super) package: Option<String>,
     pub(super) mode: &'static str,
     pub(super) wall_s: f64,
     /// Why the kernel did not run at all.

@@ -94,8 +94,12 @@ impl Report<'_> {
         let mut notes = Vec::new();
         let mut proxy = false;
         for k in &self.kernels {
+            // A VM row names its series and the package it booted, e.g.
+            // `7.2 (sid 7.2.13-1)`: sid moves on, so the version matters.
             let kname = if k.mode == "host" {
                 format!("host {}", k.release)
+            } else if let Some(package) = &k.package {
+                format!("{} ({package})", k.spec)
             } else if k.release.is_empty() {
                 k.spec.clone()
             } else {
@@ -289,6 +293,8 @@ struct Config<'a> {
 struct KernelJson<'a> {
     spec: &'a str,
     release: &'a str,
+    /// `SUITE VERSION` of the Debian package (VM kernels).
+    package: Option<&'a str>,
     mode: &'static str,
     wall_s: Option<f64>,
     error: Option<&'a str>,
@@ -301,6 +307,7 @@ impl<'a> KernelJson<'a> {
         KernelJson {
             spec: &k.spec,
             release: &k.release,
+            package: k.package.as_deref(),
             mode: k.mode,
             wall_s: rounded(k.wall_s, 1),
             error: k.error.as_deref(),

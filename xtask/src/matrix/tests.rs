@@ -101,6 +101,7 @@ fn report_of<'a>(a: &'a MatrixArgs, dir: &Path, startup: &Startup) -> Report<'a>
         kernels: vec![KernelResult {
             spec: "5.10".into(),
             release: "5.10.0-46-cloud-amd64".into(),
+            package: Some("bullseye 5.10.251-1".into()),
             mode: "vm",
             wall_s: 100.0,
             error: None,
@@ -151,10 +152,14 @@ fn cells_sum_steps_and_mark_unsupported() {
     assert_eq!(c.steps[0].racer.unwrap().reads, 4353);
 
     let table = report.table();
-    assert!(table.contains("5.10.0-46-cloud-amd64"), "{table}");
+    // Rows name the series and the package booted.
+    assert!(table.contains("5.10 (bullseye 5.10.251-1)"), "{table}");
     assert!(table.contains("n/a"), "{table}");
     assert!(table.contains("not offered"), "{table}");
     assert!(!table.contains("120*"), "{table}");
+    let v: Value = serde_json::from_str(&report.json()).unwrap();
+    assert_eq!(v["kernels"][0]["package"], "bullseye 5.10.251-1");
+    assert_eq!(v["kernels"][0]["release"], "5.10.0-46-cloud-amd64");
     let cell = first_cell(&report);
     assert_eq!(cell["class_a_in_window"], 120);
     assert_eq!(cell["class_a_source"], "classes");

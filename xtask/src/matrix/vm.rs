@@ -30,6 +30,8 @@ pub struct Kernel<'a> {
     pub spec: &'a str,
     /// The release the spec resolved to.
     pub release: String,
+    /// `SUITE VERSION` of its package.
+    pub package: String,
     pub offered: Vec<String>,
     pub planned: Vec<Planned>,
 }
@@ -45,8 +47,9 @@ pub fn run(
     let spec = k.spec;
     let steps: Vec<Step> = k.planned.iter().map(|p| p.step.clone()).collect();
     say(format!(
-        "kernel {spec} ({}): {} steps on {}",
+        "kernel {spec} ({}, package {}): {} steps on {}",
         k.release,
+        k.package,
         steps.len(),
         k.offered.join(",")
     ));
@@ -161,6 +164,7 @@ pub fn run(
         } else {
             booted.trim().to_string()
         },
+        package: Some(k.package),
         mode: "vm",
         wall_s: 0.0,
         error: None,

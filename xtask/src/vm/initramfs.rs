@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::kernel::Module;
+use super::modules::Module;
 use crate::util::{raw_output, say};
 
 const BUSYBOX: &str = "/bin/busybox";

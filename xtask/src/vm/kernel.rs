@@ -1,7 +1,6 @@
-//! Debian cloud kernels: download, extraction and module dependencies.
+//! Debian cloud kernels: finding, downloading and unpacking them.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
     process::{self, Command},
@@ -16,37 +15,110 @@ pub struct Kernel {
     pub release: String,
     pub vmlinuz: PathBuf,
     pub moddir: PathBuf,
+    /// The kernel's .config (`CONFIG_TMPFS`).
+    pub config: PathBuf,
+    /// Where it came from: `SUITE VERSION` of its `linux-image-RELEASE`
+    /// package, e.g. `sid 7.2.13-1`.
+    pub package: String,
 }
+
+/// Where an unpacked kernel records its suite and package version.
+const PACKAGE_FILE: &str = ".package";
 
 /// Resolves `spec` (a series such as `6.12`, or an exact release such as
 /// `6.1.0-50-cloud-amd64`) to an extracted kernel in the cache, downloading
-/// it if needed.
+/// it if needed. A series whose newest package can no longer be downloaded
+/// (sid drops superseded versions at once) falls back to the newest
+/// kernel of that series already in the cache.
 pub fn prepare(ws: &Workspace, spec: &str) -> Result<Kernel> {
     let cache = ws.root.join(".cache").join("kernels");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
 
     let apt = Apt::for_spec(ws, spec)?;
-    let release = resolve(spec, &cache, &apt)?;
+    let mut release = resolve(spec, &cache, &apt)?;
     let dir = cache.join(&release);
     if dir.join(".complete").exists() {
         say(format!("kernel {release}: using cached {}", dir.display()));
-    } else {
-        let deb = download(&release, &cache, &apt)?;
-        extract(&deb, &dir)?;
+    } else if let Err(e) = fetch(&release, &cache, &apt) {
+        if !is_series(spec) {
+            return Err(e);
+        }
+        say(format!("kernel {release}: {e:#}"));
+        release = refetch(spec, &release, &cache, &apt).map_err(|again| {
+            e.context(format!(
+                "and no other kernel of {spec} could be had: {again:#}"
+            ))
+        })?;
     }
-    let kernel = Kernel {
-        vmlinuz: dir.join("boot").join(format!("vmlinuz-{release}")),
-        moddir: dir.join("lib").join("modules").join(&release),
-        release,
+    locate(&cache.join(&release), release)
+}
+
+/// After `failed` could not be downloaded: the package lists were stale
+/// (the suite has moved on); fresh lists may name a newer kernel of the
+/// series, else the newest one in the cache is used.
+fn refetch(spec: &str, failed: &str, cache: &Path, apt: &Apt) -> Result<String> {
+    if crate::util::is_root() && apt.update().is_ok() {
+        let available = apt_search(apt, &series_pattern(spec))?;
+        let available: Vec<String> = available
+            .iter()
+            .map(|p| p.trim_start_matches("linux-image-").to_string())
+            .collect();
+        if let Some(Choice::Apt(release)) = choose(spec, &available, &[])
+            && release != failed
+        {
+            match fetch(&release, cache, apt) {
+                Ok(()) => return Ok(release),
+                Err(e) => say(format!("kernel {release}: {e:#}")),
+            }
+        }
+    }
+    match choose(spec, &[], &cached_releases(cache)?) {
+        Some(Choice::Cached(release)) => {
+            say(format!(
+                "kernel {spec}: {failed} is gone from the archive; using the newest cached, {release}"
+            ));
+            Ok(release)
+        }
+        _ => bail!("no kernel of {spec} is cached"),
+    }
+}
+
+/// The unpacked kernel in `dir`: up to 6.x Debian ships
+/// `boot/vmlinuz-RELEASE` and `lib/modules/RELEASE`; from 7.x the image is
+/// `usr/lib/modules/RELEASE/vmlinuz` (in linux-binary-RELEASE) beside the
+/// modules (linux-modules-RELEASE) and modules.builtin and config
+/// (linux-base-RELEASE).
+fn locate(dir: &Path, release: String) -> Result<Kernel> {
+    let moddir = ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|d| dir.join(d).join(&release))
+        .find(|d| d.is_dir());
+    let split = moddir.as_ref().map(|m| m.join("vmlinuz"));
+    let (vmlinuz, config) = match split.filter(|v| v.is_file()) {
+        Some(v) => (v.clone(), v.with_file_name("config")),
+        None => (
+            dir.join("boot").join(format!("vmlinuz-{release}")),
+            dir.join("boot").join(format!("config-{release}")),
+        ),
     };
-    if !kernel.vmlinuz.is_file() || !kernel.moddir.is_dir() {
+    let Some(moddir) = moddir.filter(|_| vmlinuz.is_file()) else {
         bail!(
-            "{} does not hold boot/vmlinuz-{r} and lib/modules/{r}; delete it and retry",
+            "{} holds neither boot/vmlinuz-{r} with lib/modules/{r} nor \
+             usr/lib/modules/{r}/vmlinuz; delete it and retry",
             dir.display(),
-            r = kernel.release
+            r = release
         );
-    }
-    Ok(kernel)
+    };
+    let package = fs::read_to_string(dir.join(PACKAGE_FILE))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    Ok(Kernel {
+        release,
+        vmlinuz,
+        moddir,
+        config,
+        package,
+    })
 }
 
 /// Debian suites other than the host's (bookworm) that a kernel series
@@ -58,12 +130,26 @@ struct ExtraSuite {
     sources: &'static str,
 }
 
-const EXTRA_SUITES: &[ExtraSuite] = &[ExtraSuite {
-    series: "5.10",
-    name: "bullseye",
-    sources: "deb http://deb.debian.org/debian bullseye main\n\
-              deb http://deb.debian.org/debian-security bullseye-security main\n",
-}];
+const EXTRA_SUITES: &[ExtraSuite] = &[
+    ExtraSuite {
+        series: "5.10",
+        name: "bullseye",
+        sources: "deb http://deb.debian.org/debian bullseye main\n\
+                  deb http://deb.debian.org/debian-security bullseye-security main\n",
+    },
+    // sid drops a version as soon as the next one is uploaded: see
+    // `refetch` for what happens when its lists are stale.
+    ExtraSuite {
+        series: "7.2",
+        name: "sid",
+        sources: "deb http://deb.debian.org/debian sid main\n",
+    },
+    ExtraSuite {
+        series: "7.3",
+        name: "trixie-backports",
+        sources: "deb http://deb.debian.org/debian trixie-backports main\n",
+    },
+];
 
 /// How to ask apt about kernel packages: the host's own configuration, or
 /// a private sources list and package lists under `.cache/apt/SUITE` that
@@ -118,6 +204,16 @@ impl Apt {
         })
     }
 
+    /// The suite that offers `version` of `package`; the private suite's
+    /// name, or `unknown`, when apt cannot tell (offline, no lists).
+    fn suite_of(&self, package: &str, version: &str) -> String {
+        output(self.command("apt-cache").args(["policy", package]))
+            .ok()
+            .and_then(|p| policy_suite(&p, version))
+            .or_else(|| self.private.as_ref().map(|(s, _)| s.to_string()))
+            .unwrap_or_else(|| "unknown".into())
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(&self.options);
@@ -166,11 +262,7 @@ fn resolve(spec: &str, cache: &Path, apt: &Apt) -> Result<String> {
             format!("{release}-cloud-amd64")
         });
     }
-    // `6\.1\.` cannot match 6.12.x; the `$` anchor drops -dbg and -unsigned.
-    let pattern = format!(
-        r"^linux-image-{}\.[0-9].*-cloud-amd64$",
-        spec.replace('.', r"\.")
-    );
+    let pattern = series_pattern(spec);
     // Private lists are fetched once and kept; the host's are the host's.
     if !apt.has_lists()
         && crate::util::is_root()
@@ -186,31 +278,69 @@ fn resolve(spec: &str, cache: &Path, apt: &Apt) -> Result<String> {
             Err(e) => say(format!("apt-get update failed: {e:#}")),
         }
     }
-    if let Some(newest) = found
-        .into_iter()
-        .max_by(|a, b| version_key(a).cmp(&version_key(b)))
-    {
-        let release = newest.trim_start_matches("linux-image-").to_string();
-        say(format!("kernel {spec}: newest available is {release}"));
-        return Ok(release);
-    }
-    // Offline: fall back to the newest kernel of the series already cached.
-    let prefix = format!("{spec}.");
-    let cached = fs::read_dir(cache)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(".complete").exists())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .max_by(|a, b| version_key(a).cmp(&version_key(b)));
-    match cached {
-        Some(release) => {
+    let available: Vec<String> = found
+        .iter()
+        .map(|p| p.trim_start_matches("linux-image-").to_string())
+        .collect();
+    match choose(spec, &available, &cached_releases(cache)?) {
+        Some(Choice::Apt(release)) => {
+            say(format!("kernel {spec}: newest available is {release}"));
+            Ok(release)
+        }
+        Some(Choice::Cached(release)) => {
             say(format!(
-                "kernel {spec}: apt knows no package, using cached {release}"
+                "kernel {spec}: apt knows no package (offline, or the suite has moved on), using cached {release}"
             ));
             Ok(release)
         }
         None => bail!("no package matches {pattern} (apt-cache search), and none is cached"),
     }
+}
+
+/// `apt-cache search` pattern for a series' cloud kernels: `6\.1\.` cannot
+/// match 6.12.x; the `$` anchor drops -dbg and -unsigned.
+fn series_pattern(spec: &str) -> String {
+    format!(
+        r"^linux-image-{}\.[0-9].*-cloud-amd64$",
+        spec.replace('.', r"\.")
+    )
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Choice {
+    /// The newest release of the series in the package lists.
+    Apt(String),
+    /// None there: the newest one already unpacked in the cache.
+    Cached(String),
+}
+
+/// Which release of series `spec` to use, among those the package lists
+/// offer and those unpacked in the cache: the newest the lists offer, else
+/// the newest cached one (when the suite has moved on to another series, or
+/// there is no network). Versions compare numerically, and `7.2` does not
+/// take 7.20.x.
+fn choose(spec: &str, available: &[String], cached: &[String]) -> Option<Choice> {
+    let prefix = format!("{spec}.");
+    let newest = |names: &[String]| {
+        names
+            .iter()
+            .filter(|n| n.starts_with(&prefix))
+            .max_by(|a, b| version_key(a).cmp(&version_key(b)))
+            .cloned()
+    };
+    newest(available)
+        .map(Choice::Apt)
+        .or_else(|| newest(cached).map(Choice::Cached))
+}
+
+/// Releases unpacked completely in the cache.
+fn cached_releases(cache: &Path) -> Result<Vec<String>> {
+    Ok(fs::read_dir(cache)
+        .with_context(|| format!("listing {}", cache.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(".complete").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
 }
 
 fn apt_search(apt: &Apt, pattern: &str) -> Result<Vec<String>> {
@@ -233,8 +363,45 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
-fn download(release: &str, cache: &Path, apt: &Apt) -> Result<PathBuf> {
-    let package = format!("linux-image-{release}");
+/// Downloads `linux-image-RELEASE` and the packages it depends on that
+/// carry the kernel (from 7.x it is an empty package that depends on
+/// linux-binary-, linux-modules- and linux-base-RELEASE), and unpacks them
+/// all into `cache/RELEASE`, with the suite and version in [`PACKAGE_FILE`].
+fn fetch(release: &str, cache: &Path, apt: &Apt) -> Result<()> {
+    let image = format!("linux-image-{release}");
+    let deb = download(&image, cache, apt)?;
+    let field = |deb: &Path, name: &str| -> Result<String> {
+        Ok(
+            output(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name))?
+                .trim()
+                .to_string(),
+        )
+    };
+    let version = field(&deb, "Version")?;
+    let mut debs = vec![deb.clone()];
+    for dep in kernel_depends(&field(&deb, "Depends")?, release) {
+        debs.push(download(&dep, cache, apt)?);
+    }
+    let suite = apt.suite_of(&image, &version);
+    extract(&debs, &cache.join(release), &format!("{suite} {version}"))
+}
+
+/// The packages of a `Depends` field that hold part of the kernel: plain
+/// (no alternatives) `linux-*` names that carry the release. Tools such as
+/// `initramfs-tools | dracut` and 6.x's unversioned `linux-base` are not.
+fn kernel_depends(depends: &str, release: &str) -> Vec<String> {
+    depends
+        .split(',')
+        .map(str::trim)
+        .filter(|group| !group.contains('|'))
+        .filter_map(|group| group.split_whitespace().next())
+        .filter(|name| name.starts_with("linux-") && name.contains(release))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `PACKAGE_*.deb` in the cache, downloaded first if need be.
+fn download(package: &str, cache: &Path, apt: &Apt) -> Result<PathBuf> {
     let prefix = format!("{package}_");
     let find = |dir: &Path| -> Result<Option<PathBuf>> {
         Ok(fs::read_dir(dir)?
@@ -247,13 +414,10 @@ fn download(release: &str, cache: &Path, apt: &Apt) -> Result<PathBuf> {
             }))
     };
     if let Some(deb) = find(cache)? {
-        say(format!(
-            "kernel {release}: using downloaded {}",
-            deb.display()
-        ));
+        say(format!("{package}: using downloaded {}", deb.display()));
         return Ok(deb);
     }
-    say(format!("kernel {release}: downloading {package}"));
+    say(format!("downloading {package}"));
     // A private directory, renamed into place, keeps concurrent runs from
     // seeing half-written files.
     let tmp = cache.join(format!(".download-{}", process::id()));
@@ -264,7 +428,7 @@ fn download(release: &str, cache: &Path, apt: &Apt) -> Result<PathBuf> {
     if crate::util::is_root() {
         cmd.args(["-o", "APT::Sandbox::User=root"]);
     }
-    cmd.args(["download", &package]).current_dir(&tmp);
+    cmd.args(["download", package]).current_dir(&tmp);
     let result = run(&mut cmd)
         .with_context(|| format!("downloading {package}; is it still in the apt archive?"))
         .and_then(|()| find(&tmp)?.context("apt-get download produced no .deb"))
@@ -277,17 +441,20 @@ fn download(release: &str, cache: &Path, apt: &Apt) -> Result<PathBuf> {
     result
 }
 
-fn extract(deb: &Path, dir: &Path) -> Result<()> {
-    say(format!(
-        "extracting {} into {}",
-        deb.display(),
-        dir.display()
-    ));
+fn extract(debs: &[PathBuf], dir: &Path, package: &str) -> Result<()> {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.with_file_name(format!(".extract-{name}-{}", process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    for deb in debs {
+        say(format!(
+            "extracting {} into {}",
+            deb.display(),
+            dir.display()
+        ));
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    }
+    fs::write(tmp.join(PACKAGE_FILE), format!("{package}\n"))?;
     fs::write(tmp.join(".complete"), "")?;
     if fs::rename(&tmp, dir).is_err() {
         // Another run finished first, or a stale partial directory is in
@@ -302,237 +469,21 @@ fn extract(deb: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `kernel` can mount `fs`: built in or shipped as a module (for
-/// tmpfs: CONFIG_TMPFS in its config, assumed when the config is missing).
-pub fn offers(kernel: &Kernel, fs: &str) -> Result<bool> {
-    if fs.starts_with("tmpfs") {
-        let config = kernel
-            .vmlinuz
-            .with_file_name(format!("config-{}", kernel.release));
-        return Ok(match fs::read_to_string(&config) {
-            Ok(text) => text.lines().any(|l| l == "CONFIG_TMPFS=y"),
-            Err(_) => true,
-        });
-    }
-    let name = normalize(fs);
-    Ok(builtin_modules(&kernel.moddir)?.contains(&name)
-        || index_modules(&kernel.moddir.join("kernel"))?.contains_key(&name))
-}
-
-pub struct Module {
-    pub name: String,
-    /// Decompressed: busybox insmod passes the file straight to init_module.
-    pub data: Vec<u8>,
-}
-
-/// The modules to insmod, dependencies first, for `wanted`; built-in ones
-/// are left out.
-///
-/// Debian's package ships no modules.dep (depmod runs at install time), so
-/// the dependencies come from each module's own .modinfo section.
-pub fn modules(kernel: &Kernel, wanted: &[String]) -> Result<Vec<Module>> {
-    let files = index_modules(&kernel.moddir.join("kernel"))?;
-    let builtin = builtin_modules(&kernel.moddir)?;
-    let mut ctx = Closure {
-        files: &files,
-        builtin: &builtin,
-        seen: HashSet::new(),
-        order: Vec::new(),
-    };
-    for name in wanted {
-        let name = normalize(name);
-        if builtin.contains(&name) {
-            say(format!("module {name}: built into {}", kernel.release));
-            continue;
-        }
-        if !files.contains_key(&name) {
-            bail!(
-                "module {name} is neither built into {} nor shipped with it",
-                kernel.release
-            );
-        }
-        ctx.visit(&name, &mut Vec::new())?;
-    }
-    let names: Vec<&str> = ctx.order.iter().map(|m| m.name.as_str()).collect();
-    say(format!("modules to load, in order: {}", names.join(" → ")));
-    Ok(ctx.order)
-}
-
-struct Closure<'a> {
-    files: &'a HashMap<String, PathBuf>,
-    builtin: &'a HashSet<String>,
-    seen: HashSet<String>,
-    order: Vec<Module>,
-}
-
-impl Closure<'_> {
-    fn visit(&mut self, name: &str, stack: &mut Vec<String>) -> Result<()> {
-        if self.builtin.contains(name) || !self.seen.insert(name.to_string()) {
-            return Ok(());
-        }
-        let path = self.files.get(name).with_context(|| {
-            format!("module {name} (needed by {}) not found", stack.join(" ← "))
-        })?;
-        let data = decompress(path)?;
-        let info =
-            modinfo(&data).with_context(|| format!("reading .modinfo of {}", path.display()))?;
-        stack.push(name.to_string());
-        for dep in info.get("depends").into_iter().flatten() {
-            for dep in dep.split(',').filter(|d| !d.is_empty()) {
-                self.visit(&normalize(dep), stack)?;
-            }
-        }
-        // Soft "pre" dependencies (libcrc32c → crc32c) often name an alias
-        // that a built-in provides; load them only when a module file of
-        // that exact name exists.
-        for soft in info.get("softdep").into_iter().flatten() {
-            for dep in soft_pre(soft) {
-                let dep = normalize(dep);
-                if self.files.contains_key(&dep) {
-                    self.visit(&dep, stack)?;
-                }
-            }
-        }
-        stack.pop();
-        self.order.push(Module {
-            name: name.to_string(),
-            data,
-        });
-        Ok(())
-    }
-}
-
-fn soft_pre(softdep: &str) -> Vec<&str> {
-    let mut pre = Vec::new();
-    let mut in_pre = false;
-    for word in softdep.split_whitespace() {
-        match word {
-            "pre:" => in_pre = true,
-            "post:" => in_pre = false,
-            w if in_pre => pre.push(w),
-            _ => {}
-        }
-    }
-    pre
-}
-
-/// Module names treat `-` and `_` alike; the kernel reports `_`.
-fn normalize(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-fn module_name(file: &str) -> Option<String> {
-    let base = file.rsplit('/').next()?;
-    let stem = base.split_once(".ko").map(|(s, _)| s)?;
-    Some(normalize(stem))
-}
-
-fn index_modules(dir: &Path) -> Result<HashMap<String, PathBuf>> {
-    let mut found = HashMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-            } else if let Some(name) = path.to_str().and_then(module_name) {
-                found.insert(name, path);
-            }
-        }
-    }
-    Ok(found)
-}
-
-fn builtin_modules(moddir: &Path) -> Result<HashSet<String>> {
-    let path = moddir.join("modules.builtin");
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    Ok(text.lines().filter_map(module_name).collect())
-}
-
-fn decompress(path: &Path) -> Result<Vec<u8>> {
-    let name = path.to_string_lossy();
-    let tool: Option<(&str, &[&str])> = if name.ends_with(".ko.xz") {
-        Some(("xz", &["-dc"]))
-    } else if name.ends_with(".ko.zst") {
-        Some(("zstd", &["-dcq"]))
-    } else if name.ends_with(".ko.gz") {
-        Some(("gzip", &["-dc"]))
-    } else {
-        None
-    };
-    match tool {
-        None => fs::read(path).with_context(|| format!("reading {}", path.display())),
-        Some((prog, args)) => {
-            let out = crate::util::raw_output(Command::new(prog).args(args).arg(path))?;
-            if !out.status.success() {
-                bail!(
-                    "{prog} could not decompress {}: {}",
-                    path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(out.stdout)
-        }
-    }
-}
-
-/// Key/value pairs from the .modinfo section of a relocatable ELF64 module.
-fn modinfo(elf: &[u8]) -> Result<BTreeMap<String, Vec<String>>> {
-    let u16_at = |o: usize| -> Result<u64> {
-        Ok(u16::from_le_bytes(elf.get(o..o + 2).context("truncated ELF")?.try_into()?) as u64)
-    };
-    let u32_at = |o: usize| -> Result<u64> {
-        Ok(u32::from_le_bytes(elf.get(o..o + 4).context("truncated ELF")?.try_into()?) as u64)
-    };
-    let u64_at = |o: usize| -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            elf.get(o..o + 8).context("truncated ELF")?.try_into()?,
-        ))
-    };
-    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
-        bail!("not a little-endian ELF64 file");
-    }
-    let shoff = u64_at(0x28)? as usize;
-    let shentsize = u16_at(0x3a)? as usize;
-    let shnum = u16_at(0x3c)? as usize;
-    let shstrndx = u16_at(0x3e)? as usize;
-    let section = |i: usize| -> Result<(u64, usize, usize)> {
-        let h = shoff + i * shentsize;
-        Ok((
-            u32_at(h)?,
-            u64_at(h + 24)? as usize,
-            u64_at(h + 32)? as usize,
-        ))
-    };
-    let (_, strtab_off, strtab_size) = section(shstrndx)?;
-    let strtab = elf
-        .get(strtab_off..strtab_off + strtab_size)
-        .context("section names out of bounds")?;
-    for i in 0..shnum {
-        let (name_off, off, size) = section(i)?;
-        let name = strtab
-            .get(name_off as usize..)
-            .and_then(|s| s.split(|&b| b == 0).next())
-            .unwrap_or_default();
-        if name != b".modinfo" {
-            continue;
-        }
-        let data = elf.get(off..off + size).context(".modinfo out of bounds")?;
-        let mut info: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for entry in data.split(|&b| b == 0).filter(|e| !e.is_empty()) {
-            let entry = String::from_utf8_lossy(entry);
-            if let Some((k, v)) = entry.split_once('=') {
-                info.entry(k.to_string()).or_default().push(v.to_string());
-            }
-        }
-        return Ok(info);
-    }
-    bail!("no .modinfo section")
+/// The suite `apt-cache policy` names for `version` of a package: the
+/// distribution part of the first source line under that version, e.g.
+/// `bookworm-backports` from `100 http://deb.debian.org/debian
+/// bookworm-backports/main amd64 Packages`.
+fn policy_suite(policy: &str, version: &str) -> Option<String> {
+    let mut lines = policy.lines().skip_while(|l| l.trim() != "Version table:");
+    lines.find(|l| {
+        l.trim_start_matches([' ', '*'].as_slice())
+            .split_whitespace()
+            .next()
+            == Some(version)
+    })?;
+    let source = lines.next()?;
+    let dist = source.split_whitespace().nth(2)?;
+    Some(dist.split('/').next()?.to_string())
 }
 
 #[cfg(test)]
@@ -571,16 +522,112 @@ mod tests {
         );
     }
 
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// sid keeps one version per series and drops it when the suite moves
+    /// on: then the newest cached kernel of the series is used, compared
+    /// numerically, never one of another series.
     #[test]
-    fn names() {
+    fn a_series_the_suite_left_falls_back_to_the_newest_cached() {
+        let cached = names(&[
+            "7.2.9+deb14-cloud-amd64",
+            "7.2.13+deb14-cloud-amd64",
+            "7.20.1+deb14-cloud-amd64",
+            "7.3.4+deb13-cloud-amd64",
+            "6.12.85+deb12-cloud-amd64",
+        ]);
+        // sid moved on to 7.4: nothing of 7.2 in its lists any more.
+        let sid = names(&["7.4.1+deb14-cloud-amd64"]);
         assert_eq!(
-            module_name("kernel/fs/xfs/xfs.ko.xz").as_deref(),
-            Some("xfs")
+            choose("7.2", &sid, &cached),
+            Some(Choice::Cached("7.2.13+deb14-cloud-amd64".into()))
         );
         assert_eq!(
-            module_name("kernel/arch/x86/crypto/crc32c-intel.ko").as_deref(),
-            Some("crc32c_intel")
+            choose("7.2", &[], &cached),
+            Some(Choice::Cached("7.2.13+deb14-cloud-amd64".into()))
         );
-        assert_eq!(soft_pre("pre: crc32c post: foo"), vec!["crc32c"]);
+        // The lists still offer the series: their newest wins, even over a
+        // newer cached one (the lists are what the suite holds).
+        let lists = names(&["7.2.12+deb14-cloud-amd64", "7.2.10+deb14-cloud-amd64"]);
+        assert_eq!(
+            choose("7.2", &lists, &cached),
+            Some(Choice::Apt("7.2.12+deb14-cloud-amd64".into()))
+        );
+        assert_eq!(choose("7.5", &sid, &cached), None);
+        assert_eq!(choose("7.2", &[], &[]), None);
+    }
+
+    #[test]
+    fn the_kernel_parts_of_a_meta_package() {
+        let r = "7.2.13+deb14-cloud-amd64";
+        let depends = "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+            linux-base-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
+            linux-binary-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
+            linux-modules-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)";
+        assert_eq!(
+            kernel_depends(depends, r),
+            names(&[
+                "linux-base-7.2.13+deb14-cloud-amd64",
+                "linux-binary-7.2.13+deb14-cloud-amd64",
+                "linux-modules-7.2.13+deb14-cloud-amd64",
+            ])
+        );
+        // 6.x: the image is the package itself.
+        let old =
+            "kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool";
+        assert!(kernel_depends(old, "6.12.85+deb12-cloud-amd64").is_empty());
+    }
+
+    #[test]
+    fn the_suite_of_a_version_from_apt_policy() {
+        let policy = "linux-image-6.12.85+deb12-cloud-amd64:
+  Installed: (none)
+  Candidate: 6.12.85-1~bpo12+1
+  Version table:
+     6.12.85-1~bpo12+1 100
+        100 http://deb.debian.org/debian bookworm-backports/main amd64 Packages
+     6.12.80-1~bpo12+1 500
+        500 http://deb.debian.org/debian bookworm/main amd64 Packages
+";
+        assert_eq!(
+            policy_suite(policy, "6.12.85-1~bpo12+1").as_deref(),
+            Some("bookworm-backports")
+        );
+        assert_eq!(
+            policy_suite(policy, "6.12.80-1~bpo12+1").as_deref(),
+            Some("bookworm")
+        );
+        assert_eq!(policy_suite(policy, "6.12.1-1"), None);
+    }
+
+    #[test]
+    fn both_package_layouts_are_found() {
+        let root = std::env::temp_dir().join(format!("xtask-kernel-layout-{}", process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let split = root.join("7.2.13+deb14-cloud-amd64");
+        let m = split.join("usr/lib/modules/7.2.13+deb14-cloud-amd64");
+        fs::create_dir_all(&m).unwrap();
+        fs::write(m.join("vmlinuz"), "").unwrap();
+        fs::write(split.join(PACKAGE_FILE), "sid 7.2.13-1\n").unwrap();
+        let k = locate(&split, "7.2.13+deb14-cloud-amd64".into()).unwrap();
+        assert_eq!(
+            (k.vmlinuz, k.moddir.clone()),
+            (m.join("vmlinuz"), m.clone())
+        );
+        assert_eq!(k.config, m.join("config"));
+        assert_eq!(k.package, "sid 7.2.13-1");
+
+        let old = root.join("6.12.85+deb12-cloud-amd64");
+        let m = old.join("lib/modules/6.12.85+deb12-cloud-amd64");
+        fs::create_dir_all(&m).unwrap();
+        fs::create_dir_all(old.join("boot")).unwrap();
+        fs::write(old.join("boot/vmlinuz-6.12.85+deb12-cloud-amd64"), "").unwrap();
+        let k = locate(&old, "6.12.85+deb12-cloud-amd64".into()).unwrap();
+        assert_eq!(k.moddir, m);
+        assert_eq!(k.package, "unknown");
+        assert!(locate(&root.join("none"), "7.3.4+deb13-cloud-amd64".into()).is_err());
+        let _ = fs::remove_dir_all(&root);
     }
 }

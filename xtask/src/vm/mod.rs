@@ -5,6 +5,7 @@
 
 mod initramfs;
 mod kernel;
+mod modules;
 mod qemu;
 
 pub use initramfs::Step;
@@ -32,8 +33,10 @@ const OUT_MARKER: &str = ".xtask-vm";
 
 #[derive(Args)]
 pub struct VmArgs {
-    /// Kernel series (6.12, 6.1 or 5.10: newest Debian cloud package; 5.10
-    /// comes from bullseye) or an exact release such as 6.1.0-50-cloud-amd64.
+    /// Kernel series (5.10, 6.1, 6.12, 7.2 or 7.3: newest Debian cloud
+    /// package; 5.10 comes from bullseye, 7.2 from sid, 7.3 from
+    /// trixie-backports; a series the suite has left falls back to the newest
+    /// cached one) or an exact release such as 6.1.0-50-cloud-amd64.
     #[arg(long)]
     kernel: String,
     /// Filesystems to run the racer on, in order (xfs, ext4, btrfs, tmpfs).
@@ -178,21 +181,30 @@ pub struct StepsGuest<'a> {
     pub watch: &'a dyn Fn(&str),
 }
 
+/// A kernel `spec` named, downloaded and unpacked.
+pub struct Prepared {
+    pub release: String,
+    /// `SUITE VERSION` of its package, e.g. `sid 7.2.13-1`.
+    pub package: String,
+    /// Which of the filesystems asked for it can mount.
+    pub offered: Vec<String>,
+}
+
 /// The kernel `spec` names, downloaded and unpacked if needed, and which of
 /// `filesystems` it can mount.
-pub fn kernel_filesystems(
-    ws: &Workspace,
-    spec: &str,
-    filesystems: &[String],
-) -> Result<(String, Vec<String>)> {
+pub fn kernel_filesystems(ws: &Workspace, spec: &str, filesystems: &[String]) -> Result<Prepared> {
     let kernel = kernel::prepare(ws, spec)?;
     let mut offered = Vec::new();
     for fs in filesystems {
-        if kernel::offers(&kernel, fs)? {
+        if modules::offers(&kernel, fs)? {
             offered.push(fs.clone());
         }
     }
-    Ok((kernel.release, offered))
+    Ok(Prepared {
+        release: kernel.release,
+        package: kernel.package,
+        offered,
+    })
 }
 
 /// What a steps guest brought back.
@@ -367,6 +379,12 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
     let out = fs::canonicalize(g.out)?;
 
     let kernel = kernel::prepare(ws, g.kernel)?;
+    // Which package this run booted: sid moves on, the cache stays.
+    say(format!(
+        "kernel {}: package {}",
+        kernel.release, kernel.package
+    ));
+    fs::write(out.join("package"), format!("{}\n", kernel.package))?;
     // On 5.10 virtio_pci is a module too (pulling in virtio, virtio_ring).
     let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk"].map(String::from).to_vec();
     wanted.extend(
@@ -376,7 +394,7 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
             .cloned(),
     );
     wanted.extend(g.modules.iter().cloned());
-    let modules = kernel::modules(&kernel, &wanted)?;
+    let modules = modules::modules(&kernel, &wanted)?;
 
     let work = out.join("work");
     fs::create_dir_all(&work)?;
@@ -502,8 +520,9 @@ fn summarize(out: &Path, filesystems: &[String]) -> Result<()> {
     };
     say(format!("results in {}", out.display()));
     say(format!(
-        "  kernel   {}",
-        read("uname").unwrap_or_else(|| "?".into())
+        "  kernel   {} (package {})",
+        read("uname").unwrap_or_else(|| "?".into()),
+        read("package").unwrap_or_else(|| "?".into())
     ));
     for fs in filesystems {
         let alerts = read(&format!("{fs}.alerts.json"))
