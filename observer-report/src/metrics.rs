@@ -175,6 +175,19 @@ pub fn pte_outcomes(a: &crate::ClassA) -> [(&'static str, u64); 4] {
     ]
 }
 
+/// `pcro_alerts_total{kind,severity}`'s series: every kind the summary
+/// names, each with all three severities.
+pub fn alert_series(s: &Summary) -> impl Iterator<Item = (Vec<String>, u64)> + '_ {
+    s.alerts_by_kind.iter().flat_map(|(kind, b)| {
+        [
+            ("info", b.info),
+            ("warning", b.warning),
+            ("critical", b.critical),
+        ]
+        .map(|(sev, v)| (vec![kind.clone(), sev.to_owned()], v))
+    })
+}
+
 /// The class-C outcomes, as `pcro_installs_past_eof_total{outcome}` labels
 /// them (they sum to `installs_past_eof`).
 pub fn eof_outcomes(c: &crate::ClassC) -> [(&'static str, u64); 3] {
@@ -202,18 +215,9 @@ pub fn families(s: &Summary, startup: &Startup, version: &str, finished: bool) -
                     .map(|(k, v)| one(vec![(*k).to_owned()], *v))
                     .collect(),
                 n if n == WINDOWS.name => counts(&s.windows_by_op),
-                n if n == ALERTS.name => s
-                    .alerts_by_kind
-                    .iter()
-                    .flat_map(|(kind, b)| {
-                        [
-                            ("info", b.info),
-                            ("warning", b.warning),
-                            ("critical", b.critical),
-                        ]
-                        .map(|(sev, v)| one(vec![kind.clone(), sev.to_owned()], v))
-                    })
-                    .collect(),
+                n if n == ALERTS.name => {
+                    alert_series(s).map(|(labels, v)| one(labels, v)).collect()
+                }
                 n if n == PTES_IN_WINDOW.name => pte_outcomes(&s.classes.a)
                     .iter()
                     .map(|(k, v)| one(vec![(*k).to_owned()], *v))

@@ -26,7 +26,7 @@ pub mod stress;
 
 pub use bpf::{BpfObject, HeldBpf, bpf_held_by, bpf_links, bpf_programs, bpftool_bin};
 pub use mount::{FsType, LoopMount, statfs_type};
-pub use observer::{ObserverExit, ObserverProcess};
+pub use observer::{ObserverExit, ObserverProcess, tee_lines};
 pub use stream::{Ends, Stream, assert_nothing_vanished, comparable};
 
 /// One observer test at a time within a test binary: each loads programs

@@ -7,6 +7,27 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+/// Reads `pipe` line by line on a thread of its own: each line is kept in
+/// `text` and sent on `lines` (whose receiver may be gone: the text is kept
+/// regardless), so a caller can wait for one line and still show it all.
+pub fn tee_lines(
+    pipe: impl std::io::Read + Send + 'static,
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    lines: std::sync::mpsc::Sender<String>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, BufReader};
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut s) = text.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
+            let _ = lines.send(line);
+        }
+    })
+}
+
 /// A running `observer` with its stdout and stderr read by background threads
 /// (so neither pipe can fill up and stall it). Dropping it SIGKILLs and reaps
 /// the process if it was not waited for.
@@ -40,7 +61,7 @@ impl ObserverProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        use std::io::{BufRead, BufReader, Read};
+        use std::io::Read;
         use std::process::Stdio;
         use std::sync::{Arc, Mutex, mpsc};
 
@@ -58,18 +79,7 @@ impl ObserverProcess {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         if let Some(pipe) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(mut s) = sink.lock() {
-                        s.push_str(&line);
-                        s.push('\n');
-                    }
-                    // The receiver may be gone; the text is kept regardless.
-                    let _ = tx.send(line);
-                }
-            }));
+            readers.push(tee_lines(pipe, Arc::clone(&stderr), tx));
         }
         if let Some(mut pipe) = child.stdout.take() {
             let sink = Arc::clone(&stdout);

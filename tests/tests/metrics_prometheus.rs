@@ -290,18 +290,7 @@ fn prometheus_scrapes_exactly_the_summary() {
         prom.last(&metrics::WINDOWS),
         labelled(s.windows_by_op.iter())
     );
-    let alerts: Vec<(Vec<String>, u64)> = s
-        .alerts_by_kind
-        .iter()
-        .flat_map(|(kind, b)| {
-            [
-                ("info", b.info),
-                ("warning", b.warning),
-                ("critical", b.critical),
-            ]
-            .map(|(sev, n)| (vec![kind.clone(), sev.to_owned()], n))
-        })
-        .collect();
+    let alerts: Vec<(Vec<String>, u64)> = metrics::alert_series(s).collect();
     assert_eq!(prom.last(&metrics::ALERTS), sorted(alerts));
     let by_kind: u64 = s
         .alerts_by_kind

@@ -8,7 +8,6 @@
 //! programs (its fdinfo is what the bpf_stats rounds read).
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -48,17 +47,7 @@ impl Peer {
         let pipe = child.stdout.take().context("no stdout pipe")?;
         let (tx, rx) = mpsc::channel();
         let stdout = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stdout);
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-                let _ = tx.send(line);
-            }
-        });
+        let reader = observer_tests::tee_lines(pipe, Arc::clone(&stdout), tx);
         let mut peer = Self {
             child,
             stdout,
