@@ -3,7 +3,7 @@
 //! renamed function, a changed argument, a program that reads the wrong
 //! field and returns early). Pure: counts in, findings out.
 
-use observer_abi::probes::{EXPECTATIONS, Prog, Role};
+use observer_abi::probes::{EXPECTATIONS, Prog, Role, functions};
 use observer_report::{Counts, Health, Silence};
 
 /// One attached program, the role of its row, and how often it ran.
@@ -65,15 +65,7 @@ pub fn warning(s: &Silence) -> String {
     )
 }
 
-/// The functions without which the observer watches nothing: the startup
-/// record lists them first.
-pub const CORE: [&str; 3] = [
-    "unmap_mapping_range",
-    "truncate_inode_pages_range",
-    "filemap_map_pages",
-];
-
-/// `/healthz`: Ok while every core function is attached and no probe is
+/// `/healthz`: Ok while every core function (the probe table's) is attached and no probe is
 /// silent when it should fire, and the run goes on; Err with the reason
 /// otherwise. The text is the response body.
 pub fn healthz(
@@ -85,7 +77,7 @@ pub fn healthz(
     if finished {
         why.push("the run ended: the probes are detached".to_owned());
     }
-    for f in CORE {
+    for f in functions(&Role::CORE) {
         match probes.iter().find(|p| p.function == f) {
             Some(p) if p.method.is_some() => {}
             _ => why.push(format!("core probe {f} is not attached")),
@@ -113,7 +105,9 @@ mod tests {
 
     #[test]
     fn healthz_names_what_is_wrong() {
-        let all: Vec<_> = CORE.iter().map(|f| probe(f, Some("fentry"))).collect();
+        let all: Vec<_> = functions(&Role::CORE)
+            .map(|f| probe(f, Some("fentry")))
+            .collect();
         let fine = Health::default();
         assert!(healthz(&all, &fine, false).unwrap().starts_with("ok"));
         let e = healthz(&all, &fine, true).unwrap_err();
