@@ -176,6 +176,12 @@ pub const FLAG_PMD: u8 = 16;
 /// PteInstall: `aux` is the file's i_size in bytes, read as the PTEs went in.
 pub const FLAG_ISIZE_KNOWN: u8 = 32;
 
+/// The first page index at or past EOF of a file of `i_size` bytes (4 KiB
+/// pages): class C's line, drawn alike by the kernel programs and the agent.
+pub const fn eof_page(i_size: u64) -> u64 {
+    i_size.div_ceil(4096)
+}
+
 /// include/uapi/linux/magic.h: `super_block.s_magic` of tmpfs.
 pub const TMPFS_MAGIC: u64 = 0x0102_1994;
 
@@ -422,5 +428,14 @@ mod tests {
         assert_eq!(core::mem::size_of::<FileDedupeRange>(), 24 + 32);
         assert_eq!(core::mem::offset_of!(FileDedupeRange, dest_fd), 24);
         assert_eq!(core::mem::offset_of!(FileDedupeRange, status), 48);
+    }
+
+    #[test]
+    fn eof_pages() {
+        assert_eq!(eof_page(0), 0);
+        assert_eq!(eof_page(1), 1);
+        assert_eq!(eof_page(4096), 1);
+        assert_eq!(eof_page(4097), 2);
+        assert_eq!(eof_page(u64::MAX), u64::MAX / 4096 + 1);
     }
 }

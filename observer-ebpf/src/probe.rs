@@ -4,7 +4,7 @@ use aya_ebpf::programs::tracing::StackIdContext;
 use observer_abi::{
     COUNTER_NO_ENTRY, COUNTER_PTE_FILTERED, COUNTER_UNRESOLVED, Config, EOF_PAGE, FLAG_ISIZE_KNOWN,
     FLAG_MAPCOUNT_KNOWN, FLAG_PMD, FLAG_SHMEM, FLAG_STILL_MAPPED, FLAG_UPTODATE, FileKey, Kind,
-    NO_STACK,
+    NO_STACK, eof_page,
 };
 
 use crate::{
@@ -14,8 +14,8 @@ use crate::{
         window_range, worth_sending,
     },
     kernel::{
-        Folio, config, file_of_fault, file_of_inode, file_of_mapping, file_of_vma, folio_mapped,
-        i_size, inode_of_vma, invalidate_lock, on_tmpfs, pfn_of, read_u32, read_u64,
+        Folio, config, file_of_fault, file_of_inode, file_of_mapping, folio_mapped, i_size,
+        inode_of_vma, invalidate_lock, on_tmpfs, pfn_of, read_u32, read_u64,
     },
     maps::{LAST_FILE, STACKS, STASH, Stash},
 };
@@ -341,12 +341,6 @@ pub fn pmd_install_check(vmf: u64) -> Option<Install> {
 /// x86-64 (4 KiB pages): a PMD maps 2 MiB.
 const PMD_PAGES: u64 = 512;
 
-/// The first page index at or past EOF of a file of `i_size` bytes.
-#[inline(always)]
-fn eof_page(i_size: u64) -> u64 {
-    (i_size + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
-}
-
 #[inline(always)]
 fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<Install> {
     let windows = any_window_open();
@@ -365,7 +359,8 @@ fn pte_range_check(vmf: u64, addr: Option<u64>, nr: u64, pmd: bool) -> Option<In
     if read_u64(vma, cfg.vma_vm_file)? == 0 {
         return None;
     }
-    let (Some(inode), Some(key)) = (inode_of_vma(cfg, vma), file_of_vma(cfg, vma)) else {
+    let inode = inode_of_vma(cfg, vma);
+    let Some((inode, key)) = inode.and_then(|i| Some((i, file_of_inode(cfg, i)?))) else {
         count(COUNTER_UNRESOLVED + Kind::PteInstall as u32);
         return None;
     };

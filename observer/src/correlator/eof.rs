@@ -9,15 +9,10 @@
 //! tmpfs maps its huge pages across EOF by design. Everything else is
 //! `beyond_eof`: a mapping where an access must raise SIGBUS.
 
+use observer_abi::eof_page;
+
 use super::Correlator;
 use crate::event::{FileId, PageRange};
-
-const PAGE_SHIFT: u32 = 12;
-
-/// The first page index at or past EOF of a file of `i_size` bytes.
-pub(super) fn eof_page(i_size: u64) -> u64 {
-    i_size.div_ceil(1 << PAGE_SHIFT)
-}
 
 /// An install past EOF that nothing explained yet, waiting out the op gap
 /// for a size change to begin.
@@ -91,18 +86,5 @@ impl Correlator {
             self.eof_pending.pop_front();
             self.stats.classes.c.beyond_eof += 1;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::eof_page;
-
-    #[test]
-    fn eof_pages() {
-        assert_eq!(eof_page(0), 0);
-        assert_eq!(eof_page(1), 1);
-        assert_eq!(eof_page(4096), 1);
-        assert_eq!(eof_page(4097), 2);
     }
 }
