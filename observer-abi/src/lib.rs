@@ -175,6 +175,12 @@ pub const FLAG_SHMEM: u8 = 8;
 pub const FLAG_PMD: u8 = 16;
 /// PteInstall: `aux` is the file's i_size in bytes, read as the PTEs went in.
 pub const FLAG_ISIZE_KNOWN: u8 = 32;
+/// FolioDelete: a run of `aux` contiguous folios covering `start..=end`, that
+/// one task removed between `entry_ts` and `ts` inside one invalidation, none
+/// of them mapped, with no page-cache add on the file in between. An
+/// invalidation removes folios by the thousand, and one record per folio was
+/// most of what the agent received under an fsx-like mix.
+pub const FLAG_RUN: u8 = 64;
 
 /// The first page index at or past EOF of a file of `i_size` bytes (4 KiB
 /// pages): class C's line, drawn alike by the kernel programs and the agent.
@@ -217,7 +223,8 @@ pub struct Event {
     pub start: u64,
     /// Last page index, inclusive; [`EOF_PAGE`] for "to the end".
     pub end: u64,
-    /// Kind-specific: syscall op | mode << 8; pfn for `FolioDelete`.
+    /// Kind-specific: syscall op | mode << 8; pfn for `FolioDelete` (the
+    /// folio count with [`FLAG_RUN`]).
     pub aux: u64,
     /// Kernel dev_t (major << 20 | minor), as in `super_block::s_dev`.
     pub dev: u32,
@@ -396,6 +403,10 @@ pub struct WindowState {
     pub generation: u32,
     pub start: u64,
     pub end: u64,
+    /// Page-cache adds seen on the file while a window was open: a removal
+    /// run never spans one, so the agent can order each add against every
+    /// removal of the run.
+    pub adds: u64,
 }
 
 /// Counter slots in the per-CPU `COUNTERS` array.

@@ -211,6 +211,33 @@ pub fn window_is_open(key: &FileKey) -> bool {
     }
 }
 
+/// A page-cache add on `key` while a window is open: bumps the file's
+/// `adds` before the add takes its timestamp, so that a removal timed after
+/// it reads the new count (see `probe::folio_delete`). Whether a window is
+/// open.
+#[inline(always)]
+pub fn window_add_seen(key: &FileKey) -> bool {
+    let Some(w) = WINDOWS.get_ptr_mut(key) else {
+        return false;
+    };
+    unsafe {
+        if read_volatile(&raw const (*w).open) == 0 {
+            return false;
+        }
+        atomic_add(&raw mut (*w).adds, 1);
+    }
+    true
+}
+
+/// The file's count of adds seen in windows (0 without an entry).
+#[inline(always)]
+pub fn window_adds(key: &FileKey) -> u64 {
+    match WINDOWS.get_ptr_mut(key) {
+        Some(w) => unsafe { read_volatile(&raw const (*w).adds) },
+        None => 0,
+    }
+}
+
 /// An invalidation of `key` began: map_pages on it must now reach the agent.
 /// Whether it found itself the file's only window (then it may publish its
 /// range with [`window_range`]).

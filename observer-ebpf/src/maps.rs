@@ -1,6 +1,6 @@
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use observer_abi::{COUNTERS as COUNTER_SLOTS, Config, FileKey, WindowState, probes::PROG_COUNT};
 
@@ -70,3 +70,25 @@ pub static SCOPE_TASKS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536
 /// the agent could not read (no module BTF).
 #[map]
 pub static LAST_FILE: LruHashMap<u32, FileKey> = LruHashMap::with_max_entries(4096, 0);
+
+/// A run of folio removals a task has not sent yet (`probe::folio_delete`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub key: FileKey,
+    pub start: u64,
+    pub end: u64,
+    pub folios: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// The file's `WindowState::adds` when the run began.
+    pub adds: u64,
+    pub fidelity: u64,
+}
+
+/// Keyed by tid. Not an LRU: an eviction would lose removals silently,
+/// while a failed insert only sends that removal on its own. An entry lives
+/// from a task's first removal inside an invalidation to the invalidation's
+/// exit, which sends it.
+#[map]
+pub static RUNS: HashMap<u32, Run> = HashMap::with_max_entries(4096, 0);

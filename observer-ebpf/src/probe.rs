@@ -3,21 +3,21 @@
 use aya_ebpf::programs::tracing::StackIdContext;
 use observer_abi::{
     COUNTER_NO_ENTRY, COUNTER_PTE_FILTERED, COUNTER_UNRESOLVED, Config, EOF_PAGE, FLAG_ISIZE_KNOWN,
-    FLAG_MAPCOUNT_KNOWN, FLAG_PMD, FLAG_SHMEM, FLAG_STILL_MAPPED, FLAG_UPTODATE, FileKey, Kind,
-    NO_STACK, eof_page,
+    FLAG_MAPCOUNT_KNOWN, FLAG_PMD, FLAG_RUN, FLAG_SHMEM, FLAG_STILL_MAPPED, FLAG_UPTODATE, FileKey,
+    Kind, NO_STACK, eof_page,
 };
 
 use crate::{
     emit::{
         Record, any_stashed, any_unnamed, any_window_open, count, ignored, now, point_meets_window,
-        send, stashed_add, tid, unnamed_add, window_close, window_is_open, window_open,
-        window_range, worth_sending,
+        send, stashed_add, tid, unnamed_add, window_add_seen, window_adds, window_close,
+        window_is_open, window_open, window_range, worth_sending,
     },
     kernel::{
         Folio, config, file_of_fault, file_of_inode, file_of_mapping, folio_mapped, i_size,
         inode_of_vma, invalidate_lock, on_tmpfs, pfn_of, read_u32, read_u64,
     },
-    maps::{LAST_FILE, STACKS, STASH, Stash},
+    maps::{LAST_FILE, RUNS, Run, STACKS, STASH, Stash},
 };
 
 const PAGE_SHIFT: u64 = 12;
@@ -132,6 +132,7 @@ fn take_entry(enter: Kind, exit: Kind) -> Option<Stash> {
 /// Exit of the call [`window_enter`] saw; `enter` names its entry record.
 #[inline(always)]
 fn window_exit<C: StackIdContext>(ctx: &C, enter: Kind, exit: Kind, fidelity: u8) {
+    run_flush(tid());
     let Some(stash) = take_entry(enter, exit) else {
         return;
     };
@@ -467,6 +468,11 @@ pub fn pte_install_return<C: StackIdContext>(ctx: &C, fidelity: u8, ret: u64) {
 /// xarray, with its mapping and index still set, after truncation unmapped
 /// it: a mapcount >= 0 here is a PTE that outlives the folio. Only for files
 /// with a window open (or --full-stream, as the classic tracepoint).
+///
+/// Unmapped folios that a task removes one after another inside an
+/// invalidation become one run record (`FLAG_RUN`), sent when the run
+/// breaks or the invalidation exits ([`run_flush`]). A mapped or unreadable
+/// folio is always a record of its own: those carry the findings.
 #[inline(always)]
 pub fn folio_delete(folio: u64, fidelity: u8) {
     let Some(cfg) = config() else { return };
@@ -487,22 +493,81 @@ pub fn folio_delete(folio: u64, fidelity: u8) {
     let Some(f) = Folio::read(cfg, folio) else {
         return;
     };
-    let flags = match folio_mapped(cfg, folio, &f) {
+    let end = index + f.nr - 1;
+    let mapped = folio_mapped(cfg, folio, &f);
+    let ts = now();
+    if mapped == Some(false) && cfg.full_stream == 0 {
+        // After the clock: an add timed before this removal has bumped it.
+        let adds = window_adds(&key);
+        let tid = tid();
+        if let Some(run) = RUNS.get_ptr_mut(&tid) {
+            let r = unsafe { &mut *run };
+            if r.key == key && r.end + 1 == index && r.adds == adds && r.fidelity == fidelity as u64
+            {
+                r.end = end;
+                r.folios += 1;
+                r.last_ts = ts;
+                return;
+            }
+        }
+        run_flush(tid);
+        if in_invalidation(tid) {
+            let run = Run {
+                key,
+                start: index,
+                end,
+                folios: 1,
+                first_ts: ts,
+                last_ts: ts,
+                adds,
+                fidelity: fidelity as u64,
+            };
+            if RUNS.insert(&tid, &run, 0).is_ok() {
+                return;
+            }
+        }
+    } else {
+        run_flush(tid());
+    }
+    let flags = match mapped {
         Some(true) => FLAG_MAPCOUNT_KNOWN | FLAG_STILL_MAPPED,
         Some(false) => FLAG_MAPCOUNT_KNOWN,
         None => 0,
     };
-    let ts = now();
     send(Record {
         aux: pfn_of(cfg, folio),
         flags: flags,
+        ..Record::new(Kind::FolioDelete, fidelity, ts, key, index, end)
+    });
+}
+
+/// Whether the task is inside an invalidation whose exit [`run_flush`]es:
+/// a syscall window, truncate_inode_pages_range or shmem_undo_range.
+#[inline(always)]
+fn in_invalidation(tid: u32) -> bool {
+    let inside = |kind: Kind| unsafe { STASH.get(&(((tid as u64) << 8) | kind as u64)) }.is_some();
+    inside(Kind::SyscallEnter) || inside(Kind::TruncateEnter) || inside(Kind::ShmemUndoEnter)
+}
+
+/// Sends the task's pending run of removals, if it has one. Runs end at
+/// the task's own exits, so the record carries its tid and comm.
+#[inline(always)]
+pub fn run_flush(tid: u32) {
+    let Some(run) = (unsafe { RUNS.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = RUNS.remove(&tid);
+    send(Record {
+        entry_ts: run.first_ts,
+        aux: run.folios,
+        flags: FLAG_MAPCOUNT_KNOWN | FLAG_RUN,
         ..Record::new(
             Kind::FolioDelete,
-            fidelity,
-            ts,
-            key,
-            index,
-            index + f.nr - 1,
+            run.fidelity as u8,
+            run.last_ts,
+            run.key,
+            run.start,
+            run.end,
         )
     });
 }
@@ -536,7 +601,7 @@ pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Optio
         count(COUNTER_UNRESOLVED + Kind::FolioAdd as u32);
         return;
     };
-    if !window_is_open(&key) || ignored(cfg) {
+    if ignored(cfg) || !window_add_seen(&key) {
         return;
     }
     let Some(f) = Folio::read(cfg, folio) else {
@@ -686,6 +751,7 @@ pub fn syscall_exit(cfg: &Config, fidelity: u8, ret: i64) {
     if STASH.remove(&skey).is_ok() {
         stashed_add(u64::MAX);
     }
+    run_flush(tid());
     let ts = now();
     if cfg.syscall_windows != 0 {
         if stash.key.ino != 0 {

@@ -94,6 +94,11 @@ pub struct Summary {
     /// EOF, no window on their file. By design, not a loss.
     #[serde(default)]
     pub pte_installs_filtered: u64,
+    /// Folios that left the page cache of files with a window open: the
+    /// `folio_delete` records are fewer, one per run of contiguous unmapped
+    /// folios a task removed.
+    #[serde(default)]
+    pub folios_removed: u64,
     pub windows: u64,
     /// Final-closed windows by operation, every operation listed.
     pub windows_by_op: Counts,

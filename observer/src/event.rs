@@ -256,10 +256,15 @@ pub enum Body {
     /// A folio left the page cache (filemap:mm_filemap_delete_from_page_cache).
     /// `still_mapped` is Some when the probe could read the mapcount: true
     /// means a PTE still maps the folio as it leaves (a freed page mapped).
+    /// `folios` > 1: a run of contiguous folios that one task removed inside
+    /// one invalidation, none mapped, with no page-cache add on the file
+    /// between the first and the last (`ts`), so that every add and install
+    /// is either before the whole run or after it.
     FolioDelete {
-        index: u64,
-        /// Pages in the folio (1, or more for a large folio).
-        pages: u64,
+        /// The folio's pages (more than one for a large folio), or the run's.
+        range: PageRange,
+        folios: u64,
+        /// The folio's pfn; 0 for a run.
         pfn: u64,
         still_mapped: Option<bool>,
     },

@@ -276,6 +276,7 @@ fn summarize(
         filtered: counters.filtered,
         filtered_outside_range: counters.filtered_outside_range,
         pte_installs_filtered: counters.pte_filtered,
+        folios_removed: stats.folios_removed,
         windows: stats.windows_opened,
         windows_by_op: stats.windows_by_op.by_op().into_iter().collect(),
         failed_calls: stats.failed_calls.by_op().into_iter().collect(),

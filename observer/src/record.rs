@@ -53,9 +53,15 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             op: op_of(raw.aux),
             ret: raw.ret,
         },
+        abi::Kind::FolioDelete if raw.flags & abi::FLAG_RUN != 0 => Body::FolioDelete {
+            range,
+            folios: raw.aux.max(1),
+            pfn: 0,
+            still_mapped: Some(false),
+        },
         abi::Kind::FolioDelete => Body::FolioDelete {
-            index: raw.start,
-            pages: raw.end.saturating_sub(raw.start).saturating_add(1),
+            range,
+            folios: 1,
             pfn: raw.aux,
             still_mapped: (raw.flags & abi::FLAG_MAPCOUNT_KNOWN != 0)
                 .then_some(raw.flags & abi::FLAG_STILL_MAPPED != 0),

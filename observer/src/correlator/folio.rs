@@ -4,52 +4,53 @@
 
 use super::*;
 
+/// Folios that left the page cache together: one folio, or a run of them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Removed {
+    pub range: PageRange,
+    pub folios: u64,
+    pub pfn: u64,
+    pub still_mapped: Option<bool>,
+}
+
 impl Correlator {
-    pub(super) fn folio_delete(
-        &mut self,
-        ts: u64,
-        file: FileId,
-        tid: u32,
-        index: u64,
-        pfn: u64,
-        still_mapped: Option<bool>,
-    ) {
+    pub(super) fn folio_delete(&mut self, ts: u64, file: FileId, tid: u32, removed: Removed) {
         self.folio_source = true;
+        let still_mapped = removed.still_mapped;
         let Some(fw) = self.files.get_mut(&file) else {
             if still_mapped == Some(true) {
                 self.stats.classes.a.still_mapped_unattributed += 1;
             }
             return;
         };
+        let range = &removed.range;
         // Only windows that have not final-closed: deletions after close +
         // op gap, or after the operation's syscall returned, are some later
         // operation's.
         let mut attributed = false;
         for w in &mut fw.active {
             if w.tid() == tid {
-                w.removed += 1;
+                w.removed += removed.folios;
             }
             for p in w.pending.iter_mut().chain(w.gap_candidates.iter_mut()) {
-                if p.counts_deletion(index, ts) {
-                    p.folios_removed += 1;
-                }
+                p.folios_removed += p.deletions_counted(&removed, ts);
             }
             let removal = match still_mapped {
                 Some(true) => Removal::StillMapped {
                     deleted_ts: ts,
-                    pfn,
+                    pfn: removed.pfn,
                     punch_stack: w.punch_stack,
                 },
                 Some(false) => Removal::Unmapped,
                 None => Removal::Unreadable,
             };
-            attributed |= w.ptes.folio_deleted(index, ts, removal);
+            attributed |= w.ptes.folio_deleted(range, ts, removal);
         }
         if still_mapped == Some(true) && !attributed {
             self.stats.classes.a.still_mapped_unattributed += 1;
         }
         for b in &mut fw.refills {
-            b.folio_deleted(index, ts);
+            b.folio_deleted(range, ts);
         }
     }
 

@@ -45,6 +45,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use crate::event::{
     Body, Event, Fidelity, FileId, FsRemover, InvalidateLock, Invalidator, Op, PageRange, Task,
 };
+use folio::Removed;
 use pte::{Install, Removal, intersect, walked};
 use refill::{Refill, RefillWindow};
 use reorder::ReorderBuffer;
@@ -110,6 +111,8 @@ pub struct Stats {
     pub tests: TestTable,
     /// Invalidating syscalls that failed and removed nothing: not windows.
     pub failed_calls: OpCounts,
+    /// Folios the removal records carried (a run record carries many).
+    pub folios_removed: u64,
 }
 
 pub struct Correlator {
@@ -333,16 +336,23 @@ impl Correlator {
             }
             Body::SyscallExit { ret, .. } => self.syscall_exit(ts, task.tid, ret, out),
             Body::FolioDelete {
-                index,
-                pages,
+                range,
+                folios,
                 pfn,
                 still_mapped,
             } => {
                 self.adopt_syscall_file(ts, file, &task, fidelity);
-                if pages > 1 {
+                self.stats.folios_removed += folios;
+                if range.end.saturating_sub(range.start).saturating_add(1) > folios {
                     self.files.entry(file).or_default().large_folios = true;
                 }
-                self.folio_delete(ts, file, task.tid, index, pfn, still_mapped)
+                let removed = Removed {
+                    range,
+                    folios,
+                    pfn,
+                    still_mapped,
+                };
+                self.folio_delete(ts, file, task.tid, removed)
             }
             Body::TestStart { name } => {
                 self.stats.tests.entry(name.clone());

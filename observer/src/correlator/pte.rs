@@ -130,17 +130,17 @@ impl PteLedger {
         }
     }
 
-    /// A folio whose first page is `index` left the cache at `ts`. Returns
-    /// whether any PTE of this ledger was installed on it before.
-    pub fn folio_deleted(&mut self, index: u64, ts: u64, removal: Removal) -> bool {
-        let Some(recs) = self.pages.get_mut(&index) else {
-            return false;
-        };
+    /// The folios of pages `range` left the cache by `ts` (a large folio
+    /// takes the PTEs of all its pages with it). Returns whether any PTE of
+    /// this ledger was installed on them before.
+    pub fn folio_deleted(&mut self, range: &PageRange, ts: u64, removal: Removal) -> bool {
         let mut hit = false;
-        for r in recs.iter_mut() {
-            if r.removal.is_none() && self.installs[r.install].ts <= ts {
-                r.removal = Some(removal);
-                hit = true;
+        for (_, recs) in self.pages.range_mut(range.start..=range.end) {
+            for r in recs.iter_mut() {
+                if r.removal.is_none() && self.installs[r.install].ts <= ts {
+                    r.removal = Some(removal);
+                    hit = true;
+                }
             }
         }
         hit

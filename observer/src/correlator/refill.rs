@@ -38,16 +38,24 @@ pub(crate) struct Refill {
 
 impl Refill {
     /// A folio whose first page is `index` left the cache at `ts`.
-    fn folio_deleted(&mut self, index: u64, ts: u64) {
-        if ts < self.ts || !self.range.contains(index) {
+    fn folio_deleted(&mut self, removed: &PageRange, ts: u64) {
+        if ts < self.ts {
             return;
         }
-        // A removal is reported at the folio's first page; a folio added as
-        // one unit and removed at that page is gone whole.
-        if index == self.range.start {
+        let Some(on) = intersect(removed, &self.range) else {
+            return;
+        };
+        // A folio added as one unit whose first page left the cache is gone
+        // whole: no add came between (a run never spans one), so the folio
+        // removed there is this one.
+        if removed.contains(self.range.start) {
             self.folio_deleted.get_or_insert(ts);
-        } else if !self.pages_deleted.iter().any(|&(p, _)| p == index) {
-            self.pages_deleted.push((index, ts));
+            return;
+        }
+        for page in walked(&on) {
+            if !self.pages_deleted.iter().any(|&(p, _)| p == page) {
+                self.pages_deleted.push((page, ts));
+            }
         }
     }
 
@@ -133,9 +141,9 @@ impl RefillWindow {
         }
     }
 
-    pub fn folio_deleted(&mut self, index: u64, ts: u64) {
+    pub fn folio_deleted(&mut self, removed: &PageRange, ts: u64) {
         for r in &mut self.refills {
-            r.folio_deleted(index, ts);
+            r.folio_deleted(removed, ts);
         }
     }
 

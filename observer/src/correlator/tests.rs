@@ -68,8 +68,8 @@ fn folio(ts: u64, f: FileId, index: u64) -> Event {
         f,
         1,
         Body::FolioDelete {
-            pages: 1,
-            index,
+            range: PageRange::new(index, index),
+            folios: 1,
             pfn: 0x1000 + index,
             still_mapped: None,
         },
@@ -1055,10 +1055,25 @@ fn delete(ts: u64, f: FileId, index: u64, still_mapped: Option<bool>) -> Event {
         f,
         1,
         Body::FolioDelete {
-            pages: 1,
-            index,
+            range: PageRange::new(index, index),
+            folios: 1,
             pfn: 0x1000 + index,
             still_mapped,
+        },
+    )
+}
+
+/// A run of `folios` unmapped folios on `range`, the last removed at `ts`.
+fn delete_run(ts: u64, f: FileId, range: PageRange, folios: u64) -> Event {
+    ev(
+        ts,
+        f,
+        1,
+        Body::FolioDelete {
+            range,
+            folios,
+            pfn: 0,
+            still_mapped: Some(false),
         },
     )
 }
@@ -2168,4 +2183,89 @@ fn a_pending_install_past_eof_settles_as_the_clock_passes_its_op_gap() {
         &mut out,
     );
     assert_eq!(c.stats().classes.c.beyond_eof, 1);
+}
+
+#[test]
+fn a_run_of_removals_settles_every_pte_and_refill_on_its_pages() {
+    let f = file(120);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.extend([
+        map(
+            T0 + 10 * US + 500,
+            T0 + 10 * US + 900,
+            f,
+            301,
+            pages(16, 31),
+        ),
+        install(T0 + 10 * US + 700, f, 301, pages(20, 27)),
+        // Read in ahead of the truncate's walk: before the run began.
+        add(T0 + 11 * US + 500, f, 400, pages(30, 30), false),
+        // One record for folios 20-31 and one for 32-35 (the run broke).
+        delete_run(T0 + 15 * US, f, pages(20, 31), 12),
+        delete_run(T0 + 16 * US, f, pages(32, 35), 4),
+        // Read in after the runs: it survives the punch.
+        add(T0 + 17 * US, f, 401, pages(33, 33), false),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    assert_eq!(
+        stats.classes.a,
+        ClassA {
+            ptes_in_window: 8,
+            rezapped: 8,
+            ..ClassA::default()
+        }
+    );
+    let race = of_kind(&alerts, AlertKind::PteInPunchWindow);
+    assert_eq!(race.len(), 1);
+    assert_eq!(race[0].folios_removed(), Some(12));
+    assert_eq!(stats.classes.b.refills, 2);
+    assert_eq!(stats.classes.b.survived, 1);
+    let got: Vec<_> = of_kind(&alerts, AlertKind::StaleData)
+        .iter()
+        .map(|a| (a.task.tid, a.pages))
+        .collect();
+    assert_eq!(got, vec![(401, pages(33, 33))]);
+}
+
+#[test]
+fn a_large_folio_removal_takes_the_ptes_of_all_its_pages() {
+    let f = file(121);
+    let r = pages(16, 47);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.extend([
+        install(T0 + 10 * US + 700, f, 301, pages(18, 19)),
+        // The 16-page folio at 16 leaves whole; before, only a PTE on its
+        // first page was settled, and 18-19 looked still mapped after.
+        ev(
+            T0 + 12 * US,
+            f,
+            1,
+            Body::FolioDelete {
+                range: pages(16, 31),
+                folios: 1,
+                pfn: 0x1010,
+                still_mapped: Some(false),
+            },
+        ),
+    ]);
+    let (_, stats) = run(sorted(events));
+    assert_eq!(stats.classes.a.ptes_in_window, 2);
+    assert_eq!(stats.classes.a.rezapped, 2);
+    assert_eq!(stats.classes.a.still_mapped_after_window, 0);
+}
+
+#[test]
+fn a_run_counts_its_share_of_an_alerts_folios() {
+    // 64 pages in 4 folios; the alert's 8 pages lie in one of them.
+    let f = file(122);
+    let r = pages(0, 63);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.extend([
+        map(T0 + 10 * US + 500, T0 + 10 * US + 900, f, 301, pages(8, 15)),
+        delete_run(T0 + 15 * US, f, pages(0, 63), 4),
+    ]);
+    let (alerts, _) = run(sorted(events));
+    let race = of_kind(&alerts, AlertKind::PteInPunchWindow);
+    assert_eq!(race[0].folios_removed(), Some(1));
 }

@@ -22,11 +22,25 @@ pub(crate) struct PendingAlert {
 }
 
 impl PendingAlert {
-    /// Whether a folio deletion belongs to this alert's outcome. The upper
-    /// bound (window close + op gap) is enforced by the caller, which only
-    /// offers deletions to windows that have not final-closed.
-    pub fn counts_deletion(&self, index: u64, ts: u64) -> bool {
-        self.pages.contains(index) && ts >= self.ts
+    /// How many of the removed folios belong to this alert's outcome: those
+    /// on its pages, removed after it. The upper bound (window close + op
+    /// gap) is enforced by the caller, which only offers deletions to
+    /// windows that have not final-closed. A run of small folios counts its
+    /// pages on the alert's; one of large folios, its share of them.
+    pub fn deletions_counted(&self, removed: &super::folio::Removed, ts: u64) -> u64 {
+        if ts < self.ts {
+            return 0;
+        }
+        let Some(on) = intersect(&self.pages, &removed.range) else {
+            return 0;
+        };
+        let pages = |r: &PageRange| r.end.saturating_sub(r.start).saturating_add(1);
+        let total = pages(&removed.range);
+        if removed.folios >= total {
+            return pages(&on);
+        }
+        // Rounded up: any page of the alert's removed means a folio of it was.
+        ((pages(&on) as u128 * removed.folios as u128).div_ceil(total as u128)) as u64
     }
 }
 

@@ -125,6 +125,12 @@ pub fn text(sum: &Summary) -> String {
     );
     let _ = writeln!(
         s,
+        "  removals         {} folios of windowed files, in {} records (runs of contiguous folios)",
+        sum.folios_removed,
+        sum.events.get("folio_delete")
+    );
+    let _ = writeln!(
+        s,
         "  invalidate_lock  removals under it {}, without it {}; refills under it {}",
         b.removals_under_lock, b.removals_without_lock, b.refills_under_lock
     );
@@ -214,6 +220,7 @@ mod tests {
             filtered: 900,
             filtered_outside_range: 0,
             pte_installs_filtered: 0,
+            folios_removed: 9,
             windows: 4,
             windows_by_op: [("punch_hole", 3), ("collapse_range", 0), ("ftruncate", 1)]
                 .into_iter()
@@ -280,6 +287,7 @@ mod tests {
              \x20 class b (refill) windows 4 (unbounded 1): refills 2, survived 1, stale_data 0, exempt 0\n\
              \x20 class c (eof)    installs past EOF 3 (pmd 1): during a size change 2, shmem 1, beyond_eof 0\n\
              \x20 page-cache adds  2241 seen by the add probes, 7 inside a window\n\
+             \x20 removals         9 folios of windowed files, in 0 records (runs of contiguous folios)\n\
              \x20 invalidate_lock  removals under it 3, without it 0; refills under it 0\n\
              \x20 health           every attached probe fired or had no reason to\n\
              \x20 agent            peak rss 20480 KiB, cpu 0.25 s, 7 wakeups\n\
