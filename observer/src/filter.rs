@@ -59,7 +59,9 @@ impl Filter {
     /// Each task criterion holds if either side of the race satisfies it:
     /// the faulting task or the invalidating one.
     pub fn matches(&self, alert: &Alert) -> bool {
-        let sides = [&alert.task, &alert.window.task];
+        let sides: Vec<&Task> = std::iter::once(&alert.task)
+            .chain(alert.window.as_ref().map(|w| &w.task))
+            .collect();
         self.matches_file(alert.file)
             && (self.pids.is_empty() || sides.iter().any(|t| self.has_pid(t)))
             && (self.comms.is_empty() || sides.iter().any(|t| self.comms.contains(&t.comm)))
@@ -152,7 +154,7 @@ mod tests {
             file: FileId { dev, ino },
             task: faulter,
             pages: PageRange::new(0, 15),
-            window: WindowInfo {
+            window: Some(WindowInfo {
                 id: 1,
                 op: Op::PunchHole,
                 pages: PageRange::new(0, 31),
@@ -161,7 +163,7 @@ mod tests {
                 closed_ts: Some(3000),
                 open_for_ns: 1000,
                 test: None,
-            },
+            }),
             fidelity: Fidelity::Fentry,
             map_fidelity: Fidelity::Fentry,
             window_fidelity: Fidelity::Fentry,

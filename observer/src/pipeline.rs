@@ -226,17 +226,11 @@ impl Pipeline {
         if let Some(r) = self.recorder.take() {
             r.finish(t).context("cannot write the recording")?;
         }
-        // Class C is counted, not alerted: a beyond_eof still fails the run.
-        let worst = if summary.classes.c.beyond_eof > 0 {
-            self.worst.max(Some(Severity::Critical))
-        } else {
-            self.worst
-        };
         Ok((
             summary,
             Output {
                 shown: self.shown,
-                worst,
+                worst: self.worst,
             },
         ))
     }
@@ -307,10 +301,7 @@ fn summarize(
         health: observer_report::Health::default(),
         agent: usage(),
         verdict: sink::Verdict::with_critical(
-            // Class C is counted, not alerted (yet): its beyond_eof too.
-            stats.alerts_by_severity[Severity::Critical as usize]
-                + stats.critical_reports
-                + stats.classes.c.beyond_eof,
+            stats.alerts_by_severity[Severity::Critical as usize] + stats.critical_reports,
             stats.alerts,
             &lost,
             stats.windows_opened,

@@ -432,4 +432,26 @@ fn debian_6_12_tmpfs_huge_pmd_past_eof_is_class_c() {
         "{c:?}"
     );
     assert_eq!(s.verdict, observer_report::Verdict::Critical, "{}", r.log);
+    // Each beyond_eof is an alert with the size its installer saw and the
+    // installer's stack.
+    let eof: Vec<_> = r
+        .stream
+        .alerts
+        .iter()
+        .filter(|a| a["kind"] == "beyond_eof")
+        .collect();
+    assert_eq!(eof.len() as u64, c.beyond_eof, "{}", r.log);
+    for a in &eof {
+        assert_eq!(a["severity"], "critical", "{a}");
+        assert!(a["window"].is_null(), "{a}");
+        let i_size = a["eof"]["i_size"].as_u64().unwrap();
+        let eof_page = a["eof"]["eof_page"].as_u64().unwrap();
+        assert_eq!(eof_page, i_size.div_ceil(4096), "{a}");
+        assert!(a["pages"]["end"].as_u64().unwrap() >= eof_page, "{a}");
+    }
+    assert!(
+        eof.iter()
+            .any(|a| a["eof"]["pmd"] == true && a["evidence"]["stack_ids"]["victim"].is_u64()),
+        "no PMD alert with the installer's stack: {eof:?}"
+    );
 }

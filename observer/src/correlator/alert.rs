@@ -16,6 +16,10 @@ pub enum AlertKind {
     /// truncated and before the filesystem freed the blocks, survived the
     /// punch: the cache holds data of blocks the punch then freed.
     StaleData,
+    /// A PTE or PMD was installed at or past the file's EOF while no size
+    /// change on the file explains it (class C): an access there must raise
+    /// SIGBUS, and maps a page the file does not have.
+    BeyondEof,
 }
 
 /// How much an alert matters, worst last (ordered for `--fail-on`).
@@ -45,10 +49,11 @@ impl Severity {
 
 impl AlertKind {
     /// Every kind, in the order the summary lists them.
-    pub const ALL: [AlertKind; 3] = [
+    pub const ALL: [AlertKind; 4] = [
         AlertKind::PteInPunchWindow,
         AlertKind::StalePte,
         AlertKind::StaleData,
+        AlertKind::BeyondEof,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,12 +61,16 @@ impl AlertKind {
             AlertKind::PteInPunchWindow => "pte_in_punch_window",
             AlertKind::StalePte => "stale_pte",
             AlertKind::StaleData => "stale_data",
+            AlertKind::BeyondEof => "beyond_eof",
         }
     }
 
     /// Evidence of corruption, not only of a race.
     pub fn is_critical(self) -> bool {
-        matches!(self, AlertKind::StalePte | AlertKind::StaleData)
+        matches!(
+            self,
+            AlertKind::StalePte | AlertKind::StaleData | AlertKind::BeyondEof
+        )
     }
 
     /// One sentence for people, for critical kinds.
@@ -70,6 +79,7 @@ impl AlertKind {
             AlertKind::PteInPunchWindow => None,
             AlertKind::StalePte => Some("pte now points to a freed page"),
             AlertKind::StaleData => Some("the cache holds data from blocks the punch then freed"),
+            AlertKind::BeyondEof => Some("a page at or past EOF is mapped: an access must SIGBUS"),
         }
     }
 }
@@ -145,6 +155,14 @@ pub enum Finding {
         /// Who held invalidate_lock for writing as the folio went in.
         invalidate_lock: LockHolder,
     },
+    /// The alert's `ts` is the install; `pages` its pages (of which some lie
+    /// at or past EOF); no window explains it (`Alert::window` is None).
+    BeyondEof {
+        /// The file's size in bytes as the installer read it.
+        i_size: u64,
+        /// One PMD (do_set_pmd) mapped the pages.
+        pmd: bool,
+    },
 }
 
 /// Kernel stack ids (the `STACKS` map) captured with the records that make
@@ -178,9 +196,11 @@ pub struct Alert {
     /// The faulting, installing or refilling task.
     pub task: Task,
     /// The range fault-around was asked to map; the stale page (`stale_pte`);
-    /// the surviving refilled pages (`stale_data`).
+    /// the surviving refilled pages (`stale_data`); the installed pages
+    /// (`beyond_eof`).
     pub pages: PageRange,
-    pub window: WindowInfo,
+    /// None for `beyond_eof`: no invalidation window is involved.
+    pub window: Option<WindowInfo>,
     /// The weaker of the two sides: an alert is only as precise as its
     /// least precise observation.
     pub fidelity: Fidelity,
@@ -191,11 +211,23 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// The window, for tests of alerts that have one.
+    #[cfg(test)]
+    pub fn win(&self) -> &WindowInfo {
+        self.window.as_ref().expect("an alert with a window")
+    }
+
+    #[cfg(test)]
+    pub fn win_mut(&mut self) -> &mut WindowInfo {
+        self.window.as_mut().expect("an alert with a window")
+    }
+
     pub fn kind(&self) -> AlertKind {
         match self.finding {
             Finding::PteInPunchWindow { .. } => AlertKind::PteInPunchWindow,
             Finding::StalePte { .. } => AlertKind::StalePte,
             Finding::StaleData { .. } => AlertKind::StaleData,
+            Finding::BeyondEof { .. } => AlertKind::BeyondEof,
         }
     }
 

@@ -12,41 +12,66 @@
 use observer_abi::eof_page;
 
 use super::Correlator;
-use crate::event::{FileId, PageRange};
+use super::alert::{Alert, Evidence, Finding, Severity, StackIds};
+use crate::event::{Fidelity, FileId, PageRange, Task};
 
-/// An install past EOF that nothing explained yet, waiting out the op gap
-/// for a size change to begin.
-#[derive(Clone, Copy, Debug)]
+/// One install record with the file's size, and, once nothing explained it
+/// within the op gap, the `beyond_eof` alert it becomes.
+#[derive(Clone, Debug)]
 pub(super) struct PendingEof {
     pub ts: u64,
     pub file: FileId,
+    pub task: Task,
+    pub pages: PageRange,
+    pub i_size: u64,
+    pub pmd: bool,
+    pub stack_id: Option<u32>,
+    pub fidelity: Fidelity,
+}
+
+impl PendingEof {
+    fn alert(self) -> Alert {
+        Alert {
+            finding: Finding::BeyondEof {
+                i_size: self.i_size,
+                pmd: self.pmd,
+            },
+            severity: Severity::Critical,
+            ts: self.ts,
+            file: self.file,
+            task: self.task,
+            pages: self.pages,
+            window: None,
+            fidelity: self.fidelity,
+            map_fidelity: self.fidelity,
+            window_fidelity: self.fidelity,
+            evidence: Evidence {
+                stack_ids: StackIds {
+                    victim: self.stack_id,
+                    punch: None,
+                },
+            },
+        }
+    }
 }
 
 impl Correlator {
-    /// One install record with the file's size: counted if it reaches EOF.
-    pub(super) fn eof_install(
-        &mut self,
-        ts: u64,
-        file: FileId,
-        range: PageRange,
-        i_size: u64,
-        pmd: bool,
-        shmem: bool,
-    ) {
-        if range.end < eof_page(i_size) {
+    /// An install record with the file's size: counted if it reaches EOF.
+    pub(super) fn eof_install(&mut self, install: PendingEof, shmem: bool) {
+        if install.pages.end < eof_page(install.i_size) {
             return;
         }
         let c = &mut self.stats.classes.c;
         c.installs_past_eof += 1;
-        if pmd {
+        if install.pmd {
             c.pmd += 1;
         }
         if shmem && self.cfg.shmem_eof_exempt {
             c.shmem += 1;
-        } else if self.size_changing_at(file, ts) {
+        } else if self.size_changing_at(install.file, install.ts) {
             self.stats.classes.c.during_size_change += 1;
         } else {
-            self.eof_pending.push_back(PendingEof { ts, file });
+            self.eof_pending.push_back(install);
         }
     }
 
@@ -75,16 +100,22 @@ impl Correlator {
         self.stats.classes.c.during_size_change += (before - self.eof_pending.len()) as u64;
     }
 
-    /// Installs whose op gap has passed with no size change: `beyond_eof`.
-    /// `all`: the stream ended, nothing can explain them any more.
-    pub(super) fn settle_eof(&mut self, all: bool) {
+    /// Installs whose op gap has passed with no size change: `beyond_eof`,
+    /// each an alert. `all`: the stream ended, nothing can explain them any
+    /// more.
+    pub(super) fn settle_eof(&mut self, all: bool, out: &mut Vec<Alert>) {
         let gap = self.cfg.op_gap_ns;
+        let before = out.len();
         while let Some(p) = self.eof_pending.front() {
             if !all && p.ts.saturating_add(gap) >= self.clock {
                 break;
             }
-            self.eof_pending.pop_front();
+            let Some(p) = self.eof_pending.pop_front() else {
+                break;
+            };
             self.stats.classes.c.beyond_eof += 1;
+            out.push(p.alert());
         }
+        self.count_alerts(&out[before..]);
     }
 }

@@ -45,6 +45,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use crate::event::{
     Body, Event, Fidelity, FileId, FsRemover, InvalidateLock, Invalidator, Op, PageRange, Task,
 };
+use eof::PendingEof;
 use folio::Removed;
 use pte::{Install, Removal, intersect, walked};
 use refill::{Refill, RefillWindow};
@@ -101,7 +102,7 @@ pub struct Stats {
     /// Alerts by severity: info, warning, critical.
     pub alerts_by_severity: [u64; 3],
     /// Alerts by kind (`AlertKind as usize`), then severity.
-    pub alerts_by_kind: [[u64; 3]; 3],
+    pub alerts_by_kind: [[u64; 3]; AlertKind::ALL.len()],
     /// Kernel reports of this bug class.
     pub kernel_reports: u64,
     /// Critical kernel reports.
@@ -231,7 +232,7 @@ impl Correlator {
                 self.end_refills(tid, &sc, out);
             }
         }
-        self.settle_eof(true);
+        self.settle_eof(true, out);
         self.files.clear();
         self.close_deadlines.clear();
         self.expiries.clear();
@@ -272,7 +273,7 @@ impl Correlator {
                 self.final_close(file, id, out);
             }
         }
-        self.settle_eof(false);
+        self.settle_eof(false, out);
         let retain = self.retain_ns();
         while let Some(&(final_ts, file)) = self.expiries.front() {
             if self.report_open.is_some() {
@@ -370,7 +371,17 @@ impl Correlator {
                 shmem,
             } => {
                 if let Some(i_size) = i_size {
-                    self.eof_install(ts, file, range, i_size, pmd, shmem);
+                    let install = PendingEof {
+                        ts,
+                        file,
+                        task: task.clone(),
+                        pages: range,
+                        i_size,
+                        pmd,
+                        stack_id,
+                        fidelity,
+                    };
+                    self.eof_install(install, shmem);
                 }
                 let install = Install {
                     ts,
@@ -508,7 +519,7 @@ impl Correlator {
             self.stats.alerts += 1;
             self.stats.alerts_by_severity[sev] += 1;
             self.stats.alerts_by_kind[a.kind() as usize][sev] += 1;
-            if let Some(t) = &a.window.test {
+            if let Some(t) = a.window.as_ref().and_then(|w| w.test.as_ref()) {
                 self.stats.tests.entry(t.clone()).alerts[sev] += 1;
             }
         }

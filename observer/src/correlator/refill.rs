@@ -215,7 +215,7 @@ impl RefillWindow {
                 file,
                 task: r.task.clone(),
                 pages: stale,
-                window: WindowInfo {
+                window: Some(WindowInfo {
                     id: self.window_id,
                     op: self.op,
                     pages: self.range,
@@ -224,7 +224,7 @@ impl RefillWindow {
                     closed_ts: Some(close),
                     open_for_ns: r.ts.saturating_sub(self.opened_ts),
                     test: self.test.clone(),
-                },
+                }),
                 fidelity: r.fidelity.weaker(self.fidelity),
                 map_fidelity: r.fidelity,
                 window_fidelity: self.fidelity,

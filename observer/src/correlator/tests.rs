@@ -108,9 +108,9 @@ fn summary(a: &Alert) -> (u64, u32, PageRange, PageRange, Op, u32) {
         a.file.ino,
         a.task.tid,
         a.pages,
-        a.window.pages,
-        a.window.op,
-        a.window.task.tid,
+        a.win().pages,
+        a.win().op,
+        a.win().task.tid,
     )
 }
 
@@ -144,7 +144,7 @@ fn fault_around_inside_punch_window_alerts_with_all_fields() {
     assert_eq!(a.task, task(1240));
     assert_eq!(a.pages, pages(16, 31));
     assert_eq!(
-        a.window,
+        *a.win(),
         WindowInfo {
             id: 1,
             op: Op::PunchHole,
@@ -189,7 +189,7 @@ fn out_of_order_delivery_within_horizon_gives_the_in_order_result() {
     assert!(
         expected
             .iter()
-            .all(|a| (a.pages.start - 5) % 20 == 0 && a.window.pages.start == a.pages.start - 5)
+            .all(|a| (a.pages.start - 5) % 20 == 0 && a.win().pages.start == a.pages.start - 5)
     );
 
     for seed in 1..20u64 {
@@ -247,8 +247,8 @@ fn unmap_truncate_unmap_is_one_window() {
             (5, 301, pages(112, 127), tail, Op::Unknown, 300),
         ]
     );
-    assert!(alerts.iter().all(|a| a.window.id == 1));
-    assert_eq!(alerts[0].window.closed_ts, Some(T0 + 1060 * US));
+    assert!(alerts.iter().all(|a| a.win().id == 1));
+    assert_eq!(alerts[0].win().closed_ts, Some(T0 + 1060 * US));
 }
 
 #[test]
@@ -325,7 +325,7 @@ fn overlapping_and_adjacent_ranges() {
         mapped,
         vec![pages(16, 20), pages(35, 50), pages(22, 25), pages(0, 100)]
     );
-    assert!(alerts.iter().all(|a| a.window.pages == pages(20, 35)));
+    assert!(alerts.iter().all(|a| a.win().pages == pages(20, 35)));
 }
 
 #[test]
@@ -357,7 +357,7 @@ fn many_files_alert_only_where_ranges_meet() {
     assert!(
         alerts
             .iter()
-            .all(|a| a.window.task.tid as u64 == a.file.ino + 9000)
+            .all(|a| a.win().task.tid as u64 == a.file.ino + 9000)
     );
     assert_eq!(stats.windows_opened, 1000);
     assert!(stats.max_open_windows > 1);
@@ -373,8 +373,8 @@ fn window_opening_while_fault_around_is_in_flight() {
     let (alerts, _) = run(events);
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].map_entry_ts(), T0 - 5 * US);
-    assert_eq!(alerts[0].window.opened_ts, T0);
-    assert_eq!(alerts[0].window.open_for_ns, 3 * US);
+    assert_eq!(alerts[0].win().opened_ts, T0);
+    assert_eq!(alerts[0].win().open_for_ns, 3 * US);
 }
 
 #[test]
@@ -419,8 +419,8 @@ fn long_fault_around_that_outlives_the_window() {
     // Drive time so that everything settles without flushing.
     c.advance(T0 + 100 * MS, &mut out);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].window.closed_ts, Some(T0 + 20 * US));
-    assert_eq!(out[0].window.open_for_ns, 10 * MS);
+    assert_eq!(out[0].win().closed_ts, Some(T0 + 20 * US));
+    assert_eq!(out[0].win().open_for_ns, 10 * MS);
     // The folio went before the fault-around returned: not a stale PTE.
     assert_eq!(out[0].folios_removed(), Some(0));
     assert_eq!(c.stats().alerts, 1);
@@ -482,7 +482,7 @@ fn eof_ranges() {
             (303, pages(9, PageRange::EOF))
         ]
     );
-    assert!(alerts.iter().all(|a| a.window.pages == tail));
+    assert!(alerts.iter().all(|a| a.win().pages == tail));
 }
 
 #[test]
@@ -537,8 +537,8 @@ fn syscall_windows_mode_brackets_the_syscall() {
         vec![(13, 301, pages(0, 15), pages(4, 7), Op::PunchHole, 300)]
     );
     let a = &alerts[0];
-    assert_eq!(a.window.opened_ts, T0);
-    assert_eq!(a.window.closed_ts, Some(T0 + 6 * MS));
+    assert_eq!(a.win().opened_ts, T0);
+    assert_eq!(a.win().closed_ts, Some(T0 + 6 * MS));
     assert_eq!(a.window_fidelity, Fidelity::Tracepoint);
     assert_eq!(a.fidelity, Fidelity::Tracepoint);
     assert_eq!(stats.windows_opened, 1);
@@ -596,7 +596,7 @@ fn failed_calls_that_removed_nothing_are_no_windows() {
         tp(sys_exit(T0 + 22 * MS, f, 400, Op::PunchHole)),
     ];
     let (alerts, stats) = run_with(cfg, events);
-    let got: Vec<_> = alerts.iter().map(|a| (a.window.op, a.ts)).collect();
+    let got: Vec<_> = alerts.iter().map(|a| (a.win().op, a.ts)).collect();
     assert_eq!(
         got,
         vec![
@@ -719,8 +719,8 @@ fn syscall_windows_adopt_the_file_of_the_first_removal() {
             ),
         ]
     );
-    assert_eq!(alerts[0].window.opened_ts, T0 + 3 * MS);
-    assert_eq!(alerts[0].window.closed_ts, Some(T0 + 5 * MS));
+    assert_eq!(alerts[0].win().opened_ts, T0 + 3 * MS);
+    assert_eq!(alerts[0].win().closed_ts, Some(T0 + 5 * MS));
     assert_eq!(stats.windows_opened, 2);
     assert_eq!(stats.windows_by_op.get(Op::Truncate), 1);
     assert_eq!(stats.windows_by_op.get(Op::MadvRemove), 1);
@@ -740,7 +740,7 @@ fn syscall_windows_are_tracepoint_fidelity_even_beside_fentry_maps() {
     ];
     let (alerts, _) = run_with(cfg, events);
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].window.op, Op::ZeroRange);
+    assert_eq!(alerts[0].win().op, Op::ZeroRange);
     assert_eq!(alerts[0].map_fidelity, Fidelity::Fentry);
     assert_eq!(alerts[0].window_fidelity, Fidelity::Tracepoint);
     assert_eq!(alerts[0].fidelity, Fidelity::Tracepoint);
@@ -783,7 +783,7 @@ fn op_comes_from_the_enclosing_syscall() {
     }
     events.sort_by_key(|e| e.ts);
     let (alerts, stats) = run(events);
-    let mut got: Vec<_> = alerts.iter().map(|a| (a.file.ino, a.window.op)).collect();
+    let mut got: Vec<_> = alerts.iter().map(|a| (a.file.ino, a.win().op)).collect();
     got.sort_by_key(|g| g.0);
     assert_eq!(
         got,
@@ -915,7 +915,7 @@ fn late_event_is_counted_and_still_correlated() {
     c.flush(&mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].task.tid, 301);
-    assert_eq!(out[0].window.pages, pages(0, 63));
+    assert_eq!(out[0].win().pages, pages(0, 63));
 }
 
 #[test]
@@ -933,7 +933,7 @@ fn two_tasks_punching_one_file_concurrently() {
     let (alerts, stats) = run(events);
     let got: Vec<_> = alerts
         .iter()
-        .map(|a| (a.window.id, a.window.task.tid, a.pages, a.ts))
+        .map(|a| (a.win().id, a.win().task.tid, a.pages, a.ts))
         .collect();
     assert_eq!(
         got,
@@ -956,7 +956,7 @@ fn a_task_faulting_its_own_punch_window() {
     events.sort_by_key(|e| e.ts);
     let (alerts, _) = run(events);
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].task.tid, alerts[0].window.task.tid);
+    assert_eq!(alerts[0].task.tid, alerts[0].win().task.tid);
 }
 
 #[test]
@@ -973,7 +973,7 @@ fn nested_calls_keep_the_window_open() {
     ];
     let (alerts, stats) = run(events);
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].window.closed_ts, Some(T0 + 4 * MS));
+    assert_eq!(alerts[0].win().closed_ts, Some(T0 + 4 * MS));
     assert_eq!(stats.windows_opened, 1);
 }
 
@@ -986,7 +986,7 @@ fn window_still_open_at_end_of_stream() {
     ];
     let (alerts, stats) = run(events);
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].window.closed_ts, None);
+    assert_eq!(alerts[0].win().closed_ts, None);
     assert_eq!(stats.windows_closed, 1);
     assert_eq!(stats.open_windows, 0);
 }
@@ -1197,7 +1197,7 @@ fn stale_pte_when_a_pte_installed_in_the_window_outlives_its_folio() {
     assert_eq!(a.task, task(301));
     assert_eq!(a.pages, pages(21, 21));
     assert_eq!(
-        a.window,
+        *a.win(),
         WindowInfo {
             id: 1,
             op: Op::PunchHole,
@@ -1427,8 +1427,8 @@ fn shmem_undo_is_an_invalidator_and_opens_an_unbounded_class_b_window() {
     let stale = of_kind(&alerts, AlertKind::StalePte);
     assert_eq!(stale.len(), 1);
     assert_eq!(stale[0].pages, pages(8, 8));
-    assert_eq!(stale[0].window.op, Op::PunchHole);
-    assert_eq!(stale[0].window.closed_ts, Some(T0 + 12 * US));
+    assert_eq!(stale[0].win().op, Op::PunchHole);
+    assert_eq!(stale[0].win().closed_ts, Some(T0 + 12 * US));
     assert_eq!(stale[0].evidence.stack_ids.punch, Some(66));
     assert_eq!(stats.classes.a.rezapped, 1);
     assert_eq!(
@@ -1508,7 +1508,7 @@ fn stale_data_for_a_disk_read_between_truncate_and_block_removal() {
     assert_eq!(a.task, task(400));
     assert_eq!(a.pages, pages(24, 27));
     assert_eq!(
-        a.window,
+        *a.win(),
         WindowInfo {
             id: 1,
             op: Op::PunchHole,
@@ -1682,7 +1682,7 @@ fn several_block_removals_close_class_b_at_the_last_exit() {
     let stale = of_kind(&alerts, AlertKind::StaleData);
     assert_eq!(stale.len(), 1);
     assert_eq!(stale[0].pages, pages(33, 33));
-    assert_eq!(stale[0].window.closed_ts, Some(T0 + 48 * US));
+    assert_eq!(stale[0].win().closed_ts, Some(T0 + 48 * US));
     // The last transition with a stack was the first exit's.
     assert_eq!(stale[0].evidence.stack_ids.punch, Some(88));
     assert_eq!(stats.classes.b.refills, 1);
@@ -1774,7 +1774,7 @@ fn classes_are_the_same_under_out_of_order_delivery_within_the_horizon() {
         (
             a.kind().as_str(),
             a.file.ino,
-            a.window.task.tid,
+            a.win().task.tid,
             a.task.tid,
             a.pages,
         )
@@ -2078,7 +2078,21 @@ fn an_install_past_eof_with_no_size_change_is_beyond_eof() {
     assert_eq!((c.installs_past_eof, c.beyond_eof), (1, 1), "{c:?}");
     assert_eq!((c.during_size_change, c.shmem, c.pmd), (0, 0, 0));
     assert_eq!(st.classes.critical(), 1);
-    assert!(alerts.is_empty(), "{alerts:?}");
+    // The one install that reached EOF is an alert, with what it saw.
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a.kind(), AlertKind::BeyondEof);
+    assert_eq!(a.severity, Severity::Critical);
+    assert_eq!((a.ts, a.file, a.pages), (T0 + MS, f, pages(9, 10)));
+    assert_eq!(
+        a.finding,
+        Finding::BeyondEof {
+            i_size: TEN_PAGES,
+            pmd: false
+        }
+    );
+    assert_eq!(a.window, None);
+    assert_eq!(st.alerts_by_kind[AlertKind::BeyondEof as usize], [0, 0, 1]);
 }
 
 #[test]
@@ -2148,7 +2162,7 @@ fn without_the_shmem_exemption_a_tmpfs_pmd_past_eof_is_beyond_eof() {
         shmem_eof_exempt: false,
         ..Config::default()
     };
-    let (_, st) = run_with(
+    let (alerts, st) = run_with(
         cfg,
         [eof_install(
             T0,
@@ -2165,6 +2179,17 @@ fn without_the_shmem_exemption_a_tmpfs_pmd_past_eof_is_beyond_eof() {
         (1, 0, 1),
         "{c:?}"
     );
+    let got: Vec<_> = alerts.iter().map(|a| (a.kind(), a.finding)).collect();
+    assert_eq!(
+        got,
+        vec![(
+            AlertKind::BeyondEof,
+            Finding::BeyondEof {
+                i_size: TEN_PAGES,
+                pmd: true
+            }
+        )]
+    );
 }
 
 #[test]
@@ -2178,11 +2203,14 @@ fn a_pending_install_past_eof_settles_as_the_clock_passes_its_op_gap() {
     );
     c.advance(T0 + Config::default().reorder_horizon_ns + MS, &mut out);
     assert_eq!(c.stats().classes.c.beyond_eof, 0, "still within the op gap");
+    assert!(out.is_empty());
     c.advance(
         T0 + Config::default().reorder_horizon_ns + 10 * MS,
         &mut out,
     );
     assert_eq!(c.stats().classes.c.beyond_eof, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(c.stats().alerts, 1);
 }
 
 #[test]

@@ -102,7 +102,8 @@ impl Digest {
     /// Takes an alert that is not critical (those go straight out); appends
     /// the lines due now. `line` renders the alert on its own (warnings).
     pub fn alert(&mut self, a: &Alert, path: Option<&str>, line: String, out: &mut Vec<String>) {
-        if self.current.as_ref().is_some_and(|c| c.id != a.window.id) {
+        let window = a.window.as_ref().map(|w| w.id);
+        if self.current.as_ref().is_some_and(|c| Some(c.id) != window) {
             self.flush_window(out);
         }
         match a.severity {
@@ -119,18 +120,22 @@ impl Digest {
     }
 
     fn gather(&mut self, a: &Alert, path: Option<&str>) {
+        // Windowless alerts (beyond_eof) are critical and never gathered.
+        let Some(w) = &a.window else {
+            return;
+        };
         let ptes = match a.finding {
             Finding::PteInPunchWindow { ptes, .. } => ptes,
             _ => None,
         };
         let c = self.current.get_or_insert_with(|| WindowLine {
-            id: a.window.id,
+            id: w.id,
             ts: a.ts,
             file: a.file,
             path: path.map(str::to_owned),
-            op: a.window.op,
-            pages: a.window.pages,
-            test: a.window.test.clone(),
+            op: w.op,
+            pages: w.pages,
+            test: w.test.clone(),
             calls: 0,
             installed: None,
             rezapped: 0,

@@ -123,7 +123,7 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
         push_str(&mut s, message);
     }
     s.push_str(",\"test\":");
-    push_opt_str(&mut s, a.window.test.as_deref());
+    push_opt_str(&mut s, a.window.as_ref().and_then(|w| w.test.as_deref()));
     s.push_str(",\"time\":");
     push_str(
         &mut s,
@@ -149,13 +149,17 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
             a.ts
         );
     }
-    let w = &a.window;
-    let _ = write!(s, ",\"window\":{{\"id\":{},", w.id);
-    push_window_fields(&mut s, w);
-    let _ = write!(s, ",\"open_for_ns\":{}}}", w.open_for_ns);
+    match &a.window {
+        Some(w) => {
+            let _ = write!(s, ",\"window\":{{\"id\":{},", w.id);
+            push_window_fields(&mut s, w);
+            let _ = write!(s, ",\"open_for_ns\":{}}}", w.open_for_ns);
+        }
+        None => s.push_str(",\"window\":null"),
+    }
     let victim_fidelity = match a.kind() {
         AlertKind::PteInPunchWindow => "map_pages_fidelity",
-        AlertKind::StalePte | AlertKind::StaleData => "victim_fidelity",
+        AlertKind::StalePte | AlertKind::StaleData | AlertKind::BeyondEof => "victim_fidelity",
     };
     let _ = write!(
         s,
@@ -202,6 +206,14 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
                 s,
                 ",\"fs_remove_exit_ns\":{fs_remove_exit_ts},\"invalidate_lock\":\"{}\"}}",
                 invalidate_lock.as_str()
+            );
+        }
+        Finding::BeyondEof { i_size, pmd } => {
+            let _ = write!(
+                s,
+                ",\"eof\":{{\"installed_ns\":{},\"i_size\":{i_size},\"eof_page\":{},\"pmd\":{pmd}}}",
+                a.ts,
+                observer_abi::eof_page(i_size)
             );
         }
     }
@@ -260,7 +272,8 @@ pub fn report(r: &JoinedReport, boot_to_realtime_ns: i64) -> String {
 mod tests {
     use super::*;
     use crate::sink::tests::{
-        sample_alert, sample_alert_with_ptes, sample_stale_data, sample_stale_pte,
+        sample_alert, sample_alert_with_ptes, sample_beyond_eof, sample_stale_data,
+        sample_stale_pte,
     };
     use crate::sink::{Startup, sample_startup};
 
@@ -361,10 +374,30 @@ mod tests {
     }
 
     #[test]
+    fn beyond_eof_renders_every_field() {
+        let line = alert(&sample_beyond_eof(), None, 0, &Frames::default());
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"type":"alert","kind":"beyond_eof","severity":"critical","#,
+                r#""message":"a page at or past EOF is mapped: an access must SIGBUS","test":null,"#,
+                r#""time":"1970-01-01T00:00:05.000070000Z","#,
+                r#""ts_ns":5000070000,"dev":"7:0","ino":131,"path":null,"#,
+                r#""task":{"pid":1234,"tid":1240,"comm":"racer"},"pages":{"start":0,"end":511},"#,
+                r#""window":null,"#,
+                r#""fidelity":"fentry","victim_fidelity":"fentry","window_fidelity":"fentry","#,
+                r#""eof":{"installed_ns":5000070000,"i_size":40960,"eof_page":10,"pmd":true},"#,
+                r#""evidence":{"stack_ids":{"victim":12,"punch":null},"#,
+                r#""victim_stack":null,"punch_stack":null}}"#
+            )
+        );
+    }
+
+    #[test]
     fn alert_nulls_eof_and_hostile_strings() {
         let mut a = sample_alert();
-        a.window.pages = PageRange::new(20, PageRange::EOF);
-        a.window.closed_ts = None;
+        a.win_mut().pages = PageRange::new(20, PageRange::EOF);
+        a.win_mut().closed_ts = None;
         if let Finding::PteInPunchWindow { folios_removed, .. } = &mut a.finding {
             *folios_removed = None;
         }

@@ -387,7 +387,7 @@ mod tests {
                 comm: "racer".into(),
             },
             pages: PageRange::new(16, 31),
-            window: WindowInfo {
+            window: Some(WindowInfo {
                 id: 7,
                 op: Op::PunchHole,
                 pages: PageRange::new(20, 35),
@@ -400,7 +400,7 @@ mod tests {
                 closed_ts: Some(5_000_050_000),
                 open_for_ns: 38_000,
                 test: None,
-            },
+            }),
             fidelity: Fidelity::Fentry,
             map_fidelity: Fidelity::Fentry,
             window_fidelity: Fidelity::Fentry,
@@ -433,7 +433,7 @@ mod tests {
         };
         a.ts = 5_000_036_000;
         a.pages = PageRange::new(21, 21);
-        a.window.open_for_ns = 36_000;
+        a.win_mut().open_for_ns = 36_000;
         a.evidence = Evidence {
             stack_ids: StackIds {
                 victim: Some(4),
@@ -450,9 +450,9 @@ mod tests {
         a.ts = 5_000_060_000;
         a.task.comm = "reader".into();
         a.pages = PageRange::new(24, 27);
-        a.window.opened_ts = 5_000_010_000;
-        a.window.closed_ts = Some(5_000_090_000);
-        a.window.open_for_ns = 50_000;
+        a.win_mut().opened_ts = 5_000_010_000;
+        a.win_mut().closed_ts = Some(5_000_090_000);
+        a.win_mut().open_for_ns = 50_000;
         a.finding = Finding::StaleData {
             truncate_exit_ts: Some(5_000_040_000),
             fs_remove: crate::event::FsRemover::from_code(observer_abi::FS_REMOVE_EXT4_EXT)
@@ -463,6 +463,26 @@ mod tests {
         a.evidence = Evidence {
             stack_ids: StackIds {
                 victim: Some(11),
+                punch: None,
+            },
+        };
+        a
+    }
+
+    /// A PMD of a 10-page file, mapped across its EOF with no size change.
+    pub(crate) fn sample_beyond_eof() -> Alert {
+        let mut a = sample_alert();
+        a.severity = crate::correlator::Severity::Critical;
+        a.ts = 5_000_070_000;
+        a.pages = PageRange::new(0, 511);
+        a.window = None;
+        a.finding = Finding::BeyondEof {
+            i_size: 10 * 4096,
+            pmd: true,
+        };
+        a.evidence = Evidence {
+            stack_ids: StackIds {
+                victim: Some(12),
                 punch: None,
             },
         };
@@ -505,7 +525,7 @@ mod tests {
             );
         }
         let mut other = sample_alert();
-        other.window.id = 8;
+        other.win_mut().id = 8;
         sink.alert(&other, None, &Frames::default()).unwrap();
         sink.alert(&sample_stale_pte(), None, &Frames::default())
             .unwrap();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Frames, Startup, UtcTime, unix_ns};
-use crate::correlator::{Alert, AlertKind, Finding, JoinedReport, Severity};
+use crate::correlator::{Alert, AlertKind, Finding, JoinedReport, Severity, WindowInfo};
 use crate::event::{PageRange, Task};
 
 /// Task names and paths are user-controlled: control characters are shown as
@@ -52,31 +52,11 @@ fn pages(r: &PageRange) -> String {
 /// Critical alerts (`STALE-PTE`, `STALE-DATA`) end in `CRITICAL: <what it
 /// means> (<detail>)`, followed by the stacks of both sides on indented lines
 /// when stack ids were captured.
-pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &Frames) -> String {
-    let when = UtcTime::from_unix_ns(unix_ns(a.ts, boot_to_realtime_ns)).time_of_day_us();
-    let mut s = String::with_capacity(200);
+/// The window part of an alert line, and what the finding says about it.
+fn window(s: &mut String, a: &Alert, w: &WindowInfo) {
     let _ = write!(
         s,
-        "{when} {} dev {}:{} ino {}",
-        a.kind().as_str().to_ascii_uppercase().replace('_', "-"),
-        a.file.major(),
-        a.file.minor(),
-        a.file.ino
-    );
-    if let Some(path) = path {
-        let _ = write!(s, " {}", printable(path));
-    }
-    let w = &a.window;
-    let _ = write!(
-        s,
-        " {} by {}{} | window #{} {} pages {} by {} open {}",
-        pages(&a.pages),
-        task(&a.task),
-        if a.kind() == AlertKind::StaleData {
-            " read from disk"
-        } else {
-            ""
-        },
+        " | window #{} {} pages {} by {} open {}",
         w.id,
         w.op.as_str(),
         w.pages,
@@ -104,6 +84,46 @@ pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &F
     }
     if w.closed_ts.is_none() {
         s.push_str(" (never closed)");
+    }
+}
+
+pub fn alert(a: &Alert, path: Option<&str>, boot_to_realtime_ns: i64, frames: &Frames) -> String {
+    let when = UtcTime::from_unix_ns(unix_ns(a.ts, boot_to_realtime_ns)).time_of_day_us();
+    let mut s = String::with_capacity(200);
+    let _ = write!(
+        s,
+        "{when} {} dev {}:{} ino {}",
+        a.kind().as_str().to_ascii_uppercase().replace('_', "-"),
+        a.file.major(),
+        a.file.minor(),
+        a.file.ino
+    );
+    if let Some(path) = path {
+        let _ = write!(s, " {}", printable(path));
+    }
+    let _ = write!(
+        s,
+        " {} by {}{}",
+        pages(&a.pages),
+        task(&a.task),
+        if a.kind() == AlertKind::StaleData {
+            " read from disk"
+        } else {
+            ""
+        },
+    );
+    match &a.window {
+        Some(w) => window(&mut s, a, w),
+        None => {
+            if let Finding::BeyondEof { i_size, pmd } = a.finding {
+                let _ = write!(
+                    s,
+                    " | {} with i_size {i_size} (EOF at page {}), no size change under way",
+                    if pmd { "pmd" } else { "ptes" },
+                    observer_abi::eof_page(i_size)
+                );
+            }
+        }
     }
     let _ = write!(s, " | {}", a.fidelity.as_str());
     if a.map_fidelity != a.window_fidelity {
@@ -227,7 +247,8 @@ mod tests {
     use crate::event::{Fidelity, PageRange};
     use crate::sink::sample_startup;
     use crate::sink::tests::{
-        sample_alert, sample_alert_with_ptes, sample_stale_data, sample_stale_pte,
+        sample_alert, sample_alert_with_ptes, sample_beyond_eof, sample_stale_data,
+        sample_stale_pte,
     };
 
     const OFFSET: i64 = 1_764_072_001_000_000_000 - 5_000_000_000;
@@ -249,8 +270,8 @@ mod tests {
         let mut a = sample_alert();
         a.fidelity = Fidelity::Tracepoint;
         a.window_fidelity = Fidelity::Tracepoint;
-        a.window.pages = PageRange::new(20, PageRange::EOF);
-        a.window.closed_ts = None;
+        a.win_mut().pages = PageRange::new(20, PageRange::EOF);
+        a.win_mut().closed_ts = None;
         if let Finding::PteInPunchWindow { folios_removed, .. } = &mut a.finding {
             *folios_removed = None;
         }
@@ -323,6 +344,17 @@ mod tests {
              truncated +30us, ext4_ext_remove_space done +80us, invalidate_lock not_exposed | kprobe (victim kprobe, window \
              fentry) | CRITICAL: the cache holds data from blocks the punch then freed\n\
              \x20 victim stack (id 11): not symbolized"
+        );
+    }
+
+    #[test]
+    fn beyond_eof_line() {
+        assert_eq!(
+            alert(&sample_beyond_eof(), None, OFFSET, &Frames::default()),
+            "12:00:01.000070 BEYOND-EOF dev 7:0 ino 131 pages 0-511 by racer[1234/1240] | pmd \
+             with i_size 40960 (EOF at page 10), no size change under way | fentry | CRITICAL: a \
+             page at or past EOF is mapped: an access must SIGBUS\n\
+             \x20 victim stack (id 12): not symbolized"
         );
     }
 
