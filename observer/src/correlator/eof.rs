@@ -13,7 +13,8 @@ use observer_abi::eof_page;
 
 use super::Correlator;
 use super::alert::{Alert, Evidence, Finding, Severity, StackIds};
-use crate::event::{Fidelity, FileId, PageRange, Task};
+use super::window::Window;
+use crate::event::{Fidelity, FileId, Op, PageRange, Task};
 
 /// One install record with the file's size, and, once nothing explained it
 /// within the op gap, the `beyond_eof` alert it becomes.
@@ -30,7 +31,7 @@ pub(super) struct PendingEof {
 }
 
 impl PendingEof {
-    fn alert(self) -> Alert {
+    fn alert(self, window: Option<&Window>) -> Alert {
         Alert {
             finding: Finding::BeyondEof {
                 i_size: self.i_size,
@@ -41,7 +42,7 @@ impl PendingEof {
             file: self.file,
             task: self.task,
             pages: self.pages,
-            window: None,
+            window: window.map(|w| w.info(self.ts)),
             fidelity: self.fidelity,
             map_fidelity: self.fidelity,
             window_fidelity: self.fidelity,
@@ -70,8 +71,27 @@ impl Correlator {
             c.shmem += 1;
         } else if self.size_changing_at(install.file, install.ts) {
             self.stats.classes.c.during_size_change += 1;
+            self.hold_for_truncate(install);
         } else {
             self.eof_pending.push_back(install);
+        }
+    }
+
+    /// An install past the EOF it read, during a truncate of its pages: the
+    /// truncate's window checks at its close that it did not survive.
+    fn hold_for_truncate(&mut self, install: PendingEof) {
+        let Some(fw) = self.files.get_mut(&install.file) else {
+            return;
+        };
+        if let Some(w) = fw.active.iter_mut().find(|w| {
+            // Tentatively closed ones too: the last unmap's exit closes the
+            // window until the syscall returns, and what comes in between
+            // is what no zap pass follows.
+            matches!(w.op, Op::Ftruncate | Op::Truncate)
+                && w.opened_ts <= install.ts
+                && w.pages.overlaps(&install.pages)
+        }) {
+            w.eof_explained.push(install);
         }
     }
 
@@ -114,8 +134,31 @@ impl Correlator {
                 break;
             };
             self.stats.classes.c.beyond_eof += 1;
-            out.push(p.alert());
+            out.push(p.alert(None));
         }
         self.count_alerts(&out[before..]);
+    }
+}
+
+impl Window {
+    /// Case (b) of class C, at the truncate window's final close: an install
+    /// past the EOF it read that came after the window's last unmap (so no
+    /// zap pass followed it) and whose folio never left the cache is a
+    /// mapping past the new EOF that outlived the truncate. Installs before
+    /// that unmap's exit are taken as zapped: the unmap walks the whole
+    /// range after i_size is written.
+    pub(super) fn eof_survivors(&mut self) -> Vec<Alert> {
+        let Some(last_unmap) = self.last_unmap_exit else {
+            return Vec::new();
+        };
+        let explained = std::mem::take(&mut self.eof_explained);
+        explained
+            .into_iter()
+            .filter(|e| {
+                let past = PageRange::new(eof_page(e.i_size).max(e.pages.start), e.pages.end);
+                e.ts > last_unmap && self.ptes.survived(&past, e.ts, e.task.tid)
+            })
+            .map(|e| e.alert(Some(self)))
+            .collect()
     }
 }

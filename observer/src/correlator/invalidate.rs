@@ -130,6 +130,9 @@ impl Correlator {
         };
         w.absorb(range, fidelity);
         w.transition(None, stack_id);
+        if which == Invalidator::Unmap {
+            w.last_unmap_exit = Some(ts);
+        }
         w.depth = w.depth.saturating_sub(1);
         if w.depth == 0 && !w.by_syscall {
             w.closed_ts = Some(ts);

@@ -465,6 +465,8 @@ impl Correlator {
             test: self.current_test.clone(),
             calls: u32::from(!by_syscall),
             removed: 0,
+            last_unmap_exit: None,
+            eof_explained: Vec::new(),
         });
         self.stats.windows_opened += 1;
         self.stats.open_windows += 1;
@@ -499,6 +501,11 @@ impl Correlator {
                 .map(|p| w.alert(p, folio_source, pte_source, large)),
         );
         out.extend(w.settle_ptes(folio_source, &mut self.stats.classes.a));
+        let survivors = w.eof_survivors();
+        let c = &mut self.stats.classes.c;
+        c.during_size_change -= survivors.len() as u64;
+        c.beyond_eof += survivors.len() as u64;
+        out.extend(survivors);
         if let Some(t) = &w.test {
             self.stats.tests.entry(t.clone()).windows_by_op.count(w.op);
         }

@@ -146,6 +146,20 @@ impl PteLedger {
         hit
     }
 
+    /// Whether a PTE that task `tid` installed at `ts` on some page of
+    /// `pages` is still there: no removal of its folio was seen. Gap
+    /// installs count: a mapping outlives a window whether or not the
+    /// operation resumed.
+    pub fn survived(&self, pages: &PageRange, ts: u64, tid: u32) -> bool {
+        self.pages
+            .range(pages.start..=pages.end)
+            .flat_map(|(_, recs)| recs)
+            .any(|r| {
+                let i = &self.installs[r.install];
+                r.removal.is_none() && i.ts == ts && i.task.tid == tid
+            })
+    }
+
     /// Every PTE recorded, with its outcome, in page order. Those still
     /// `in_gap` at final close were not part of the window.
     pub fn settle(&self, folio_source: bool) -> impl Iterator<Item = (u64, &Install, Outcome)> {

@@ -2297,3 +2297,72 @@ fn a_run_counts_its_share_of_an_alerts_folios() {
     let race = of_kind(&alerts, AlertKind::PteInPunchWindow);
     assert_eq!(race[0].folios_removed(), Some(1));
 }
+
+/// ftruncate of a 10-page file to 4 pages, as the kernel runs it
+/// (truncate_pagecache: unmap, truncate, unmap again), from `t`; the second
+/// unmap returns at t + 30 us.
+fn shrink_to_four_pages(t: u64, f: FileId) -> Vec<Event> {
+    let r = pages(4, PageRange::EOF);
+    vec![
+        enter(t, f, 1, Invalidator::Unmap, r),
+        exit(t + 10 * US, f, 1, Invalidator::Unmap, r),
+        enter(t + 11 * US, f, 1, Invalidator::Truncate, r),
+        exit(t + 20 * US, f, 1, Invalidator::Truncate, r),
+        enter(t + 21 * US, f, 1, Invalidator::Unmap, r),
+        exit(t + 30 * US, f, 1, Invalidator::Unmap, r),
+    ]
+}
+
+#[test]
+fn a_mapping_past_the_new_eof_that_outlives_the_truncate_is_beyond_eof() {
+    let f = file(130);
+    let mut events = vec![sys_enter(T0, f, 1, Op::Ftruncate, pages(4, PageRange::EOF))];
+    events.extend(shrink_to_four_pages(T0 + US, f));
+    events.extend([
+        // Read the old size, installed before the last unmap: zapped by it.
+        eof_install(T0 + 15 * US, f, pages(6, 7), 4 * 4096, false, false),
+        // After the last zap pass, and its folio never left: it survived.
+        eof_install(T0 + 35 * US, f, pages(8, 9), 4 * 4096, false, false),
+        // The same, but the folio then left the cache unmapped.
+        eof_install(T0 + 36 * US, f, pages(12, 12), 4 * 4096, false, false),
+        delete(T0 + 38 * US, f, 12, Some(false)),
+        sys_exit(T0 + 40 * US, f, 1, Op::Ftruncate),
+    ]);
+    let (alerts, st) = run(sorted(events));
+    let c = st.classes.c;
+    assert_eq!(
+        (c.installs_past_eof, c.during_size_change, c.beyond_eof),
+        (3, 2, 1),
+        "{c:?}"
+    );
+    let eof = of_kind(&alerts, AlertKind::BeyondEof);
+    assert_eq!(eof.len(), 1, "{alerts:#?}");
+    let a = eof[0];
+    assert_eq!((a.ts, a.pages), (T0 + 35 * US, pages(8, 9)));
+    assert_eq!(
+        a.finding,
+        Finding::BeyondEof {
+            i_size: 4 * 4096,
+            pmd: false
+        }
+    );
+    // The truncate it outlived is its window.
+    assert_eq!(a.win().op, Op::Ftruncate);
+    assert_eq!(a.win().pages, pages(4, PageRange::EOF));
+}
+
+#[test]
+fn a_grown_file_maps_its_new_pages_legitimately() {
+    // ftruncate up from 4 to 10 pages: installs below the new size, after
+    // the last unmap, are no finding.
+    let f = file(131);
+    let mut events = vec![sys_enter(T0, f, 1, Op::Ftruncate, pages(4, PageRange::EOF))];
+    events.extend(shrink_to_four_pages(T0 + US, f));
+    events.extend([
+        eof_install(T0 + 35 * US, f, pages(6, 7), TEN_PAGES, false, false),
+        sys_exit(T0 + 40 * US, f, 1, Op::Ftruncate),
+    ]);
+    let (alerts, st) = run(sorted(events));
+    assert_eq!(st.classes.c.installs_past_eof, 0);
+    assert!(of_kind(&alerts, AlertKind::BeyondEof).is_empty());
+}

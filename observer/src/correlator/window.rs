@@ -80,6 +80,12 @@ pub(crate) struct Window {
     pub calls: u32,
     /// Folios the window's task removed from the file while it was open.
     pub removed: u64,
+    /// The last exit of an unmap_mapping_range of the window: its last pass
+    /// zapping the range's PTEs.
+    pub last_unmap_exit: Option<u64>,
+    /// Class C installs past EOF that this truncate explained: legitimate
+    /// only if its unmap zapped them or their folio left the cache.
+    pub eof_explained: Vec<super::eof::PendingEof>,
 }
 
 impl Window {
