@@ -403,10 +403,6 @@ pub struct WindowState {
     pub generation: u32,
     pub start: u64,
     pub end: u64,
-    /// Page-cache adds seen on the file while a window was open: a removal
-    /// run never spans one, so the agent can order each add against every
-    /// removal of the run.
-    pub adds: u64,
 }
 
 /// Counter slots in the per-CPU `COUNTERS` array.

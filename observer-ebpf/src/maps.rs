@@ -56,8 +56,10 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(2048, 0);
 /// per-PTE probe return before reading any kernel memory. Slot 1: syscall
 /// windows in flight whose file is not known yet (tracepoint mode). Slot 2:
 /// syscall entries stashed and not yet exited (never below the truth).
+/// Slot 3: page-cache adds seen on any file with a window open (a removal
+/// run never spans one).
 #[map]
-pub static OPEN_ANY: Array<u64> = Array::with_max_entries(3, 0);
+pub static OPEN_ANY: Array<u64> = Array::with_max_entries(4, 0);
 
 /// `--scope cmd` without cgroup2: the tgids of the command's process tree.
 /// The command adds itself before it execs; sched_process_fork adds its
@@ -75,13 +77,16 @@ pub static LAST_FILE: LruHashMap<u32, FileKey> = LruHashMap::with_max_entries(40
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Run {
+    /// The folios' `address_space`: what a removal can compare after one
+    /// read, where its file key takes four.
+    pub mapping: u64,
     pub key: FileKey,
     pub start: u64,
     pub end: u64,
     pub folios: u64,
     pub first_ts: u64,
     pub last_ts: u64,
-    /// The file's `WindowState::adds` when the run began.
+    /// `OPEN_ANY[3]` when the run began.
     pub adds: u64,
     pub fidelity: u64,
 }
@@ -92,3 +97,13 @@ pub struct Run {
 /// exit, which sends it.
 #[map]
 pub static RUNS: HashMap<u32, Run> = HashMap::with_max_entries(4096, 0);
+
+/// Bytes of a folio `kernel::FolioHead` copies: two `struct page`s (64 bytes
+/// each on x86-64).
+pub const FOLIO_HEAD_BYTES: usize = 128;
+
+/// The copy, per CPU, with 8 bytes of slack past it so that any masked
+/// offset the verifier sees stays inside the value.
+#[map]
+pub static FOLIO_HEAD: PerCpuArray<[u8; FOLIO_HEAD_BYTES + 8]> =
+    PerCpuArray::with_max_entries(1, 0);

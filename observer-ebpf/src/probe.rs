@@ -14,8 +14,8 @@ use crate::{
         window_is_open, window_open, window_range, worth_sending,
     },
     kernel::{
-        Folio, config, file_of_fault, file_of_inode, file_of_mapping, folio_mapped, i_size,
-        inode_of_vma, invalidate_lock, on_tmpfs, pfn_of, read_u32, read_u64,
+        Direct, Fields, Folio, FolioHead, config, file_of_fault, file_of_inode, file_of_mapping,
+        folio_mapped, i_size, inode_of_vma, invalidate_lock, on_tmpfs, pfn_of, read_u32, read_u64,
     },
     maps::{LAST_FILE, RUNS, Run, STACKS, STASH, Stash},
 };
@@ -476,9 +476,38 @@ pub fn pte_install_return<C: StackIdContext>(ctx: &C, fidelity: u8, ret: u64) {
 #[inline(always)]
 pub fn folio_delete(folio: u64, fidelity: u8) {
     let Some(cfg) = config() else { return };
-    let Some(mapping) = read_u64(folio, cfg.page_mapping) else {
+    let Some(head) = FolioHead::read(folio) else {
         return;
     };
+    let Some(mapping) = head.u64_at(cfg.page_mapping) else {
+        return;
+    };
+    let Some(index) = head.u64_at(cfg.page_index) else {
+        return;
+    };
+    // The common case first: the next folio of the task's run. Its window is
+    // open (the run ends at the invalidation's exit), and its file is the
+    // run's: the key's four reads are not needed.
+    let tid = tid();
+    if let Some(run) = RUNS.get_ptr_mut(&tid) {
+        let r = unsafe { &mut *run };
+        if r.mapping == mapping && r.end + 1 == index && r.fidelity == fidelity as u64 {
+            let Some(f) = Folio::read(cfg, &head) else {
+                return;
+            };
+            if folio_mapped(cfg, folio, &head, &f) == Some(false) {
+                let ts = now();
+                // After the clock: an add timed before this removal has
+                // bumped it.
+                if window_adds() == r.adds {
+                    r.end = index + f.nr - 1;
+                    r.folios += 1;
+                    r.last_ts = ts;
+                    return;
+                }
+            }
+        }
+    }
     let Some(key) = file_of_mapping(cfg, mapping) else {
         count(COUNTER_UNRESOLVED + Kind::FolioDelete as u32);
         return;
@@ -487,47 +516,28 @@ pub fn folio_delete(folio: u64, fidelity: u8) {
     if !(window_is_open(&key) || cfg.full_stream != 0) || ignored(cfg) {
         return;
     }
-    let Some(index) = read_u64(folio, cfg.page_index) else {
-        return;
-    };
-    let Some(f) = Folio::read(cfg, folio) else {
+    let Some(f) = Folio::read(cfg, &head) else {
         return;
     };
     let end = index + f.nr - 1;
-    let mapped = folio_mapped(cfg, folio, &f);
+    let mapped = folio_mapped(cfg, folio, &head, &f);
     let ts = now();
-    if mapped == Some(false) && cfg.full_stream == 0 {
-        // After the clock: an add timed before this removal has bumped it.
-        let adds = window_adds(&key);
-        let tid = tid();
-        if let Some(run) = RUNS.get_ptr_mut(&tid) {
-            let r = unsafe { &mut *run };
-            if r.key == key && r.end + 1 == index && r.adds == adds && r.fidelity == fidelity as u64
-            {
-                r.end = end;
-                r.folios += 1;
-                r.last_ts = ts;
-                return;
-            }
+    run_flush(tid);
+    if mapped == Some(false) && cfg.full_stream == 0 && in_invalidation(tid) {
+        let run = Run {
+            mapping,
+            key,
+            start: index,
+            end,
+            folios: 1,
+            first_ts: ts,
+            last_ts: ts,
+            adds: window_adds(),
+            fidelity: fidelity as u64,
+        };
+        if RUNS.insert(&tid, &run, 0).is_ok() {
+            return;
         }
-        run_flush(tid);
-        if in_invalidation(tid) {
-            let run = Run {
-                key,
-                start: index,
-                end,
-                folios: 1,
-                first_ts: ts,
-                last_ts: ts,
-                adds,
-                fidelity: fidelity as u64,
-            };
-            if RUNS.insert(&tid, &run, 0).is_ok() {
-                return;
-            }
-        }
-    } else {
-        run_flush(tid());
     }
     let flags = match mapped {
         Some(true) => FLAG_MAPCOUNT_KNOWN | FLAG_STILL_MAPPED,
@@ -604,7 +614,7 @@ pub fn folio_add<C: StackIdContext>(ctx: &C, fidelity: u8, folio: u64, at: Optio
     if ignored(cfg) || !window_add_seen(&key) {
         return;
     }
-    let Some(f) = Folio::read(cfg, folio) else {
+    let Some(f) = Folio::read(cfg, &Direct(folio)) else {
         return;
     };
     let uptodate = if f.test(cfg.pg_uptodate) {
