@@ -176,8 +176,9 @@ pub const FLAG_PMD: u8 = 16;
 /// PteInstall: `aux` is the file's i_size in bytes, read as the PTEs went in.
 pub const FLAG_ISIZE_KNOWN: u8 = 32;
 /// FolioDelete: a run of `aux` contiguous folios covering `start..=end`, that
-/// one task removed between `entry_ts` and `ts` inside one invalidation, none
-/// of them mapped, with no page-cache add on the file in between. An
+/// one task removed inside one invalidation, the first at `entry_ts` and the
+/// last `ret` microseconds (rounded up) before `ts`, the record's send; none
+/// of them mapped, with no page-cache add in between. An
 /// invalidation removes folios by the thousand, and one record per folio was
 /// most of what the agent received under an fsx-like mix.
 pub const FLAG_RUN: u8 = 64;

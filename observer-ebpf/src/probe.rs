@@ -560,21 +560,27 @@ fn in_invalidation(tid: u32) -> bool {
 }
 
 /// Sends the task's pending run of removals, if it has one. Runs end at
-/// the task's own exits, so the record carries its tid and comm.
+/// the task's own exits, so the record carries its tid and comm. Its `ts` is
+/// the send, so that it is never late against what the agent has seen since
+/// the last removal (an xfs punch frees its blocks between the two); `ret`
+/// says how many microseconds (rounded up) before that the last removal was.
 #[inline(always)]
 pub fn run_flush(tid: u32) {
     let Some(run) = (unsafe { RUNS.get(&tid) }).copied() else {
         return;
     };
     let _ = RUNS.remove(&tid);
+    let ts = now();
+    let before_us = ts.saturating_sub(run.last_ts).div_ceil(1000);
     send(Record {
         entry_ts: run.first_ts,
         aux: run.folios,
         flags: FLAG_MAPCOUNT_KNOWN | FLAG_RUN,
+        ret: before_us.min(i32::MAX as u64) as i32,
         ..Record::new(
             Kind::FolioDelete,
             run.fidelity as u8,
-            run.last_ts,
+            ts,
             run.key,
             run.start,
             run.end,

@@ -264,6 +264,11 @@ pub enum Body {
         /// The folio's pages (more than one for a large folio), or the run's.
         range: PageRange,
         folios: u64,
+        /// When the (last) folio left the cache. A run is sent when it ends,
+        /// and the event's `ts`, which orders it, is that send: events
+        /// between the two are before the removal's send but after the
+        /// removal, and the outcomes go by this time.
+        removed_ts: u64,
         /// The folio's pfn; 0 for a run.
         pfn: u64,
         still_mapped: Option<bool>,

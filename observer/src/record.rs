@@ -56,12 +56,16 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         abi::Kind::FolioDelete if raw.flags & abi::FLAG_RUN != 0 => Body::FolioDelete {
             range,
             folios: raw.aux.max(1),
+            removed_ts: raw
+                .ts
+                .saturating_sub((raw.ret.max(0) as u64).saturating_mul(1000)),
             pfn: 0,
             still_mapped: Some(false),
         },
         abi::Kind::FolioDelete => Body::FolioDelete {
             range,
             folios: 1,
+            removed_ts: raw.ts,
             pfn: raw.aux,
             still_mapped: (raw.flags & abi::FLAG_MAPCOUNT_KNOWN != 0)
                 .then_some(raw.flags & abi::FLAG_STILL_MAPPED != 0),

@@ -339,6 +339,7 @@ impl Correlator {
             Body::FolioDelete {
                 range,
                 folios,
+                removed_ts,
                 pfn,
                 still_mapped,
             } => {
@@ -353,7 +354,7 @@ impl Correlator {
                     pfn,
                     still_mapped,
                 };
-                self.folio_delete(ts, file, task.tid, removed)
+                self.folio_delete(removed_ts.min(ts), file, task.tid, removed)
             }
             Body::TestStart { name } => {
                 self.stats.tests.entry(name.clone());

@@ -70,6 +70,7 @@ fn folio(ts: u64, f: FileId, index: u64) -> Event {
         Body::FolioDelete {
             range: PageRange::new(index, index),
             folios: 1,
+            removed_ts: ts,
             pfn: 0x1000 + index,
             still_mapped: None,
         },
@@ -1057,6 +1058,7 @@ fn delete(ts: u64, f: FileId, index: u64, still_mapped: Option<bool>) -> Event {
         Body::FolioDelete {
             range: PageRange::new(index, index),
             folios: 1,
+            removed_ts: ts,
             pfn: 0x1000 + index,
             still_mapped,
         },
@@ -1072,6 +1074,7 @@ fn delete_run(ts: u64, f: FileId, range: PageRange, folios: u64) -> Event {
         Body::FolioDelete {
             range,
             folios,
+            removed_ts: ts,
             pfn: 0,
             still_mapped: Some(false),
         },
@@ -2272,6 +2275,7 @@ fn a_large_folio_removal_takes_the_ptes_of_all_its_pages() {
             Body::FolioDelete {
                 range: pages(16, 31),
                 folios: 1,
+                removed_ts: T0 + 12 * US,
                 pfn: 0x1010,
                 still_mapped: Some(false),
             },
@@ -2365,4 +2369,39 @@ fn a_grown_file_maps_its_new_pages_legitimately() {
     let (alerts, st) = run(sorted(events));
     assert_eq!(st.classes.c.installs_past_eof, 0);
     assert!(of_kind(&alerts, AlertKind::BeyondEof).is_empty());
+}
+
+#[test]
+fn a_run_sent_at_its_invalidations_exit_settles_by_its_last_removal() {
+    // The run's last removal at 14 us; it is sent at 19 us, after a refill
+    // and an install of its pages that came after the removal.
+    let f = file(123);
+    let r = pages(20, 35);
+    let mut events = ext4_punch(T0, f, 300, r, r);
+    events.extend([
+        add(T0 + 15 * US, f, 400, pages(30, 30), false),
+        install(T0 + 16 * US, f, 301, pages(25, 25)),
+        ev(
+            T0 + 19 * US,
+            f,
+            300,
+            Body::FolioDelete {
+                range: pages(20, 35),
+                folios: 16,
+                removed_ts: T0 + 14 * US,
+                pfn: 0,
+                still_mapped: Some(false),
+            },
+        ),
+    ]);
+    let (alerts, stats) = run(sorted(events));
+    // The refill came after the removal: it survived, read before the
+    // block removal.
+    assert_eq!(stats.classes.b.survived, 1, "{:?}", stats.classes.b);
+    assert_eq!(of_kind(&alerts, AlertKind::StaleData).len(), 1);
+    // The install came after the removal too: its page stayed mapped.
+    assert_eq!(stats.classes.a.ptes_in_window, 1);
+    assert_eq!(stats.classes.a.rezapped, 0);
+    assert_eq!(stats.classes.a.still_mapped_after_window, 1);
+    assert_eq!(stats.late_events, 0);
 }
