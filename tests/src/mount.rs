@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// File system for a [`LoopMount`].
+/// File system for a [`LoopMount`] and for the VM guests' disks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsType {
     Xfs,
@@ -24,17 +24,33 @@ pub enum FsType {
     /// zeroes, collapses and inserts, so every fallocate mode the kernel's
     /// fuse passes on works).
     Fuse,
+    F2fs,
+    /// The NTFS driver of 5.15 to 6.x (Paragon's).
+    Ntfs3,
+    /// The NTFS driver Debian builds from 7.x (`fs/ntfs`, read-write); on
+    /// older kernels the same name is the legacy driver.
+    Ntfs,
+    /// With `lock_nolock`: one node, no cluster.
+    Gfs2,
+    /// A local mount (`mkfs.ocfs2 -M local`): no cluster stack.
+    Ocfs2,
 }
 
 impl FsType {
-    pub const ALL: [FsType; 5] = [
+    pub const ALL: [FsType; 10] = [
         FsType::Xfs,
         FsType::Ext4,
         FsType::Btrfs,
         FsType::Tmpfs,
         FsType::Fuse,
+        FsType::F2fs,
+        FsType::Ntfs3,
+        FsType::Ntfs,
+        FsType::Gfs2,
+        FsType::Ocfs2,
     ];
 
+    /// Its name, which is also its `mount -t` type and its kernel module.
     pub fn as_str(self) -> &'static str {
         match self {
             FsType::Xfs => "xfs",
@@ -42,20 +58,26 @@ impl FsType {
             FsType::Btrfs => "btrfs",
             FsType::Tmpfs => "tmpfs",
             FsType::Fuse => "fuse",
+            FsType::F2fs => "f2fs",
+            FsType::Ntfs3 => "ntfs3",
+            FsType::Ntfs => "ntfs",
+            FsType::Gfs2 => "gfs2",
+            FsType::Ocfs2 => "ocfs2",
         }
     }
 
-    /// The file system called `name` ("xfs", "ext4", "btrfs", "tmpfs", "fuse").
+    /// The file system called `name` (see [`FsType::as_str`]).
     pub fn named(name: &str) -> Option<FsType> {
         FsType::ALL.into_iter().find(|fs| fs.as_str() == name)
     }
 
-    /// Smallest image mkfs accepts (mkfs.xfs ≥ 5.19 refuses < 300 MB).
+    /// Smallest image mkfs accepts (mkfs.xfs ≥ 5.19 refuses < 300 MB;
+    /// mkfs.gfs2 wants room for its journal).
     pub fn min_size_mib(self) -> u64 {
         match self {
             FsType::Xfs => 300,
-            FsType::Ext4 | FsType::Tmpfs | FsType::Fuse => 8,
-            FsType::Btrfs => 128,
+            FsType::Ext4 | FsType::Tmpfs | FsType::Fuse | FsType::Ntfs3 | FsType::Ntfs => 8,
+            FsType::Btrfs | FsType::F2fs | FsType::Gfs2 | FsType::Ocfs2 => 128,
         }
     }
 
@@ -63,11 +85,27 @@ impl FsType {
     /// image is [`FsType::backing`]'s).
     pub fn mkfs(self) -> Option<(&'static str, &'static [&'static str])> {
         match self {
-            FsType::Fuse => None,
+            FsType::Fuse | FsType::Tmpfs => None,
             FsType::Xfs => Some(("mkfs.xfs", &["-q", "-f"])),
             FsType::Ext4 => Some(("mkfs.ext4", &["-q", "-F"])),
             FsType::Btrfs => Some(("mkfs.btrfs", &["-q", "-f"])),
-            FsType::Tmpfs => None,
+            FsType::F2fs => Some(("mkfs.f2fs", &["-q", "-f"])),
+            // -Q: no zeroing of the whole image; -F: an image, not a disk.
+            FsType::Ntfs3 | FsType::Ntfs => Some(("mkntfs", &["-Q", "-F", "-q"])),
+            FsType::Gfs2 => Some((
+                "mkfs.gfs2",
+                &["-O", "-q", "-p", "lock_nolock", "-j", "1", "-J", "16"],
+            )),
+            FsType::Ocfs2 => Some(("mkfs.ocfs2", &["-q", "-F", "-M", "local", "-N", "1"])),
+        }
+    }
+
+    /// Options its mount needs: a local ocfs2 volume runs no heartbeat
+    /// (mount.ocfs2 says so for it; a plain mount(2) must).
+    pub fn mount_options(self) -> Option<&'static str> {
+        match self {
+            FsType::Ocfs2 => Some("heartbeat=none"),
+            _ => None,
         }
     }
 
@@ -76,6 +114,39 @@ impl FsType {
         match self {
             FsType::Fuse => FsType::Ext4,
             fs => fs,
+        }
+    }
+
+    /// The kernel config options behind [`FsType::modules`], in order.
+    pub fn kernel_config(self) -> &'static [&'static str] {
+        match self {
+            FsType::Tmpfs => &["CONFIG_TMPFS"],
+            FsType::Fuse => &["CONFIG_FUSE_FS", "CONFIG_EXT4_FS"],
+            FsType::Xfs => &["CONFIG_XFS_FS"],
+            FsType::Ext4 => &["CONFIG_EXT4_FS"],
+            FsType::Btrfs => &["CONFIG_BTRFS_FS"],
+            FsType::F2fs => &["CONFIG_F2FS_FS"],
+            FsType::Ntfs3 => &["CONFIG_NTFS3_FS"],
+            FsType::Ntfs => &["CONFIG_NTFS_FS"],
+            FsType::Gfs2 => &["CONFIG_GFS2_FS"],
+            FsType::Ocfs2 => &["CONFIG_OCFS2_FS"],
+        }
+    }
+
+    /// The kernel modules it needs, by name (the backing one's too; a
+    /// module built into the kernel is skipped when loading).
+    pub fn modules(self) -> &'static [&'static str] {
+        match self {
+            FsType::Tmpfs => &[],
+            FsType::Fuse => &["fuse", "ext4"],
+            FsType::Xfs => &["xfs"],
+            FsType::Ext4 => &["ext4"],
+            FsType::Btrfs => &["btrfs"],
+            FsType::F2fs => &["f2fs"],
+            FsType::Ntfs3 => &["ntfs3"],
+            FsType::Ntfs => &["ntfs"],
+            FsType::Gfs2 => &["gfs2"],
+            FsType::Ocfs2 => &["ocfs2"],
         }
     }
 }
@@ -144,9 +215,8 @@ fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {
 
 impl LoopMount {
     /// Makes a `size_mib` MiB sparse image (raised to [`FsType::min_size_mib`]),
-    /// runs `mkfs.xfs -q -f` / `mkfs.ext4 -q -F` / `mkfs.btrfs -q -f` on it
-    /// and `mount -o loop`s it; a tmpfs gets `size_mib` MiB and no image.
-    /// Needs root and the mkfs tools.
+    /// runs [`FsType::mkfs`] on it and `mount -o loop`s it; a tmpfs gets
+    /// `size_mib` MiB and no image. Needs root and the mkfs tools.
     pub fn new(fs: FsType, size_mib: u64) -> Result<LoopMount> {
         let dir = unique_temp_dir(&format!("observer-loop-{fs}"))?;
         let lower = match fs {
@@ -185,8 +255,13 @@ impl LoopMount {
                     .with_context(|| format!("cannot size {}", lm.image.display()))?;
                 drop(img);
                 run(Command::new(mkfs).args(args).arg(&lm.image))?;
+                let options = ["loop"]
+                    .into_iter()
+                    .chain(fs.backing().mount_options())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 mount
-                    .args(["-t", fs.backing().as_str(), "-o", "loop"])
+                    .args(["-t", fs.backing().as_str(), "-o", &options])
                     .arg(&lm.image);
             }
         }

@@ -70,6 +70,18 @@ pub const TOOLS: &[Tool] = &[
         "xfs loop mounts and VM disks",
     ),
     tool("mkfs.btrfs", Origin::Apt("btrfs-progs"), "btrfs VM disks"),
+    tool("mkfs.f2fs", Origin::Apt("f2fs-tools"), "f2fs VM disks"),
+    tool("mkntfs", Origin::Apt("ntfs-3g"), "ntfs3 and ntfs VM disks"),
+    tool(
+        "mkfs.gfs2",
+        Origin::Apt("gfs2-utils"),
+        "gfs2 VM disks (lock_nolock)",
+    ),
+    tool(
+        "mkfs.ocfs2",
+        Origin::Apt("ocfs2-tools"),
+        "ocfs2 VM disks (local mount)",
+    ),
     tool("cpio", Origin::Apt("cpio"), "the VM initramfs"),
     tool("busybox", Origin::Apt("busybox-static"), "the VM initramfs"),
     tool(

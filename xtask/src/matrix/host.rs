@@ -17,7 +17,7 @@ use observer_tests::{FsType, LoopMount, ObserverProcess};
 
 use super::{
     MatrixArgs,
-    model::{self, KernelResult, Planned, RACER_UNSUPPORTED},
+    model::{self, KernelResult, Offer, Planned, RACER_UNSUPPORTED},
 };
 use crate::{build_cmd::Binaries, progress::Progress, util::say};
 
@@ -26,27 +26,38 @@ use crate::{build_cmd::Binaries, progress::Progress, util::say};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The filesystems of `fs` that the running kernel can mount.
-pub fn offered(fs: &[String]) -> Vec<String> {
+/// Which filesystems of `fs` the running kernel can mount: those in
+/// /proc/filesystems (the host loads no modules for the matrix). tmpfs-huge
+/// is a guest's mount only.
+pub fn offer(fs: &[String]) -> Offer {
     let known = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    fs.iter()
-        .filter(|fs| known.split_whitespace().any(|w| w == fs.as_str()))
-        .cloned()
-        .collect()
+    let mut offer = Offer::default();
+    for f in fs {
+        let name = FsType::named(f).map(|t| t.as_str());
+        if name.is_some_and(|n| known.split_whitespace().any(|w| w == n)) {
+            offer.runs.push(f.clone());
+        } else if name.is_some() {
+            offer.missing.push((
+                f.clone(),
+                format!("the host kernel has no {f} (not in /proc/filesystems)"),
+            ));
+        }
+    }
+    offer
 }
 
 pub fn run(
     args: &MatrixArgs,
     bins: &Binaries,
     release: String,
-    offered: &[String],
+    offer: &Offer,
     progress: &Progress,
     kdir: &Path,
 ) -> Result<KernelResult> {
     fs::create_dir_all(kdir)?;
     let mut planned: Vec<Planned> = Vec::new();
     let mut guest_errors = Vec::new();
-    for fs in offered {
+    for fs in &offer.runs {
         let steps = super::plan(args, "host", fs);
         let mount = FsType::named(fs)
             .context("no such filesystem")
@@ -82,7 +93,7 @@ pub fn run(
         wall_s: 0.0,
         error: None,
         guest_errors,
-        cells: model::cells(&args.fs, offered, &planned, kdir),
+        cells: model::cells(&args.fs, offer, &planned, kdir),
     })
 }
 

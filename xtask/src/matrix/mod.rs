@@ -27,14 +27,18 @@ use anyhow::{Context, Result, bail};
 use observer_tests::ops::{self, Op};
 
 use self::{
-    model::{KernelResult, Planned, RACE},
+    model::{KernelResult, Offer, Planned, RACE},
     report::Report,
 };
 use crate::{
     build_cmd,
     progress::Progress,
     util::{self, Workspace, pick, prepare_out, say},
-    vm::{FILESYSTEMS, Step, kernel_filesystems},
+    vm::{
+        Step,
+        kernel::{Flavour, Spec},
+        kernel_filesystems,
+    },
 };
 
 #[derive(clap::Args, Debug)]
@@ -117,18 +121,14 @@ enum Row<'a> {
     Vm(vm::Kernel<'a>),
     Host {
         release: String,
-        offered: Vec<String>,
+        offer: Offer,
         steps: usize,
     },
     Broken(anyhow::Error),
 }
 
 pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
-    for fs in &args.fs {
-        if !FILESYSTEMS.contains(&fs.as_str()) {
-            bail!("--fs {fs}: only {} are supported", FILESYSTEMS.join(","));
-        }
-    }
+    crate::vm::check_filesystems("--fs", &args.fs)?;
     for op in args.ops.iter().flatten() {
         if Op::named(op).is_none() {
             let all: Vec<&str> = ops::ALL.iter().map(|o| o.name()).collect();
@@ -163,7 +163,7 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
     let started = Instant::now();
     // Every kernel is planned first (a VM kernel is downloaded if need be),
     // so that the progress line knows how many steps there are.
-    let rows: Vec<(Row, Duration)> = args
+    let mut rows: Vec<(Row, Duration)> = args
         .kernels
         .iter()
         .map(|spec| {
@@ -171,6 +171,17 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
             (plan_kernel(ws, &args, spec), t0.elapsed())
         })
         .collect();
+    share_flavours(&mut rows);
+    for (row, _) in &mut rows {
+        if let Row::Vm(k) = row {
+            k.planned = k
+                .offer
+                .runs
+                .iter()
+                .flat_map(|fs| plan(&args, k.spec, fs))
+                .collect();
+        }
+    }
     let total = rows
         .iter()
         .map(|(row, _)| match row {
@@ -186,9 +197,9 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
         let kdir = dir.join(sanitize(spec));
         let result = match row {
             Row::Vm(k) => vm::run(ws, &args, &bins, k, &progress, &kdir),
-            Row::Host {
-                release, offered, ..
-            } => host::run(&args, &bins, release, &offered, &progress, &kdir),
+            Row::Host { release, offer, .. } => {
+                host::run(&args, &bins, release, &offer, &progress, &kdir)
+            }
             Row::Broken(error) => Err(error),
         };
         let wall_s = (planning + t0.elapsed()).as_secs_f64();
@@ -237,17 +248,17 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `spec` will run: the filesystems its kernel offers among --fs, and
-/// the steps on them.
+/// What `spec` will run: the filesystems its kernel offers among --fs
+/// (the steps of a VM row are planned once [`share_flavours`] has run).
 fn plan_kernel<'a>(ws: &Workspace, args: &MatrixArgs, spec: &'a str) -> Row<'a> {
     if spec == "host" {
-        let offered = host::offered(&args.fs);
+        let offer = host::offer(&args.fs);
         let release = util::output(std::process::Command::new("uname").arg("-r"));
         return match release {
             Ok(release) => Row::Host {
                 release: release.trim().to_string(),
-                steps: offered.iter().map(|fs| plan(args, spec, fs).len()).sum(),
-                offered,
+                steps: offer.runs.iter().map(|fs| plan(args, spec, fs).len()).sum(),
+                offer,
             },
             Err(error) => Row::Broken(error),
         };
@@ -257,14 +268,63 @@ fn plan_kernel<'a>(ws: &Workspace, args: &MatrixArgs, spec: &'a str) -> Row<'a> 
             spec,
             release: k.release,
             package: k.package,
-            planned: k
-                .offered
-                .iter()
-                .flat_map(|fs| plan(args, spec, fs))
-                .collect(),
-            offered: k.offered,
+            planned: Vec::new(),
+            offer: Offer {
+                runs: k.offered,
+                missing: k.missing,
+            },
         }),
         Err(error) => Row::Broken(error),
+    }
+}
+
+/// Two flavours of one series run each filesystem once: the cloud row
+/// what it offers, the generic row (`SERIES:amd64`) only what the cloud
+/// one lacks (f2fs, gfs2, ...). A filesystem neither offers is shown as
+/// not testable on the generic row alone, which has every module Debian
+/// builds.
+fn share_flavours(rows: &mut [(Row, Duration)]) {
+    let series = |spec: &str| {
+        Spec::parse(spec)
+            .ok()
+            .map(|s| (s.version.to_string(), s.flavour))
+    };
+    let clouds: Vec<(String, Vec<String>)> = rows
+        .iter()
+        .filter_map(|(row, _)| match row {
+            Row::Vm(k) => match series(k.spec)? {
+                (version, Flavour::Cloud) => Some((version, k.offer.runs.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let generics: Vec<(String, Vec<String>)> = rows
+        .iter()
+        .filter_map(|(row, _)| match row {
+            Row::Vm(k) => match series(k.spec)? {
+                (version, Flavour::Generic) => Some((version, k.offer.runs.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    for (row, _) in rows.iter_mut() {
+        let Row::Vm(k) = row else { continue };
+        let Some((version, flavour)) = series(k.spec) else {
+            continue;
+        };
+        let sibling = match flavour {
+            Flavour::Cloud => &generics,
+            Flavour::Generic => &clouds,
+        };
+        let Some((_, theirs)) = sibling.iter().find(|(v, _)| *v == version) else {
+            continue;
+        };
+        match flavour {
+            Flavour::Cloud => k.offer.missing.clear(),
+            Flavour::Generic => k.offer.runs.retain(|fs| !theirs.contains(fs)),
+        }
     }
 }
 

@@ -45,7 +45,17 @@ pub(super) struct KernelResult {
 pub(super) struct Cell {
     pub(super) fs: String,
     pub(super) offered: bool,
+    /// Why the kernel cannot run it, when it cannot.
+    pub(super) why_not: Option<String>,
     pub(super) steps: Vec<StepResult>,
+}
+
+/// Which filesystems a kernel row runs, and the ones it shows as not
+/// testable, with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Offer {
+    pub(super) runs: Vec<String>,
+    pub(super) missing: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -158,24 +168,34 @@ pub(super) fn read_step(dir: &Path, planned: &Planned) -> StepResult {
     }
 }
 
-/// The cells of one kernel: every filesystem asked for, with the steps
-/// planned on it read back from `dir`.
+/// The cells of one kernel, in the order of `filesystems`: each one it
+/// runs, with the steps planned on it read back from `dir`, and each one it
+/// shows as not testable.
 pub(super) fn cells(
     filesystems: &[String],
-    offered: &[String],
+    offer: &Offer,
     planned: &[Planned],
     dir: &Path,
 ) -> Vec<Cell> {
     filesystems
         .iter()
-        .map(|fs| Cell {
-            fs: fs.clone(),
-            offered: offered.contains(fs),
-            steps: planned
+        .filter_map(|fs| {
+            let why_not = offer
+                .missing
                 .iter()
-                .filter(|p| &p.step.fs == fs)
-                .map(|p| read_step(dir, p))
-                .collect(),
+                .find(|(f, _)| f == fs)
+                .map(|(_, why)| why.clone());
+            let offered = offer.runs.contains(fs);
+            (offered || why_not.is_some()).then(|| Cell {
+                fs: fs.clone(),
+                offered,
+                why_not,
+                steps: planned
+                    .iter()
+                    .filter(|p| &p.step.fs == fs)
+                    .map(|p| read_step(dir, p))
+                    .collect(),
+            })
         })
         .collect()
 }

@@ -112,7 +112,8 @@ impl Report<'_> {
             for c in &k.cells {
                 let mut row = vec![kname.clone(), c.fs.clone()];
                 if !c.offered {
-                    row.push("not offered".into());
+                    let why = c.why_not.as_deref().unwrap_or("not offered");
+                    row.push(format!("not testable here: {why}"));
                     rows.push(row);
                     continue;
                 }
@@ -321,6 +322,8 @@ impl<'a> KernelJson<'a> {
 struct CellJson<'a> {
     fs: &'a str,
     offered: bool,
+    /// Why the kernel cannot run it (not offered).
+    why_not: Option<&'a str>,
     fidelity: Option<String>,
     pte_hook: bool,
     removal_hook: bool,
@@ -346,6 +349,7 @@ impl<'a> CellJson<'a> {
         CellJson {
             fs: &c.fs,
             offered: c.offered,
+            why_not: c.why_not.as_deref(),
             fidelity: c.fidelity(),
             pte_hook: c.pte_hook(),
             removal_hook: c.removal_hook(),

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{
     MatrixArgs,
-    model::{self, KernelResult, Planned},
+    model::{self, KernelResult, Offer, Planned},
 };
 use crate::{
     build_cmd::Binaries,
@@ -32,7 +32,7 @@ pub struct Kernel<'a> {
     pub release: String,
     /// `SUITE VERSION` of its package.
     pub package: String,
-    pub offered: Vec<String>,
+    pub offer: Offer,
     pub planned: Vec<Planned>,
 }
 
@@ -51,7 +51,7 @@ pub fn run(
         k.release,
         k.package,
         steps.len(),
-        k.offered.join(",")
+        k.offer.runs.join(",")
     ));
     // Steps the guest said it finished, for the progress line (a step that
     // a hung boot finished and the next boot runs again counts once).
@@ -98,7 +98,8 @@ pub fn run(
                 kernel: spec,
                 observer: &bins.observer,
                 racer: &bins.racer,
-                filesystems: &k.offered,
+                fusefs: &bins.fusefs,
+                filesystems: &k.offer.runs,
                 steps: &remaining,
                 out: &adir,
                 timeout: Duration::from_secs(180 + secs as u64),
@@ -169,6 +170,6 @@ pub fn run(
         wall_s: 0.0,
         error: None,
         guest_errors,
-        cells: model::cells(&args.fs, &k.offered, &k.planned, kdir),
+        cells: model::cells(&args.fs, &k.offer, &k.planned, kdir),
     })
 }

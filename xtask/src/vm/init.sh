@@ -9,7 +9,8 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 #   runs the racer on /mnt/FS under its own observer; results /results/NAME.*
 # bench: faultbench bare / under the observer, on /mnt/xfs (see bench()).
 MODE=@MODE@
-# "FS:/dev/vdX ..." for the block filesystems; /dev/vda is the results disk.
+# "FS:/dev/vdX[:OPTIONS] ..." for the disk filesystems; /dev/vda is the
+# results disk.
 DEVICES="@DEVICES@"
 # 1: also mount a tmpfs on /mnt/tmpfs.
 TMPFS=@TMPFS@
@@ -69,18 +70,44 @@ wait_dev() {
 	done
 }
 
+# The filesystem's name is its mount type; fuse's disk is the ext4 its
+# server (/bin/fusefs, the project's own) serves the files of.
 mount_fs() {
-	mkdir -p "/mnt/$1"
+	local dir=/mnt/$1 type=$1 opts=
+	[ "$1" = fuse ] && dir=/mnt/fuse.backing type=ext4
+	[ -n "$3" ] && opts="-o $3"
+	mkdir -p "$dir"
 	if ! wait_dev "$2"; then
 		fail "$2 ($1 disk) never appeared"
-	elif mount -t "$1" "$2" "/mnt/$1"; then
-		log "mounted $2 on /mnt/$1 ($1)"
+	elif mount -t "$type" $opts "$2" "$dir"; then
+		log "mounted $2 on $dir ($type${3:+, $3})"
+		[ "$1" = fuse ] && mount_fuse
 	else
-		fail "mount -t $1 $2 /mnt/$1"
+		fail "mount -t $type $opts $2 $dir"
 	fi
 }
+
+# The server mounts itself and says so on stdout; it runs until poweroff.
+mount_fuse() {
+	local i=0
+	mkdir -p /mnt/fuse
+	fusefs --backing /mnt/fuse.backing --mountpoint /mnt/fuse \
+		>/tmp/fusefs.out 2>/tmp/fusefs.log </dev/null &
+	while ! grep -q "fusefs: mounted" /tmp/fusefs.out 2>/dev/null; do
+		i=$((i + 1))
+		if [ $i -gt 100 ] || ! kill -0 $! 2>/dev/null; then
+			fail "fusefs did not mount: $(cat /tmp/fusefs.log)"
+			return
+		fi
+		sleep 0.1
+	done
+	log "mounted fuse on /mnt/fuse (fusefs over /mnt/fuse.backing)"
+}
 for d in $DEVICES; do
-	mount_fs "${d%%:*}" "${d#*:}"
+	IFS=: read -r fs dev opts <<EOF
+$d
+EOF
+	mount_fs "$fs" "$dev" "$opts"
 done
 if [ "$TMPFS" = 1 ]; then
 	# tmpfs-huge: huge pages always, which shmem maps by PMD across EOF.

@@ -1,4 +1,8 @@
-//! Debian cloud kernels: finding, downloading and unpacking them.
+//! Debian kernels: finding, downloading and unpacking them. A spec is a
+//! series (`6.12`) or an exact release (`6.1.0-50`), with an optional
+//! flavour after a colon: `cloud-amd64` (the default: small, what test VMs
+//! boot) or `amd64` (the generic one, whose modules include the filesystems
+//! the cloud flavour leaves out: f2fs, ntfs3, gfs2, ocfs2).
 
 use std::{
     fs,
@@ -25,28 +29,98 @@ pub struct Kernel {
 /// Where an unpacked kernel records its suite and package version.
 const PACKAGE_FILE: &str = ".package";
 
+/// A Debian kernel flavour: the suffix of its releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    Cloud,
+    Generic,
+}
+
+impl Flavour {
+    const ALL: [Flavour; 2] = [Flavour::Cloud, Flavour::Generic];
+
+    /// Debian's name, the last part of a release such as
+    /// `7.3.4+deb13-cloud-amd64`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Cloud => "cloud-amd64",
+            Flavour::Generic => "amd64",
+        }
+    }
+
+    /// Whether `release` (or a package name ending in one) is of this
+    /// flavour: `-amd64` alone is the generic one, not `-cloud-amd64` nor
+    /// `-rt-amd64`.
+    fn owns(self, release: &str) -> bool {
+        let Some(rest) = release.strip_suffix(self.name()) else {
+            return false;
+        };
+        let Some(rest) = rest.strip_suffix('-') else {
+            return false;
+        };
+        // What precedes the flavour is the ABI or version: it ends in a
+        // digit (`6.1.0-40`, `7.3.4+deb13`), never in `-cloud` or `-rt`.
+        rest.ends_with(|c: char| c.is_ascii_digit())
+    }
+}
+
+/// A parsed `--kernel` spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spec<'a> {
+    /// The series (`6.12`) or release (`6.1.0-50`) part.
+    pub version: &'a str,
+    pub flavour: Flavour,
+}
+
+impl<'a> Spec<'a> {
+    pub fn parse(spec: &'a str) -> Result<Self> {
+        let spec = spec.strip_prefix("linux-image-").unwrap_or(spec);
+        let (version, flavour) = match spec.split_once(':') {
+            None => (spec, Flavour::Cloud),
+            Some((version, name)) => match Flavour::ALL.into_iter().find(|f| f.name() == name) {
+                Some(f) => (version, f),
+                None => bail!(
+                    "kernel {spec}: flavour {name:?} is not one of {}",
+                    Flavour::ALL.map(Flavour::name).join(", ")
+                ),
+            },
+        };
+        if version.is_empty() {
+            bail!("kernel {spec:?}: no series or release before the flavour");
+        }
+        Ok(Spec { version, flavour })
+    }
+
+    fn is_series(&self) -> bool {
+        is_series(self.version)
+    }
+}
+
 /// Resolves `spec` (a series such as `6.12`, or an exact release such as
-/// `6.1.0-50-cloud-amd64`) to an extracted kernel in the cache, downloading
-/// it if needed. A series whose newest package can no longer be downloaded
-/// (sid drops superseded versions at once) falls back to the newest
-/// kernel of that series already in the cache.
+/// `6.1.0-50-cloud-amd64`, optionally `:FLAVOUR`) to an extracted kernel in
+/// the cache, downloading it if needed. A series whose newest package can
+/// no longer be downloaded (sid drops superseded versions at once) falls
+/// back to the newest kernel of that series and flavour already in the
+/// cache.
 pub fn prepare(ws: &Workspace, spec: &str) -> Result<Kernel> {
     let cache = ws.root.join(".cache").join("kernels");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
 
-    let apt = Apt::for_spec(ws, spec)?;
+    let spec = Spec::parse(spec)?;
+    let apt = Apt::for_spec(ws, spec.version)?;
     let mut release = resolve(spec, &cache, &apt)?;
     let dir = cache.join(&release);
     if dir.join(".complete").exists() {
         say(format!("kernel {release}: using cached {}", dir.display()));
     } else if let Err(e) = fetch(&release, &cache, &apt) {
-        if !is_series(spec) {
+        if !spec.is_series() {
             return Err(e);
         }
         say(format!("kernel {release}: {e:#}"));
         release = refetch(spec, &release, &cache, &apt).map_err(|again| {
             e.context(format!(
-                "and no other kernel of {spec} could be had: {again:#}"
+                "and no other kernel of {} could be had: {again:#}",
+                spec.version
             ))
         })?;
     }
@@ -56,9 +130,9 @@ pub fn prepare(ws: &Workspace, spec: &str) -> Result<Kernel> {
 /// After `failed` could not be downloaded: the package lists were stale
 /// (the suite has moved on); fresh lists may name a newer kernel of the
 /// series, else the newest one in the cache is used.
-fn refetch(spec: &str, failed: &str, cache: &Path, apt: &Apt) -> Result<String> {
+fn refetch(spec: Spec, failed: &str, cache: &Path, apt: &Apt) -> Result<String> {
     if crate::util::is_root() && apt.update().is_ok() {
-        let available = apt_search(apt, &series_pattern(spec))?;
+        let available = apt_search(apt, &series_pattern(spec.version))?;
         let available: Vec<String> = available
             .iter()
             .map(|p| p.trim_start_matches("linux-image-").to_string())
@@ -75,11 +149,16 @@ fn refetch(spec: &str, failed: &str, cache: &Path, apt: &Apt) -> Result<String> 
     match choose(spec, &[], &cached_releases(cache)?) {
         Some(Choice::Cached(release)) => {
             say(format!(
-                "kernel {spec}: {failed} is gone from the archive; using the newest cached, {release}"
+                "kernel {}: {failed} is gone from the archive; using the newest cached, {release}",
+                spec.version
             ));
             Ok(release)
         }
-        _ => bail!("no kernel of {spec} is cached"),
+        _ => bail!(
+            "no {} kernel of {} is cached",
+            spec.flavour.name(),
+            spec.version
+        ),
     }
 }
 
@@ -253,16 +332,16 @@ fn is_series(spec: &str) -> bool {
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
-fn resolve(spec: &str, cache: &Path, apt: &Apt) -> Result<String> {
-    if !is_series(spec) {
-        let release = spec.strip_prefix("linux-image-").unwrap_or(spec);
-        return Ok(if release.ends_with("-cloud-amd64") {
+fn resolve(spec: Spec, cache: &Path, apt: &Apt) -> Result<String> {
+    if !spec.is_series() {
+        let release = spec.version;
+        return Ok(if Flavour::ALL.into_iter().any(|f| f.owns(release)) {
             release.to_string()
         } else {
-            format!("{release}-cloud-amd64")
+            format!("{release}-{}", spec.flavour.name())
         });
     }
-    let pattern = series_pattern(spec);
+    let pattern = series_pattern(spec.version);
     // Private lists are fetched once and kept; the host's are the host's.
     if !apt.has_lists()
         && crate::util::is_root()
@@ -284,25 +363,33 @@ fn resolve(spec: &str, cache: &Path, apt: &Apt) -> Result<String> {
         .collect();
     match choose(spec, &available, &cached_releases(cache)?) {
         Some(Choice::Apt(release)) => {
-            say(format!("kernel {spec}: newest available is {release}"));
+            say(format!(
+                "kernel {}: newest available is {release}",
+                spec.version
+            ));
             Ok(release)
         }
         Some(Choice::Cached(release)) => {
             say(format!(
-                "kernel {spec}: apt knows no package (offline, or the suite has moved on), using cached {release}"
+                "kernel {}: apt knows no package (offline, or the suite has moved on), using cached {release}",
+                spec.version
             ));
             Ok(release)
         }
-        None => bail!("no package matches {pattern} (apt-cache search), and none is cached"),
+        None => bail!(
+            "no {} package matches {pattern} (apt-cache search), and none is cached",
+            spec.flavour.name()
+        ),
     }
 }
 
-/// `apt-cache search` pattern for a series' cloud kernels: `6\.1\.` cannot
-/// match 6.12.x; the `$` anchor drops -dbg and -unsigned.
-fn series_pattern(spec: &str) -> String {
+/// `apt-cache search` pattern for a series' amd64 kernels of every flavour
+/// (`choose` keeps the one asked for): `6\.1\.` cannot match 6.12.x; the `$`
+/// anchor drops -dbg and -unsigned.
+fn series_pattern(series: &str) -> String {
     format!(
-        r"^linux-image-{}\.[0-9].*-cloud-amd64$",
-        spec.replace('.', r"\.")
+        r"^linux-image-{}\.[0-9].*-amd64$",
+        series.replace('.', r"\.")
     )
 }
 
@@ -315,16 +402,16 @@ enum Choice {
 }
 
 /// Which release of series `spec` to use, among those the package lists
-/// offer and those unpacked in the cache: the newest the lists offer, else
-/// the newest cached one (when the suite has moved on to another series, or
-/// there is no network). Versions compare numerically, and `7.2` does not
-/// take 7.20.x.
-fn choose(spec: &str, available: &[String], cached: &[String]) -> Option<Choice> {
-    let prefix = format!("{spec}.");
+/// offer and those unpacked in the cache: the newest of its flavour the
+/// lists offer, else the newest cached one (when the suite has moved on to
+/// another series, or there is no network). Versions compare numerically,
+/// and `7.2` does not take 7.20.x.
+fn choose(spec: Spec, available: &[String], cached: &[String]) -> Option<Choice> {
+    let prefix = format!("{}.", spec.version);
     let newest = |names: &[String]| {
         names
             .iter()
-            .filter(|n| n.starts_with(&prefix))
+            .filter(|n| n.starts_with(&prefix) && spec.flavour.owns(n))
             .max_by(|a, b| version_key(a).cmp(&version_key(b)))
             .cloned()
     };
@@ -510,7 +597,7 @@ mod tests {
         assert!(!is_series("6.1.0-50"));
         assert_eq!(
             resolve(
-                "6.1.0-50",
+                spec("6.1.0-50"),
                 Path::new("/nonexistent"),
                 &Apt {
                     options: Vec::new(),
@@ -524,6 +611,69 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn spec(s: &str) -> Spec<'_> {
+        Spec::parse(s).unwrap()
+    }
+
+    #[test]
+    fn specs_name_a_flavour_after_a_colon() {
+        assert_eq!(
+            spec("7.3"),
+            Spec {
+                version: "7.3",
+                flavour: Flavour::Cloud
+            }
+        );
+        assert_eq!(spec("7.3:amd64").flavour, Flavour::Generic);
+        assert_eq!(spec("7.3:cloud-amd64").flavour, Flavour::Cloud);
+        assert_eq!(spec("linux-image-6.1.0-50:amd64").version, "6.1.0-50");
+        let e = Spec::parse("7.3:generic").unwrap_err().to_string();
+        assert!(e.contains("cloud-amd64, amd64"), "{e}");
+        assert!(Spec::parse(":amd64").is_err());
+    }
+
+    #[test]
+    fn the_generic_flavour_is_amd64_alone() {
+        let g = Flavour::Generic;
+        assert!(g.owns("7.3.4+deb13-amd64"));
+        assert!(g.owns("6.1.0-40-amd64"));
+        assert!(!g.owns("7.3.4+deb13-cloud-amd64"));
+        assert!(!g.owns("6.1.0-40-rt-amd64"));
+        assert!(Flavour::Cloud.owns("6.1.0-40-cloud-amd64"));
+        assert!(!Flavour::Cloud.owns("6.1.0-40-amd64"));
+        let lists = names(&[
+            "7.3.4+deb13-cloud-amd64",
+            "7.3.4+deb13-amd64",
+            "7.3.4+deb13-rt-amd64",
+        ]);
+        assert_eq!(
+            choose(spec("7.3:amd64"), &lists, &[]),
+            Some(Choice::Apt("7.3.4+deb13-amd64".into()))
+        );
+        assert_eq!(
+            choose(spec("7.3"), &lists, &[]),
+            Some(Choice::Apt("7.3.4+deb13-cloud-amd64".into()))
+        );
+        // A cached cloud kernel is no fallback for the generic flavour.
+        assert_eq!(
+            choose(spec("7.3:amd64"), &[], &names(&["7.3.4+deb13-cloud-amd64"])),
+            None
+        );
+        let none = Apt {
+            options: Vec::new(),
+            private: None,
+        };
+        let cache = Path::new("/nonexistent");
+        assert_eq!(
+            resolve(spec("6.1.0-50:amd64"), cache, &none).unwrap(),
+            "6.1.0-50-amd64"
+        );
+        assert_eq!(
+            resolve(spec("6.1.0-50-amd64"), cache, &none).unwrap(),
+            "6.1.0-50-amd64"
+        );
     }
 
     /// sid keeps one version per series and drops it when the suite moves
@@ -541,22 +691,22 @@ mod tests {
         // sid moved on to 7.4: nothing of 7.2 in its lists any more.
         let sid = names(&["7.4.1+deb14-cloud-amd64"]);
         assert_eq!(
-            choose("7.2", &sid, &cached),
+            choose(spec("7.2"), &sid, &cached),
             Some(Choice::Cached("7.2.13+deb14-cloud-amd64".into()))
         );
         assert_eq!(
-            choose("7.2", &[], &cached),
+            choose(spec("7.2"), &[], &cached),
             Some(Choice::Cached("7.2.13+deb14-cloud-amd64".into()))
         );
         // The lists still offer the series: their newest wins, even over a
         // newer cached one (the lists are what the suite holds).
         let lists = names(&["7.2.12+deb14-cloud-amd64", "7.2.10+deb14-cloud-amd64"]);
         assert_eq!(
-            choose("7.2", &lists, &cached),
+            choose(spec("7.2"), &lists, &cached),
             Some(Choice::Apt("7.2.12+deb14-cloud-amd64".into()))
         );
-        assert_eq!(choose("7.5", &sid, &cached), None);
-        assert_eq!(choose("7.2", &[], &[]), None);
+        assert_eq!(choose(spec("7.5"), &sid, &cached), None);
+        assert_eq!(choose(spec("7.2"), &[], &[]), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! each under its own observer run; `cargo xtask matrix` builds on it.
 
 mod initramfs;
-mod kernel;
+pub mod kernel;
 mod modules;
 mod qemu;
 
@@ -20,6 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use observer_report::Record;
+use observer_tests::FsType;
 
 use crate::{
     build_cmd,
@@ -27,7 +28,31 @@ use crate::{
 };
 
 /// tmpfs-huge: a tmpfs mounted huge=always (the class C control).
-pub const FILESYSTEMS: &[&str] = &["xfs", "ext4", "btrfs", "tmpfs", "tmpfs-huge"];
+const TMPFS_HUGE: &str = "tmpfs-huge";
+
+/// The filesystems a guest can race on: every [`FsType`], and tmpfs-huge.
+pub fn filesystems() -> Vec<&'static str> {
+    let mut all: Vec<&str> = FsType::ALL.iter().map(|t| t.as_str()).collect();
+    all.push(TMPFS_HUGE);
+    all
+}
+
+/// Fails on a filesystem the guests cannot race on, naming `flag`.
+pub fn check_filesystems(flag: &str, fs: &[String]) -> Result<()> {
+    let known = filesystems();
+    match fs.iter().find(|f| !known.contains(&f.as_str())) {
+        Some(f) => bail!("{flag} {f}: only {} are supported", known.join(",")),
+        None => Ok(()),
+    }
+}
+
+/// The [`FsType`] a guest filesystem name stands for (tmpfs-huge is a tmpfs).
+pub fn fs_type(fs: &str) -> Option<FsType> {
+    if fs == TMPFS_HUGE {
+        return Some(FsType::Tmpfs);
+    }
+    FsType::named(fs)
+}
 /// Marks an output directory as ours, so that it may be emptied next time.
 const OUT_MARKER: &str = ".xtask-vm";
 
@@ -95,11 +120,7 @@ pub struct VmArgs {
 }
 
 pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
-    for fs in &args.fs {
-        if !FILESYSTEMS.contains(&fs.as_str()) {
-            bail!("--fs {fs}: only {} are supported", FILESYSTEMS.join(","));
-        }
-    }
+    check_filesystems("--fs", &args.fs)?;
     let built = build_cmd::fresh_or_as_they_are(ws, args.no_build)?;
     let observer = pick(args.observer_bin.as_deref(), "OBSERVER_BIN", built.observer);
     if !observer.is_file() {
@@ -146,6 +167,7 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
             modules: &args.modules,
             filesystems: &args.fs,
             observer: &observer,
+            fusefs: &built.fusefs,
             extra_bins: &args.extra_bins,
             observer_args: &args.observer_args,
             scenario: &initramfs::Scenario::Steps {
@@ -171,6 +193,8 @@ pub struct StepsGuest<'a> {
     pub kernel: &'a str,
     pub observer: &'a Path,
     pub racer: &'a Path,
+    /// The FUSE server, for a fuse filesystem.
+    pub fusefs: &'a Path,
     /// Filesystems to make and mount; every step's must be among them.
     pub filesystems: &'a [String],
     pub steps: &'a [Step],
@@ -188,6 +212,8 @@ pub struct Prepared {
     pub package: String,
     /// Which of the filesystems asked for it can mount.
     pub offered: Vec<String>,
+    /// The others, each with why not (from the kernel's config).
+    pub missing: Vec<(String, String)>,
 }
 
 /// The kernel `spec` names, downloaded and unpacked if needed, and which of
@@ -195,15 +221,18 @@ pub struct Prepared {
 pub fn kernel_filesystems(ws: &Workspace, spec: &str, filesystems: &[String]) -> Result<Prepared> {
     let kernel = kernel::prepare(ws, spec)?;
     let mut offered = Vec::new();
+    let mut missing = Vec::new();
     for fs in filesystems {
-        if modules::offers(&kernel, fs)? {
-            offered.push(fs.clone());
+        match modules::missing(&kernel, fs)? {
+            None => offered.push(fs.clone()),
+            Some(why) => missing.push((fs.clone(), why)),
         }
     }
     Ok(Prepared {
         release: kernel.release,
         package: kernel.package,
         offered,
+        missing,
     })
 }
 
@@ -235,6 +264,7 @@ pub fn steps(ws: &Workspace, g: &StepsGuest, stall: Duration) -> Result<StepsOut
             modules: &[],
             filesystems: g.filesystems,
             observer: g.observer,
+            fusefs: g.fusefs,
             extra_bins: &[],
             observer_args: "",
             scenario: &initramfs::Scenario::Steps {
@@ -322,6 +352,7 @@ pub fn bench(ws: &Workspace, b: &BenchGuest) -> Result<PathBuf> {
             modules: &[],
             filesystems: &["xfs".to_string()],
             observer: b.observer,
+            fusefs: Path::new(""),
             extra_bins: &[],
             observer_args: b.observer_args,
             scenario: &initramfs::Scenario::Bench {
@@ -358,6 +389,8 @@ struct Guest<'a> {
     /// Filesystems to mount: a disk each, tmpfs in memory.
     filesystems: &'a [String],
     observer: &'a Path,
+    /// The FUSE server: put in the guest when `filesystems` has fuse.
+    fusefs: &'a Path,
     extra_bins: &'a [PathBuf],
     observer_args: &'a str,
     scenario: &'a initramfs::Scenario<'a>,
@@ -384,15 +417,29 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
         "kernel {}: package {}",
         kernel.release, kernel.package
     ));
+    for fs in g.filesystems {
+        if let Some(why) = modules::missing(&kernel, fs)? {
+            bail!(
+                "kernel {} cannot mount {fs}: {why}{}",
+                kernel.release,
+                if g.kernel.contains(':') {
+                    ""
+                } else {
+                    " (the generic flavour has more filesystems: --kernel SERIES:amd64)"
+                }
+            );
+        }
+    }
     fs::write(out.join("package"), format!("{}\n", kernel.package))?;
     // On 5.10 virtio_pci is a module too (pulling in virtio, virtio_ring).
     let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk"].map(String::from).to_vec();
-    wanted.extend(
-        g.filesystems
-            .iter()
-            .filter(|fs| qemu::BLOCK_FILESYSTEMS.contains(&fs.as_str()))
-            .cloned(),
-    );
+    for t in g.filesystems.iter().filter_map(|fs| fs_type(fs)) {
+        for m in t.modules() {
+            if !wanted.iter().any(|w| w == m) {
+                wanted.push(m.to_string());
+            }
+        }
+    }
     wanted.extend(g.modules.iter().cloned());
     let modules = modules::modules(&kernel, &wanted)?;
 
@@ -400,12 +447,25 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
     fs::create_dir_all(&work)?;
     let initramfs = work.join("initramfs.cpio");
     let disks = qemu::make_disks(&work, g.filesystems)?;
+    let mut extra_bins = g.extra_bins.to_vec();
+    if g.filesystems
+        .iter()
+        .any(|fs| fs_type(fs) == Some(FsType::Fuse))
+    {
+        if !g.fusefs.is_file() {
+            bail!(
+                "fuse needs the FUSE server, and there is none at {}",
+                g.fusefs.display()
+            );
+        }
+        extra_bins.push(g.fusefs.to_path_buf());
+    }
     initramfs::build(
         &initramfs::Contents {
             release: &kernel.release,
             modules: &modules,
             observer: g.observer,
-            extra_bins: g.extra_bins,
+            extra_bins: &extra_bins,
             observer_args: g.observer_args,
             devices: &disks.guest_devices(),
             tmpfs: g.filesystems.iter().any(|fs| fs.starts_with("tmpfs")),

@@ -10,21 +10,54 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use observer_tests::FsType;
+
 use super::kernel::Kernel;
 use crate::util::say;
 
-/// Whether `kernel` can mount `fs`: built in or shipped as a module (for
-/// tmpfs: CONFIG_TMPFS in its config, assumed when the config is missing).
-pub fn offers(kernel: &Kernel, fs: &str) -> Result<bool> {
-    if fs.starts_with("tmpfs") {
-        return Ok(match fs::read_to_string(&kernel.config) {
-            Ok(text) => text.lines().any(|l| l == "CONFIG_TMPFS=y"),
-            Err(_) => true,
-        });
+/// Why `kernel` cannot mount `fs`, from its config; None when it can: every
+/// module the filesystem needs is built in or shipped (for tmpfs:
+/// CONFIG_TMPFS in its config, assumed when the config is missing).
+pub fn missing(kernel: &Kernel, fs: &str) -> Result<Option<String>> {
+    let config = fs::read_to_string(&kernel.config).ok();
+    let Some(t) = super::fs_type(fs) else {
+        bail!("no such filesystem: {fs}");
+    };
+    if t == FsType::Tmpfs {
+        let set = config
+            .as_deref()
+            .is_none_or(|c| c.lines().any(|l| l == "CONFIG_TMPFS=y"));
+        return Ok((!set).then(|| "CONFIG_TMPFS is not set".to_string()));
     }
-    let name = normalize(fs);
-    Ok(builtin_modules(&kernel.moddir)?.contains(&name)
-        || index_modules(&kernel.moddir.join("kernel"))?.contains_key(&name))
+    let builtin = builtin_modules(&kernel.moddir)?;
+    let shipped = index_modules(&kernel.moddir.join("kernel"))?;
+    for (module, option) in t.modules().iter().zip(t.kernel_config()) {
+        let name = normalize(module);
+        if builtin.contains(&name) || shipped.contains_key(&name) {
+            continue;
+        }
+        return Ok(Some(
+            match config.as_deref().map(|c| config_value(c, option)) {
+                Some(Some(v)) if v != "y" && v != "m" => format!("{option} is not set"),
+                Some(Some(v)) => format!("{option}={v}, but no {module} module ships with it"),
+                Some(None) => format!("its config has no {option}: the source lacks {module}"),
+                None => format!("no {module} module (and no config to say why)"),
+            },
+        ));
+    }
+    Ok(None)
+}
+
+/// The value of `option` in a kernel config: `y`, `m`, or `n` for `# ... is
+/// not set`; None when the option is absent.
+fn config_value<'a>(config: &'a str, option: &str) -> Option<&'a str> {
+    config.lines().find_map(|l| {
+        if let Some(v) = l.strip_prefix(option).and_then(|r| r.strip_prefix('=')) {
+            return Some(v);
+        }
+        let unset = l.strip_prefix("# ")?.strip_prefix(option)?;
+        (unset == " is not set").then_some("n")
+    })
 }
 
 pub struct Module {

@@ -17,10 +17,6 @@ use crate::util::{display, output, say};
 
 const MIB: u64 = 1 << 20;
 
-/// Filesystems that live on a disk of their own (tmpfs is mounted in the
-/// guest's memory).
-pub const BLOCK_FILESYSTEMS: &[&str] = &["xfs", "ext4", "btrfs"];
-
 pub struct Disks {
     /// /dev/vda: the guest writes its results here as a bare tar.
     pub results: PathBuf,
@@ -29,12 +25,18 @@ pub struct Disks {
 }
 
 impl Disks {
-    /// `fs:/dev/vdX` words for init.sh, in attachment order.
+    /// `fs:/dev/vdX[:OPTIONS]` words for init.sh, in attachment order.
     pub fn guest_devices(&self) -> String {
         self.filesystems
             .iter()
             .zip(b'b'..)
-            .map(|((fs, _), letter)| format!("{fs}:/dev/vd{}", letter as char))
+            .map(|((fs, _), letter)| {
+                let options = FsType::named(fs)
+                    .and_then(|t| t.backing().mount_options())
+                    .map(|o| format!(":{o}"))
+                    .unwrap_or_default();
+                format!("{fs}:/dev/vd{}{options}", letter as char)
+            })
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -42,7 +44,8 @@ impl Disks {
 
 /// Fresh sparse images every run: a filesystem dirtied by a previous run
 /// (or a crashed guest) must not influence the next one. One image per
-/// block filesystem in `filesystems` (others are skipped), in that order.
+/// filesystem in `filesystems` that lives on a disk (fuse's holds its
+/// backing ext4; tmpfs is in the guest's memory), in that order.
 pub fn make_disks(dir: &Path, filesystems: &[String]) -> Result<Disks> {
     let results = dir.join("results.img");
     // Sparse: only what the guest writes takes space.
@@ -53,9 +56,10 @@ pub fn make_disks(dir: &Path, filesystems: &[String]) -> Result<Disks> {
     };
     let mut shown = vec![format!("{} (results)", disks.results.display())];
     for fs in filesystems {
-        if !BLOCK_FILESYSTEMS.contains(&fs.as_str())
-            || disks.filesystems.iter().any(|(f, _)| f == fs)
-        {
+        let Some((mkfs, args)) = FsType::named(fs).and_then(|t| t.backing().mkfs()) else {
+            continue;
+        };
+        if disks.filesystems.iter().any(|(f, _)| f == fs) {
             continue;
         }
         let image = dir.join(format!("{fs}.img"));
@@ -63,9 +67,6 @@ pub fn make_disks(dir: &Path, filesystems: &[String]) -> Result<Disks> {
         // profile (1 KiB blocks) below 512 MB; real ext4 has 4 KiB blocks.
         sparse(&image, 512 * MIB)?;
         // Debian 12's mkfs.xfs enables reflink (FICLONERANGE, dedupe).
-        let (mkfs, args) = FsType::named(fs)
-            .and_then(FsType::mkfs)
-            .with_context(|| format!("no mkfs for {fs}"))?;
         output(Command::new(mkfs).args(args).arg(&image))
             .with_context(|| format!("{mkfs} (cargo xtask setup installs it)"))?;
         shown.push(format!("{} ({fs})", image.display()));
