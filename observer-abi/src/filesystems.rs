@@ -4,7 +4,26 @@
 //! freed data on that filesystem, and why not when it cannot. The correlator
 //! applies it; the matrix names the hooks from it.
 
-use crate::{FS_REMOVE_BTRFS, FS_REMOVE_EXT4_EXT, FS_REMOVE_EXT4_IND, FS_REMOVE_XFS};
+use crate::{
+    FS_REMOVE_BTRFS, FS_REMOVE_EXT4_EXT, FS_REMOVE_EXT4_IND, FS_REMOVE_F2FS, FS_REMOVE_GFS2,
+    FS_REMOVE_NTFS, FS_REMOVE_NTFS3, FS_REMOVE_OCFS2, FS_REMOVE_XFS,
+};
+
+/// What a remover's first argument points at, to reach the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InodeArg {
+    /// A `struct inode *`.
+    Vfs,
+    /// A filesystem inode whose VFS inode is `container.member`: the
+    /// argument's own struct, or one it opens (new ntfs: `big_ntfs_inode`
+    /// starts with the `ntfs_inode` the function takes). Read from the
+    /// module's BTF; a `struct inode *` prototype (btrfs before 5.12) is
+    /// taken as it is.
+    Within {
+        container: &'static str,
+        member: &'static str,
+    },
+}
 
 /// A block-removal function, and the `FS_REMOVE_*` code its records carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +31,27 @@ pub struct Remover {
     /// The probe table's function.
     pub function: &'static str,
     pub code: u64,
+    /// The module that holds it (and its BTF), when it is one.
+    pub module: &'static str,
+    pub inode: InodeArg,
+}
+
+const fn remover(
+    function: &'static str,
+    code: u64,
+    module: &'static str,
+    inode: InodeArg,
+) -> Remover {
+    Remover {
+        function,
+        code,
+        module,
+        inode,
+    }
+}
+
+const fn within(container: &'static str, member: &'static str) -> InodeArg {
+    InodeArg::Within { container, member }
 }
 
 /// What a refill inside a punch can hold.
@@ -41,33 +81,41 @@ pub const FILESYSTEMS: &[Filesystem] = &[
     Filesystem {
         name: "ext4",
         removers: &[
-            Remover {
-                function: "ext4_ext_remove_space",
-                code: FS_REMOVE_EXT4_EXT,
-            },
-            Remover {
-                function: "ext4_ind_remove_space",
-                code: FS_REMOVE_EXT4_IND,
-            },
+            remover(
+                "ext4_ext_remove_space",
+                FS_REMOVE_EXT4_EXT,
+                "ext4",
+                InodeArg::Vfs,
+            ),
+            remover(
+                "ext4_ind_remove_space",
+                FS_REMOVE_EXT4_IND,
+                "ext4",
+                InodeArg::Vfs,
+            ),
         ],
         hooks: &[],
         refill: RefillPolicy::CanReadFreedBlocks,
     },
     Filesystem {
         name: "xfs",
-        removers: &[Remover {
-            function: "xfs_free_file_space",
-            code: FS_REMOVE_XFS,
-        }],
+        removers: &[remover(
+            "xfs_free_file_space",
+            FS_REMOVE_XFS,
+            "xfs",
+            within("xfs_inode", "i_vnode"),
+        )],
         hooks: &[],
         refill: RefillPolicy::CanReadFreedBlocks,
     },
     Filesystem {
         name: "btrfs",
-        removers: &[Remover {
-            function: "btrfs_replace_file_extents",
-            code: FS_REMOVE_BTRFS,
-        }],
+        removers: &[remover(
+            "btrfs_replace_file_extents",
+            FS_REMOVE_BTRFS,
+            "btrfs",
+            within("btrfs_inode", "vfs_inode"),
+        )],
         hooks: &[],
         refill: RefillPolicy::Exempt {
             why: "btrfs reads map their extents under the extent-range lock the punch holds \
@@ -80,6 +128,81 @@ pub const FILESYSTEMS: &[Filesystem] = &[
         removers: &[],
         hooks: &["shmem_undo_range"],
         refill: RefillPolicy::CanReadFreedBlocks,
+    },
+    // f2fs_punch_hole: truncate_pagecache_range, then f2fs_truncate_hole
+    // frees the blocks, both under invalidate_lock (5.15 on; F2FS_I's own
+    // i_mmap_sem before, which buffered reads do not take).
+    Filesystem {
+        name: "f2fs",
+        removers: &[remover(
+            "f2fs_truncate_hole",
+            FS_REMOVE_F2FS,
+            "f2fs",
+            InodeArg::Vfs,
+        )],
+        hooks: &[],
+        refill: RefillPolicy::CanReadFreedBlocks,
+    },
+    // ntfs_fallocate (5.15 to 6.x): truncate_pagecache to EOF, then
+    // attr_punch_hole frees the clusters, under invalidate_lock.
+    Filesystem {
+        name: "ntfs3",
+        removers: &[remover(
+            "attr_punch_hole",
+            FS_REMOVE_NTFS3,
+            "ntfs3",
+            within("ntfs_inode", "vfs_inode"),
+        )],
+        hooks: &[],
+        refill: RefillPolicy::CanReadFreedBlocks,
+    },
+    // The ntfs of 7.x: ntfs_punch_hole truncates the page cache to EOF,
+    // then ntfs_non_resident_attr_punch_hole frees the clusters, under
+    // invalidate_lock.
+    Filesystem {
+        name: "ntfs",
+        removers: &[remover(
+            "ntfs_non_resident_attr_punch_hole",
+            FS_REMOVE_NTFS,
+            "ntfs",
+            within("big_ntfs_inode", "vfs_inode"),
+        )],
+        hooks: &[],
+        refill: RefillPolicy::CanReadFreedBlocks,
+    },
+    // __gfs2_punch_hole: truncate_pagecache_range, then punch_hole (static,
+    // not inlined: truncates and eviction call it too) frees the blocks,
+    // under the inode glock held exclusively. read(2) and faults take the
+    // glock shared; readahead(2) and WILLNEED advice go through
+    // gfs2_readahead, which takes none.
+    Filesystem {
+        name: "gfs2",
+        removers: &[remover(
+            "punch_hole",
+            FS_REMOVE_GFS2,
+            "gfs2",
+            within("gfs2_inode", "i_inode"),
+        )],
+        hooks: &[],
+        refill: RefillPolicy::CanReadFreedBlocks,
+    },
+    // ocfs2_remove_inode_range: the extents go first, then the page cache
+    // (ocfs2_truncate_cluster_pages), both under ip_alloc_sem held for
+    // writing; the clusters wait in the truncate log.
+    Filesystem {
+        name: "ocfs2",
+        removers: &[remover(
+            "ocfs2_remove_inode_range",
+            FS_REMOVE_OCFS2,
+            "ocfs2",
+            InodeArg::Vfs,
+        )],
+        hooks: &[],
+        refill: RefillPolicy::Exempt {
+            why: "ocfs2 removes a punch's extents before it truncates the page cache, under \
+                  ip_alloc_sem, which its read_folio and readahead only trylock: a folio added \
+                  inside the window is read after the extents are gone, so it holds the hole",
+        },
     },
 ];
 
@@ -120,9 +243,23 @@ mod tests {
             FS_REMOVE_EXT4_IND,
             FS_REMOVE_XFS,
             FS_REMOVE_BTRFS,
+            FS_REMOVE_F2FS,
+            FS_REMOVE_NTFS3,
+            FS_REMOVE_NTFS,
+            FS_REMOVE_GFS2,
+            FS_REMOVE_OCFS2,
         ] {
             assert!(by_code(code).is_some(), "{code}");
+            assert!((code as usize) < crate::FS_REMOVE_CODES, "{code}");
         }
+        let mut codes: Vec<u64> = FILESYSTEMS
+            .iter()
+            .flat_map(|f| f.removers)
+            .map(|r| r.code)
+            .collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), removers.len(), "a code names one remover");
         assert_eq!(by_code(FS_REMOVE_XFS).unwrap().0.name, "xfs");
         assert!(by_code(0).is_none());
     }

@@ -197,6 +197,13 @@ pub const FS_REMOVE_EXT4_EXT: u64 = 1;
 pub const FS_REMOVE_EXT4_IND: u64 = 2;
 pub const FS_REMOVE_XFS: u64 = 3;
 pub const FS_REMOVE_BTRFS: u64 = 4;
+pub const FS_REMOVE_F2FS: u64 = 5;
+pub const FS_REMOVE_NTFS3: u64 = 6;
+pub const FS_REMOVE_NTFS: u64 = 7;
+pub const FS_REMOVE_GFS2: u64 = 8;
+pub const FS_REMOVE_OCFS2: u64 = 9;
+/// Slots of `Config::remover_inode`: one per FS_REMOVE_* code.
+pub const FS_REMOVE_CODES: usize = 16;
 
 /// `Event::aux` bits on FolioAdd and FsRemoveEnter/Exit records: the state
 /// of the file's `mapping->invalidate_lock` (5.15+) when the record was
@@ -318,10 +325,11 @@ pub struct Config {
     // Filesystem block removal (FsRemove*).
     /// `inode.i_blkbits` (u8), to turn ext4 logical blocks into pages.
     pub inode_i_blkbits: u32,
-    /// `xfs_inode.i_vnode` / `btrfs_inode.vfs_inode` from the module's BTF;
+    /// By FS_REMOVE_* code: where the VFS inode sits in the struct a
+    /// remover takes (`xfs_inode.i_vnode`, `gfs2_inode.i_inode`, ...; 0 for a
+    /// `struct inode *`), from the module's BTF (`filesystems::InodeArg`);
     /// UNKNOWN: the probe uses the task's most recent invalidation's file.
-    pub xfs_inode_vnode: u32,
-    pub btrfs_inode_vnode: u32,
+    pub remover_inode: [u32; FS_REMOVE_CODES],
 
     // The invalidation lock (5.15+): `address_space.invalidate_lock`, the
     // `count` and `owner` words of a (non-RT) rw_semaphore, `task_struct.pid`

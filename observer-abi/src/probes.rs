@@ -126,6 +126,17 @@ programs! {
     BtrfsReplaceFexit = "btrfs_replace_file_extents_fexit",
     BtrfsReplaceKprobe = "btrfs_replace_file_extents_kprobe",
     BtrfsReplaceKretprobe = "btrfs_replace_file_extents_kretprobe",
+    F2fsHoleKprobe = "f2fs_truncate_hole_kprobe",
+    F2fsHoleKretprobe = "f2fs_truncate_hole_kretprobe",
+    Ntfs3PunchKprobe = "attr_punch_hole_kprobe",
+    Ntfs3PunchKretprobe = "attr_punch_hole_kretprobe",
+    NtfsPunchKprobe = "ntfs_non_resident_attr_punch_hole_kprobe",
+    NtfsPunchKretprobe = "ntfs_non_resident_attr_punch_hole_kretprobe",
+    /// gfs2's static punch_hole.
+    Gfs2PunchKprobe = "gfs2_punch_hole_kprobe",
+    Gfs2PunchKretprobe = "gfs2_punch_hole_kretprobe",
+    Ocfs2RemoveKprobe = "ocfs2_remove_inode_range_kprobe",
+    Ocfs2RemoveKretprobe = "ocfs2_remove_inode_range_kretprobe",
     SysEnterFallocate = "sys_enter_fallocate",
     SysEnterFtruncate = "sys_enter_ftruncate",
     SysEnterTruncate = "sys_enter_truncate",
@@ -265,6 +276,12 @@ const fn pair(fentry: Prog, fexit: Prog, kprobe: Prog, kretprobe: Prog) -> [Rung
         rung(Method::Fentry, Some(fentry), Some(fexit)),
         rung(Method::Kprobe, Some(kprobe), Some(kretprobe)),
     ]
+}
+
+/// kprobe/kretprobe alone: a function that only a module has, which aya
+/// 0.14 cannot reach with fentry (no module BTF object fd).
+const fn kprobes(kprobe: Prog, kretprobe: Prog) -> [Rung; 1] {
+    [rung(Method::Kprobe, Some(kprobe), Some(kretprobe))]
 }
 
 const fn function(
@@ -464,6 +481,41 @@ pub const PROBES: &[Probe] = &[
             P::BtrfsReplaceKprobe,
             P::BtrfsReplaceKretprobe,
         ),
+    ),
+    function(
+        "f2fs_truncate_hole",
+        Role::FsRemove,
+        true,
+        Select::Always,
+        &kprobes(P::F2fsHoleKprobe, P::F2fsHoleKretprobe),
+    ),
+    function(
+        "attr_punch_hole",
+        Role::FsRemove,
+        true,
+        Select::Always,
+        &kprobes(P::Ntfs3PunchKprobe, P::Ntfs3PunchKretprobe),
+    ),
+    function(
+        "ntfs_non_resident_attr_punch_hole",
+        Role::FsRemove,
+        true,
+        Select::Always,
+        &kprobes(P::NtfsPunchKprobe, P::NtfsPunchKretprobe),
+    ),
+    function(
+        "punch_hole",
+        Role::FsRemove,
+        true,
+        Select::Always,
+        &kprobes(P::Gfs2PunchKprobe, P::Gfs2PunchKretprobe),
+    ),
+    function(
+        "ocfs2_remove_inode_range",
+        Role::FsRemove,
+        true,
+        Select::Always,
+        &kprobes(P::Ocfs2RemoveKprobe, P::Ocfs2RemoveKretprobe),
     ),
     Probe {
         target: Target::Tracepoint("filemap", "mm_filemap_add_to_page_cache"),

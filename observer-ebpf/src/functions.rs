@@ -6,7 +6,8 @@ use aya_ebpf::programs::{
     FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
 };
 use observer_abi::{
-    Config, FS_REMOVE_BTRFS, FS_REMOVE_EXT4_EXT, FS_REMOVE_EXT4_IND, FS_REMOVE_XFS, Kind,
+    Config, EOF_PAGE, FS_REMOVE_BTRFS, FS_REMOVE_EXT4_EXT, FS_REMOVE_EXT4_IND, FS_REMOVE_F2FS,
+    FS_REMOVE_GFS2, FS_REMOVE_NTFS, FS_REMOVE_NTFS3, FS_REMOVE_OCFS2, FS_REMOVE_XFS, Kind,
 };
 
 use crate::{
@@ -241,6 +242,17 @@ pub fn ext4_ind_remove_space<C: Args>(ctx: &C, fidelity: u8) {
     );
 }
 
+/// The VFS inode of a remover's first argument, from `Config::remover_inode`.
+#[inline(always)]
+fn remover_file(cfg: &Config, code: u64, ip: u64) -> FsFile {
+    let off = cfg
+        .remover_inode
+        .get(code as usize)
+        .copied()
+        .unwrap_or(Config::UNKNOWN);
+    FsFile::Embedded(ip, off)
+}
+
 /// xfs_free_file_space(ip, offset, len): the file from `ip->i_vnode` when
 /// the xfs BTF gave its offset, else the task's last invalidation.
 #[inline(always)]
@@ -250,7 +262,7 @@ pub fn xfs_free_file_space<C: Args>(ctx: &C, fidelity: u8) {
         fidelity,
         FS_REMOVE_XFS,
         (0, 1, 2),
-        |cfg, ip| FsFile::Embedded(ip, cfg.xfs_inode_vnode),
+        |cfg, ip| remover_file(cfg, FS_REMOVE_XFS, ip),
         |_, offset, len| byte_pages(offset, len),
     );
 }
@@ -265,8 +277,78 @@ pub fn btrfs_replace_file_extents<C: Args>(ctx: &C, fidelity: u8) {
         fidelity,
         FS_REMOVE_BTRFS,
         (0, 2, 3),
-        |cfg, ip| FsFile::Embedded(ip, cfg.btrfs_inode_vnode),
+        |cfg, ip| remover_file(cfg, FS_REMOVE_BTRFS, ip),
         |_, first, last| inclusive_byte_pages(first, last),
+    );
+}
+
+/// f2fs_truncate_hole(inode, pg_start, pg_end): pages, end exclusive.
+#[inline(always)]
+pub fn f2fs_truncate_hole<C: Args>(ctx: &C, fidelity: u8) {
+    fs_remover(
+        ctx,
+        fidelity,
+        FS_REMOVE_F2FS,
+        (0, 1, 2),
+        |_, inode| FsFile::Inode(inode),
+        |_, first, stop| (first, stop.saturating_sub(1).max(first)),
+    );
+}
+
+/// attr_punch_hole(ni, vbo, bytes, frame_size): ntfs3's, in bytes.
+#[inline(always)]
+pub fn attr_punch_hole<C: Args>(ctx: &C, fidelity: u8) {
+    fs_remover(
+        ctx,
+        fidelity,
+        FS_REMOVE_NTFS3,
+        (0, 1, 2),
+        |cfg, ni| remover_file(cfg, FS_REMOVE_NTFS3, ni),
+        |_, vbo, bytes| byte_pages(vbo, bytes),
+    );
+}
+
+/// ntfs_non_resident_attr_punch_hole(ni, start_vcn, len): clusters, whose
+/// size is the volume's. The agent takes only the removal's time and file,
+/// so the record gives a superset: from page `start_vcn` (a cluster is at
+/// least a page, so no later than the first page punched) to the end, the
+/// range ntfs truncated from the page cache before it.
+#[inline(always)]
+pub fn ntfs_non_resident_attr_punch_hole<C: Args>(ctx: &C, fidelity: u8) {
+    fs_remover(
+        ctx,
+        fidelity,
+        FS_REMOVE_NTFS,
+        (0, 1, 2),
+        |cfg, ni| remover_file(cfg, FS_REMOVE_NTFS, ni),
+        |_, vcn, _| (vcn, EOF_PAGE),
+    );
+}
+
+/// gfs2's punch_hole(ip, offset, length): bytes, length 0 to the end (a
+/// truncate).
+#[inline(always)]
+pub fn gfs2_punch_hole<C: Args>(ctx: &C, fidelity: u8) {
+    fs_remover(
+        ctx,
+        fidelity,
+        FS_REMOVE_GFS2,
+        (0, 1, 2),
+        |cfg, ip| remover_file(cfg, FS_REMOVE_GFS2, ip),
+        |_, offset, len| byte_pages(offset, len),
+    );
+}
+
+/// ocfs2_remove_inode_range(inode, di_bh, byte_start, byte_len).
+#[inline(always)]
+pub fn ocfs2_remove_inode_range<C: Args>(ctx: &C, fidelity: u8) {
+    fs_remover(
+        ctx,
+        fidelity,
+        FS_REMOVE_OCFS2,
+        (0, 2, 3),
+        |_, inode| FsFile::Inode(inode),
+        |_, start, len| byte_pages(start, len),
     );
 }
 

@@ -1,6 +1,7 @@
 //! kprobe/kretprobe: the middle rung, for kernels that refuse trampolines
-//! but keep kprobes. Module functions (xfs, btrfs) are probed here only:
-//! aya 0.14 cannot load fentry against a module's BTF.
+//! but keep kprobes. Module functions (xfs, btrfs, f2fs, ntfs3, ntfs, gfs2,
+//! ocfs2) are probed here only: aya 0.14 cannot load fentry against a
+//! module's BTF.
 
 use aya_ebpf::{
     macros::{kprobe, kretprobe},
@@ -35,6 +36,11 @@ programs! { kprobe, ProbeContext,
     Ext4IndKprobe: ext4_ind_remove_space_kprobe => f::ext4_ind_remove_space;
     XfsFreeKprobe: xfs_free_file_space_kprobe => f::xfs_free_file_space;
     BtrfsReplaceKprobe: btrfs_replace_file_extents_kprobe => f::btrfs_replace_file_extents;
+    F2fsHoleKprobe: f2fs_truncate_hole_kprobe => f::f2fs_truncate_hole;
+    Ntfs3PunchKprobe: attr_punch_hole_kprobe => f::attr_punch_hole;
+    NtfsPunchKprobe: ntfs_non_resident_attr_punch_hole_kprobe => f::ntfs_non_resident_attr_punch_hole;
+    Gfs2PunchKprobe: gfs2_punch_hole_kprobe => f::gfs2_punch_hole;
+    Ocfs2RemoveKprobe: ocfs2_remove_inode_range_kprobe => f::ocfs2_remove_inode_range;
     ShmemUndoKprobe: shmem_undo_range_kprobe => f::shmem_undo_range;
     ShmemAddKprobe: shmem_add_to_page_cache_kprobe => f::shmem_add_to_page_cache;
 }
@@ -49,5 +55,10 @@ programs! { kretprobe, RetProbeContext,
     Ext4IndKretprobe: ext4_ind_remove_space_kretprobe => f::fs_remove_return;
     XfsFreeKretprobe: xfs_free_file_space_kretprobe => f::fs_remove_return;
     BtrfsReplaceKretprobe: btrfs_replace_file_extents_kretprobe => f::fs_remove_return;
+    F2fsHoleKretprobe: f2fs_truncate_hole_kretprobe => f::fs_remove_return;
+    Ntfs3PunchKretprobe: attr_punch_hole_kretprobe => f::fs_remove_return;
+    NtfsPunchKretprobe: ntfs_non_resident_attr_punch_hole_kretprobe => f::fs_remove_return;
+    Gfs2PunchKretprobe: gfs2_punch_hole_kretprobe => f::fs_remove_return;
+    Ocfs2RemoveKretprobe: ocfs2_remove_inode_range_kretprobe => f::fs_remove_return;
     ShmemUndoKretprobe: shmem_undo_range_kretprobe => f::shmem_undo_return;
 }

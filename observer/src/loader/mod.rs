@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::Array};
 use observer_abi::{
     Config,
+    filesystems::{InodeArg, Remover},
     probes::{PROBES, Probe, Prog, Role, Rung, Select, Target},
 };
 
@@ -273,10 +274,15 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     if let Ok(k) = &ksyms {
         config.vmemmap_base_addr = k.address("vmemmap_base").unwrap_or(0);
     }
-    let (xfs_off, xfs_note) = fs_inode_offset(&btf, "xfs_free_file_space", "xfs");
-    let (btrfs_off, btrfs_note) = fs_inode_offset(&btf, "btrfs_replace_file_extents", "btrfs");
-    config.xfs_inode_vnode = xfs_off;
-    config.btrfs_inode_vnode = btrfs_off;
+    let mut remover_notes = Vec::new();
+    for r in observer_abi::filesystems::FILESYSTEMS
+        .iter()
+        .flat_map(|f| f.removers)
+    {
+        let (off, note) = remover_inode_offset(&btf, r);
+        config.remover_inode[r.code as usize] = off;
+        remover_notes.push((r.function, note));
+    }
     let fentry_refused = match opts.best_method {
         Method::Fentry => features::fentry(&btf, "filemap_map_pages").err(),
         _ => None,
@@ -431,11 +437,10 @@ pub fn load(opts: &Options) -> Result<Loaded> {
 
     // 3. The filesystems' block removal.
     for row in rows(Role::FsRemove) {
-        let note = match row.target.name() {
-            "xfs_free_file_space" => format!(" ({xfs_note})"),
-            "btrfs_replace_file_extents" => format!(" ({btrfs_note})"),
-            _ => String::new(),
-        };
+        let note = remover_notes
+            .iter()
+            .find(|(f, _)| *f == row.target.name())
+            .map_or_else(String::new, |(_, n)| format!(" ({n})"));
         probes.push(ladder(&mut att, &mut ebpf, row, best, ok, &|_| {
             note.clone()
         }));
@@ -484,14 +489,16 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     })
 }
 
-/// Where a module filesystem's block-removal function finds the VFS inode:
-/// the offset of the embedded `struct inode` in its first argument's type,
-/// from the module's split BTF (or vmlinux BTF when built in). UNKNOWN: the
-/// probe falls back to the task's most recent invalidation's file.
-fn fs_inode_offset(vmlinux: &btf::Btf, function: &str, module: &str) -> (u32, String) {
-    let path = std::path::Path::new("/sys/kernel/btf").join(module);
+/// Where a remover's first argument keeps the VFS inode (see
+/// `filesystems::InodeArg`), from the BTF of the vmlinux or module that has
+/// the function, and what the startup line says of it. UNKNOWN (the probe
+/// then takes the file of the task's last invalidation) when that BTF is
+/// missing or says otherwise.
+fn remover_inode_offset(vmlinux: &btf::Btf, r: &Remover) -> (u32, String) {
+    let fallback = "file: the task's last invalidation";
+    let path = std::path::Path::new("/sys/kernel/btf").join(r.module);
     let module_btf;
-    let btf = if vmlinux.has_function(function) {
+    let btf = if vmlinux.has_function(r.function) {
         vmlinux
     } else if path.exists() {
         match btf::Btf::module_from_file(&path, vmlinux) {
@@ -499,43 +506,38 @@ fn fs_inode_offset(vmlinux: &btf::Btf, function: &str, module: &str) -> (u32, St
                 module_btf = b;
                 &module_btf
             }
-            Err(e) => {
-                return (
-                    Config::UNKNOWN,
-                    format!("file: the task's last invalidation; {e:#}"),
-                );
-            }
+            Err(e) => return (Config::UNKNOWN, format!("{fallback}; {e:#}")),
         }
     } else {
         return (
             Config::UNKNOWN,
             format!(
-                "file: the task's last invalidation; no BTF for module {module} ({} missing)",
+                "{fallback}; no BTF for module {} ({} missing)",
+                r.module,
                 path.display()
             ),
         );
     };
-    let found = match btf.param_struct(function, 0) {
-        Some("inode") => Ok((0, "struct inode".to_owned())),
-        Some(s @ ("xfs_inode" | "btrfs_inode")) => {
-            let member = if s == "xfs_inode" {
-                "i_vnode"
+    let found = match (btf.param_struct(r.function, 0), r.inode) {
+        (Some("inode"), _) => Ok((0, "struct inode".to_owned())),
+        (Some(s), InodeArg::Within { container, member }) => {
+            // The argument is the container, or the first member of it
+            // (named after its struct, as big_ntfs_inode.ntfs_inode).
+            let opens = s == container || btf.member_offset(container, s).is_ok_and(|o| o.0 == 0);
+            if opens {
+                btf.member_offset(container, member)
+                    .map(|o| (o.0, format!("{container}.{member}")))
+                    .map_err(|e| format!("{e:#}"))
             } else {
-                "vfs_inode"
-            };
-            btf.member_offset(s, member)
-                .map(|o| (o.0, format!("{s}.{member}")))
-                .map_err(|e| format!("{e:#}"))
+                Err(format!("{s} is not {container}, nor at its start"))
+            }
         }
-        Some(other) => Err(format!("unexpected first argument struct {other}")),
-        None => Err(format!("{function} has no BTF prototype")),
+        (Some(other), InodeArg::Vfs) => Err(format!("unexpected first argument struct {other}")),
+        (None, _) => Err(format!("{} has no BTF prototype", r.function)),
     };
     match found {
         Ok((off, what)) => (off, format!("file from {what} at +{off}, BTF")),
-        Err(e) => (
-            Config::UNKNOWN,
-            format!("file: the task's last invalidation; {e}"),
-        ),
+        Err(e) => (Config::UNKNOWN, format!("{fallback}; {e}")),
     }
 }
 
