@@ -190,8 +190,22 @@ pub struct RacerReport {
     /// Inclusive page index range covering every invalidated range.
     pub punched_start: u64,
     pub punched_end: u64,
+    /// What --check-holes read back; None without it.
+    pub holes: Option<HoleCheck>,
     pub duration_s: f64,
     pub seed: u64,
+}
+
+/// racer --check-holes: punched (or zeroed) ranges read back right after
+/// the operation, before anything writes them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoleCheck {
+    pub checked: u64,
+    /// Pages that read back a byte that is not zero: data the hole should
+    /// have dropped.
+    pub pages_not_zero: u64,
+    /// The first such page.
+    pub first_page: Option<u64>,
 }
 
 impl RacerReport {
@@ -222,6 +236,17 @@ impl RacerReport {
             reads: get_u64(&v, "reads").unwrap_or(0),
             punched_start: get_u64(punched, "start")?,
             punched_end: get_u64(punched, "end")?,
+            holes: match v.get("holes") {
+                None | Some(Value::Null) => None,
+                Some(h) => Some(HoleCheck {
+                    checked: get_u64(h, "checked")?,
+                    pages_not_zero: get_u64(h, "pages_not_zero")?,
+                    first_page: h
+                        .get("first")
+                        .and_then(|f| f.get("page"))
+                        .and_then(Value::as_u64),
+                }),
+            },
             duration_s: get_f64(&v, "duration_s")?,
             // Optional: absent in hand-written reports.
             seed: get_u64(&v, "seed").unwrap_or(0),

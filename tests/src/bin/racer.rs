@@ -10,11 +10,17 @@
 //! invalidated right now }, so that a read can bring pages back into the cache
 //! between the invalidation and the filesystem's block removal (class B).
 //! Punch threads loop { invalidate a random range; pwrite it back } so there is
-//! always fresh page cache in the ranges being invalidated.
+//! always fresh page cache in the ranges being invalidated. With --check-holes
+//! the punch thread reads a punched or zeroed range back before it writes it
+//! again: nothing else writes the file, so any byte that is not zero is data
+//! the hole should have dropped, seen through read(2) (class B from
+//! userspace, independent of the observer).
 //!
 //! Prints one JSON line on stdout at the end:
 //! {"file":…,"dev":"MAJ:MIN","ino":N,"pages":N,"punch_pages":N,"op":"punch",
-//!  "punches":N,"faults":N,"reads":N,"punched":{"start":N,"end":N},"duration_s":F,"seed":N}
+//!  "punches":N,"faults":N,"reads":N,"punched":{"start":N,"end":N},
+//!  "holes":{"checked":N,"pages_not_zero":N,"first":{"page":N,"at_s":F}|null}|null,
+//!  "duration_s":F,"seed":N}
 //!
 //! Exit status: 0 when done, 77 when the file system does not support the
 //! operation (EOPNOTSUPP and the like: nothing was raced), 1 on any other error.
@@ -77,6 +83,11 @@ struct Args {
     #[arg(long, default_value_t = 0, value_name = "N",
           value_parser = clap::value_parser!(u64).range(0..=1024))]
     readers: u64,
+    /// After each punch or zero range (one punch thread), read the range
+    /// back and count the pages that are not all zeroes: the report's
+    /// `holes`.
+    #[arg(long)]
+    check_holes: bool,
     /// Only check that the file system supports --op: create the file, run
     /// one invalidation without other threads, exit 0 (or 77), print nothing.
     #[arg(long)]
@@ -220,6 +231,8 @@ struct Shared {
     source: Option<File>,
     /// MADV_REMOVE: a shared writable mapping of the whole file.
     rw_map: AtomicPtr<u8>,
+    check_holes: bool,
+    t0: Instant,
 }
 
 impl Shared {
@@ -263,6 +276,58 @@ struct PunchStats {
     punches: u64,
     lo: u64,
     hi: u64,
+    holes: Holes,
+}
+
+/// What --check-holes read back.
+#[derive(Clone, Copy, Default)]
+struct Holes {
+    /// Ranges read back.
+    checked: u64,
+    /// Pages of them holding a byte that is not zero.
+    pages_not_zero: u64,
+    /// The first such page, and when (seconds into the run).
+    first: Option<(u64, f64)>,
+}
+
+impl Holes {
+    fn add(&mut self, other: Holes) {
+        self.checked += other.checked;
+        self.pages_not_zero += other.pages_not_zero;
+        self.first = match (self.first, other.first) {
+            (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+    }
+
+    fn json(&self) -> String {
+        let first = self.first.map_or("null".to_string(), |(page, at)| {
+            format!(r#"{{"page":{page},"at_s":{at:.6}}}"#)
+        });
+        format!(
+            r#"{{"checked":{},"pages_not_zero":{},"first":{first}}}"#,
+            self.checked, self.pages_not_zero
+        )
+    }
+}
+
+/// Reads pages `start..start + count` and counts those that are not all
+/// zeroes into `holes`.
+fn check_hole(sh: &Shared, holes: &mut Holes, start: u64, count: u64) -> Result<(), Failure> {
+    let page = sh.page;
+    let mut buf = vec![0u8; count as usize * page];
+    workload::pread(&sh.file, &mut buf, start * page as u64)
+        .map_err(|e| format!("cannot read back {}: {}", sh.path, os_error(&e)))?;
+    holes.checked += 1;
+    for (i, p) in buf.chunks(page).enumerate() {
+        if p.iter().any(|&b| b != 0) {
+            holes.pages_not_zero += 1;
+            holes
+                .first
+                .get_or_insert((start + i as u64, sh.t0.elapsed().as_secs_f64()));
+        }
+    }
+    Ok(())
 }
 
 /// Invalidates random ranges and refills them until told to stop (at least once).
@@ -354,6 +419,9 @@ fn punch_loop(sh: &Shared, seed: u64) -> Result<PunchStats, Failure> {
                 (start + sh.punch_pages - 1, (start, sh.punch_pages))
             }
         };
+        if sh.check_holes && matches!(sh.op, Op::Punch | Op::Zero) {
+            check_hole(sh, &mut st.holes, start, sh.punch_pages)?;
+        }
         // Refill so the next fault-around finds cached pages in the range.
         sh.fill(refill.0, refill.1)?;
         st.punches += 1;
@@ -523,6 +591,10 @@ fn run(args: Args) -> Result<String, Failure> {
     if args.op == Op::Collapse && args.punch_pages >= args.pages {
         return Err("--op collapse needs --punch-pages below --pages".into());
     }
+    // Another puncher's write-back would read as data left in the hole.
+    if args.check_holes && args.punch_threads > 1 {
+        return Err("--check-holes needs --punch-threads 1".into());
+    }
     let page = workload::page_size();
     PAGE_SIZE.store(page, Ordering::Relaxed);
     let shown = args.file.display().to_string();
@@ -574,6 +646,8 @@ fn run(args: Args) -> Result<String, Failure> {
         resize: Mutex::new(()),
         source,
         rw_map: AtomicPtr::new(std::ptr::null_mut()),
+        check_holes: args.check_holes,
+        t0: Instant::now(),
     });
     if args.op == Op::MadvRemove {
         let p = workload::map_shared_write(&sh.file, args.pages as usize * page)
@@ -667,12 +741,14 @@ fn run(args: Args) -> Result<String, Failure> {
     // afterwards (e.g. on the shrunk file) is a consequence.
     let mut first_err: Option<Failure> = None;
     let (mut punches, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
+    let mut holes = Holes::default();
     for h in punchers {
         match h.join() {
             Ok(Ok(st)) => {
                 punches += st.punches;
                 lo = lo.min(st.lo);
                 hi = hi.max(st.hi);
+                holes.add(st.holes);
             }
             Ok(Err(e)) => {
                 first_err.get_or_insert(e);
@@ -719,7 +795,7 @@ fn run(args: Args) -> Result<String, Failure> {
         concat!(
             r#"{{"file":{},"dev":"{}:{}","ino":{},"pages":{},"punch_pages":{},"op":"{}","#,
             r#""punches":{},"faults":{},"reads":{},"punched":{{"start":{},"end":{}}},"#,
-            r#""duration_s":{:.3},"seed":{}}}"#
+            r#""holes":{},"duration_s":{:.3},"seed":{}}}"#
         ),
         serde_json::Value::from(abs.to_string_lossy()),
         libc::major(meta.dev()),
@@ -733,6 +809,11 @@ fn run(args: Args) -> Result<String, Failure> {
         reads,
         lo,
         hi,
+        if args.check_holes {
+            holes.json()
+        } else {
+            "null".into()
+        },
         elapsed,
         seed,
     ))

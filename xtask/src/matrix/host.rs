@@ -93,6 +93,7 @@ pub fn run(
         wall_s: 0.0,
         error: None,
         guest_errors,
+        boots: 0,
         cells: model::cells(&args.fs, offer, &planned, kdir),
     })
 }

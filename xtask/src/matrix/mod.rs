@@ -215,6 +215,7 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
                     wall_s,
                     error: Some(format!("{e:#}")),
                     guest_errors: Vec::new(),
+                    boots: 0,
                     cells: Vec::new(),
                 }
             }
@@ -225,6 +226,7 @@ pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
     drop(progress);
     let report = Report {
         args: &args,
+        qemu: crate::vm::qemu_version(),
         kernels,
         wall_s: started.elapsed().as_secs_f64(),
     };

@@ -38,6 +38,9 @@ pub(super) struct KernelResult {
     pub(super) error: Option<String>,
     /// Problems the guest (or the host run) reported while running.
     pub(super) guest_errors: Vec<String>,
+    /// Guests booted for the row (more than one: a guest hung or crashed
+    /// and another ran the steps it left); 0 on the host.
+    pub(super) boots: u32,
     pub(super) cells: Vec<Cell>,
 }
 

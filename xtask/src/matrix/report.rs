@@ -15,6 +15,8 @@ use crate::json::{Probe, rounded};
 
 pub struct Report<'a> {
     pub args: &'a MatrixArgs,
+    /// `qemu --version` of the guests' qemu; None when no VM ran.
+    pub qemu: Option<String>,
     pub kernels: Vec<KernelResult>,
     pub wall_s: f64,
 }
@@ -193,6 +195,15 @@ impl Report<'_> {
             self.args.op_secs,
             self.args.op_args
         );
+        if let Some(q) = &self.qemu {
+            let boots: Vec<String> = self
+                .kernels
+                .iter()
+                .filter(|k| k.boots > 0)
+                .map(|k| format!("{} {}", k.spec, k.boots))
+                .collect();
+            let _ = writeln!(out, "{q}; boots: {}.", boots.join(", "));
+        }
         let walls: Vec<String> = self
             .kernels
             .iter()
@@ -225,6 +236,7 @@ impl Report<'_> {
                 op_secs: a.op_secs,
                 op_args: &a.op_args,
             },
+            qemu: self.qemu.as_deref(),
             wall_s: rounded(self.wall_s, 1),
             kernels: self.kernels.iter().map(KernelJson::of).collect(),
         };
@@ -273,6 +285,8 @@ struct Matrix<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     config: Config<'a>,
+    /// `qemu --version` (first line) of the VM rows' qemu.
+    qemu: Option<&'a str>,
     wall_s: Option<f64>,
     kernels: Vec<KernelJson<'a>>,
 }
@@ -300,6 +314,8 @@ struct KernelJson<'a> {
     wall_s: Option<f64>,
     error: Option<&'a str>,
     errors: &'a [String],
+    /// Guests booted (a hung or crashed one is followed by another).
+    boots: u32,
     cells: Vec<CellJson<'a>>,
 }
 
@@ -313,6 +329,7 @@ impl<'a> KernelJson<'a> {
             wall_s: rounded(k.wall_s, 1),
             error: k.error.as_deref(),
             errors: &k.guest_errors,
+            boots: k.boots,
             cells: k.cells.iter().map(CellJson::of).collect(),
         }
     }

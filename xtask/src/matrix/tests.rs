@@ -98,6 +98,7 @@ fn report_of<'a>(a: &'a MatrixArgs, dir: &Path, startup: &Startup) -> Report<'a>
     }
     Report {
         args: a,
+        qemu: Some("QEMU emulator version 10.0.2".into()),
         kernels: vec![KernelResult {
             spec: "5.10".into(),
             release: "5.10.0-46-cloud-amd64".into(),
@@ -106,6 +107,7 @@ fn report_of<'a>(a: &'a MatrixArgs, dir: &Path, startup: &Startup) -> Report<'a>
             wall_s: 100.0,
             error: None,
             guest_errors: vec![],
+            boots: 1,
             cells: model::cells(
                 &a.fs,
                 &model::Offer {

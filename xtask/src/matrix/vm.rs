@@ -81,7 +81,9 @@ pub fn run(
     let mut stuck = 0;
     let mut guest_errors = Vec::new();
     let mut booted = None;
+    let mut boots = 0;
     for attempt in 1..=ATTEMPTS {
+        boots = attempt;
         let adir = if attempt == 1 {
             kdir.to_path_buf()
         } else {
@@ -170,6 +172,7 @@ pub fn run(
         wall_s: 0.0,
         error: None,
         guest_errors,
+        boots,
         cells: model::cells(&args.fs, &k.offer, &k.planned, kdir),
     })
 }

@@ -187,6 +187,12 @@ pub fn run(ws: &Workspace, args: VmArgs) -> Result<()> {
     summarize(&out, &args.fs)
 }
 
+/// `qemu --version` of the guests' qemu (see `qemu::binary`), None when it
+/// cannot run.
+pub fn qemu_version() -> Option<String> {
+    qemu::version().ok()
+}
+
 /// What `cargo xtask matrix` runs in one guest.
 pub struct StepsGuest<'a> {
     /// As `cargo xtask vm --kernel`.

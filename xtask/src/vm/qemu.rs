@@ -104,10 +104,27 @@ pub enum Outcome {
     Stalled(String),
 }
 
+/// The qemu that boots the guests: `$XTASK_QEMU` (to compare another build,
+/// e.g. bookworm's 7.2 unpacked beside the installed 10.0), else
+/// qemu-system-x86_64 from PATH.
+pub fn binary() -> PathBuf {
+    std::env::var_os("XTASK_QEMU")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from)
+}
+
+/// The first line of `qemu --version`, e.g. `QEMU emulator version 10.0.2
+/// (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)`: which TCG ran the guests.
+pub fn version() -> Result<String> {
+    let out = output(Command::new(binary()).arg("--version"))
+        .with_context(|| format!("running {} --version", binary().display()))?;
+    Ok(out.lines().next().unwrap_or_default().trim().to_string())
+}
+
 /// Boots the guest and waits for it to power off, copying the serial
 /// console to `console_log` and echoing the guest's progress lines.
 pub fn boot(b: &Boot) -> Result<Outcome> {
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let mut cmd = Command::new(binary());
     // KVM is not usable on these hosts; TCG is slow but boots in seconds.
     cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
         .args(["-nographic", "-no-reboot", "-net", "none"])
@@ -136,9 +153,12 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
     ));
 
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "cannot start {} (cargo xtask setup installs qemu-system-x86)",
+            binary().display()
+        )
+    })?;
     let mut log = fs::File::create(b.console_log)
         .with_context(|| format!("creating {}", b.console_log.display()))?;
     let stdout = child.stdout.take().expect("piped");
