@@ -74,7 +74,7 @@ pub struct MatrixArgs {
     /// racer arguments of the race runs.
     #[arg(
         long,
-        default_value = "--op punch --punch-pages 16 --fault-threads 2 --readers 2",
+        default_value = "--op punch --punch-pages 16 --fault-threads 2 --readers 2 --check-holes",
         allow_hyphen_values = true,
         value_name = "ARGS"
     )]

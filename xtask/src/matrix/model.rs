@@ -78,6 +78,10 @@ pub(super) struct RacerCounts {
     pub(super) punches: u64,
     pub(super) faults: u64,
     pub(super) reads: u64,
+    /// racer --check-holes: punched ranges read back, and their pages that
+    /// were not zero (data the hole should have dropped).
+    pub(super) holes_checked: Option<u64>,
+    pub(super) holes_not_zero: Option<u64>,
 }
 
 pub(super) struct StepResult {
@@ -156,6 +160,8 @@ pub(super) fn read_step(dir: &Path, planned: &Planned) -> StepResult {
                 punches: r.punches,
                 faults: r.faults,
                 reads: r.reads,
+                holes_checked: r.holes.map(|h| h.checked),
+                holes_not_zero: r.holes.map(|h| h.pages_not_zero),
             }),
         probes: ends
             .startup
@@ -342,6 +348,14 @@ impl Cell {
             }
         }
         all
+    }
+
+    /// Pages of punched ranges the racer read back not zero, summed over
+    /// the good steps that checked; None when none did.
+    pub(super) fn holes_not_zero(&self) -> Option<u64> {
+        self.ok()
+            .filter_map(|s| s.racer.and_then(|r| r.holes_not_zero))
+            .reduce(|a, b| a + b)
     }
 
     pub(super) fn lost(&self) -> Lost {

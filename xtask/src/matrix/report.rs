@@ -23,7 +23,7 @@ pub struct Report<'a> {
 
 /// The table's columns after the kernel, the filesystem and the fidelity:
 /// class A, class B, the lock counts, class C, then the windows per workload.
-const CLASS_COLUMNS: [&str; 13] = [
+const CLASS_COLUMNS: [&str; 14] = [
     "A:in-win",
     "rezap",
     "stale",
@@ -35,13 +35,15 @@ const CLASS_COLUMNS: [&str; 13] = [
     "surv",
     "stale",
     "lock+/-/byp",
+    "hole≠0",
     "C:eof/beyond",
     "win:race",
 ];
 
 /// The class counters of the table, in column order (class A in window
 /// excluded: it has a column of its own); class A only when page-exact.
-fn class_cells(classes: Option<&Classes>, page_exact: bool) -> Vec<String> {
+/// `holes`: the racer's read-back of punched ranges, beside class B.
+fn class_cells(classes: Option<&Classes>, page_exact: bool, holes: Option<u64>) -> Vec<String> {
     let a = classes.filter(|_| page_exact).map(|&Classes { a, .. }| {
         vec![
             a.rezapped,
@@ -72,6 +74,7 @@ fn class_cells(classes: Option<&Classes>, page_exact: bool) -> Vec<String> {
     let mut cells: Vec<String> = shown(a, 4);
     cells.extend(shown(b, 5));
     cells.push(shown(lock, 3).join("/"));
+    cells.push(holes.map_or_else(|| "-".into(), |n| n.to_string()));
     cells.push(shown(c, 2).join("/"));
     cells
 }
@@ -130,7 +133,11 @@ impl Report<'_> {
                     }
                     (None, _) => "-".into(),
                 });
-                row.extend(class_cells(c.classes().as_ref(), c.pte_hook()));
+                row.extend(class_cells(
+                    c.classes().as_ref(),
+                    c.pte_hook(),
+                    c.holes_not_zero(),
+                ));
                 for w in std::iter::once(RACE).chain(ops.iter().map(|op| op.name())) {
                     row.push(match c.workload(w) {
                         None => "-".into(),
@@ -167,7 +174,9 @@ impl Report<'_> {
              inside them, refills that survived, stale (read freed blocks from disk); lock: \
              windows whose block removal ran with the punching task holding invalidate_lock \
              for writing (+) or not (-), refills by other tasks that got in while it was held \
-             (byp); 0/0/0 on kernels without invalidate_lock (before 5.15).\n\
+             (byp); 0/0/0 on kernels without invalidate_lock (before 5.15); hole≠0: pages of \
+             punched ranges the racer read back (read(2), before writing them again) holding \
+             data the hole should have dropped.\n\
              C: page-exact installs (PTE or PMD) reaching at or past EOF by the i_size the \
              kernel read (eof), and those no size change on the file and no tmpfs explains \
              (beyond: critical).\n\
@@ -353,6 +362,9 @@ struct CellJson<'a> {
     windows: Option<u64>,
     windows_by_op: Option<Counts>,
     lost: Option<Lost>,
+    /// Pages of punched ranges the racer read back not zero (racer
+    /// --check-holes); None when no step checked.
+    holes_not_zero: Option<u64>,
     /// By workload, in the order they ran.
     #[serde(serialize_with = "in_order")]
     workloads: Vec<(&'a str, WorkloadJson)>,
@@ -378,6 +390,7 @@ impl<'a> CellJson<'a> {
             windows: any_ok.then(|| c.windows()),
             windows_by_op: c.windows_by_op(),
             lost: any_ok.then(|| c.lost()),
+            holes_not_zero: c.holes_not_zero(),
             workloads: c
                 .workloads()
                 .into_iter()
