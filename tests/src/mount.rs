@@ -34,10 +34,12 @@ pub enum FsType {
     Gfs2,
     /// A local mount (`mkfs.ocfs2 -M local`): no cluster stack.
     Ocfs2,
+    /// Debian's 6.12 has it (gone from 6.18); nothing here can make one.
+    Bcachefs,
 }
 
 impl FsType {
-    pub const ALL: [FsType; 10] = [
+    pub const ALL: [FsType; 11] = [
         FsType::Xfs,
         FsType::Ext4,
         FsType::Btrfs,
@@ -48,6 +50,7 @@ impl FsType {
         FsType::Ntfs,
         FsType::Gfs2,
         FsType::Ocfs2,
+        FsType::Bcachefs,
     ];
 
     /// Its name, which is also its `mount -t` type and its kernel module.
@@ -63,6 +66,7 @@ impl FsType {
             FsType::Ntfs => "ntfs",
             FsType::Gfs2 => "gfs2",
             FsType::Ocfs2 => "ocfs2",
+            FsType::Bcachefs => "bcachefs",
         }
     }
 
@@ -77,34 +81,61 @@ impl FsType {
         match self {
             FsType::Xfs => 300,
             FsType::Ext4 | FsType::Tmpfs | FsType::Fuse | FsType::Ntfs3 | FsType::Ntfs => 8,
-            FsType::Btrfs | FsType::F2fs | FsType::Gfs2 | FsType::Ocfs2 => 128,
+            FsType::Btrfs | FsType::F2fs | FsType::Gfs2 | FsType::Ocfs2 | FsType::Bcachefs => 128,
         }
     }
 
     /// The mkfs program and its flags; None for tmpfs and fuse (whose
-    /// image is [`FsType::backing`]'s).
+    /// image is [`FsType::backing`]'s), and where there is none
+    /// ([`FsType::untestable_here`]).
     pub fn mkfs(self) -> Option<(&'static str, &'static [&'static str])> {
         match self {
-            FsType::Fuse | FsType::Tmpfs => None,
+            FsType::Fuse | FsType::Tmpfs | FsType::Bcachefs => None,
             FsType::Xfs => Some(("mkfs.xfs", &["-q", "-f"])),
             FsType::Ext4 => Some(("mkfs.ext4", &["-q", "-F"])),
             FsType::Btrfs => Some(("mkfs.btrfs", &["-q", "-f"])),
             FsType::F2fs => Some(("mkfs.f2fs", &["-q", "-f"])),
             // -Q: no zeroing of the whole image; -F: an image, not a disk.
             FsType::Ntfs3 | FsType::Ntfs => Some(("mkntfs", &["-Q", "-F", "-q"])),
+            // Format 1801: 5.10 refuses gfs2-utils 3.5's default, 1802.
             FsType::Gfs2 => Some((
                 "mkfs.gfs2",
-                &["-O", "-q", "-p", "lock_nolock", "-j", "1", "-J", "16"],
+                &[
+                    "-O",
+                    "-q",
+                    "-p",
+                    "lock_nolock",
+                    "-j",
+                    "1",
+                    "-J",
+                    "16",
+                    "-o",
+                    "format=1801",
+                ],
             )),
             FsType::Ocfs2 => Some(("mkfs.ocfs2", &["-q", "-F", "-M", "local", "-N", "1"])),
         }
     }
 
     /// Options its mount needs: a local ocfs2 volume runs no heartbeat
-    /// (mount.ocfs2 says so for it; a plain mount(2) must).
+    /// (mount.ocfs2 says so for it; a plain mount(2) must); ntfs3 punches
+    /// and inserts only in sparse files, which `sparse` makes every new
+    /// file.
     pub fn mount_options(self) -> Option<&'static str> {
         match self {
             FsType::Ocfs2 => Some("heartbeat=none"),
+            FsType::Ntfs3 => Some("sparse"),
+            _ => None,
+        }
+    }
+
+    /// Why no kernel's support makes it testable on this Debian 12 host.
+    pub fn untestable_here(self) -> Option<&'static str> {
+        match self {
+            FsType::Bcachefs => Some(
+                "Debian 12 packages no bcachefs-tools (nor does any suite here), so no \
+                 bcachefs can be made",
+            ),
             _ => None,
         }
     }
@@ -130,6 +161,7 @@ impl FsType {
             FsType::Ntfs => &["CONFIG_NTFS_FS"],
             FsType::Gfs2 => &["CONFIG_GFS2_FS"],
             FsType::Ocfs2 => &["CONFIG_OCFS2_FS"],
+            FsType::Bcachefs => &["CONFIG_BCACHEFS_FS"],
         }
     }
 
@@ -147,6 +179,7 @@ impl FsType {
             FsType::Ntfs => &["ntfs"],
             FsType::Gfs2 => &["gfs2"],
             FsType::Ocfs2 => &["ocfs2"],
+            FsType::Bcachefs => &["bcachefs"],
         }
     }
 }
@@ -218,6 +251,9 @@ impl LoopMount {
     /// runs [`FsType::mkfs`] on it and `mount -o loop`s it; a tmpfs gets
     /// `size_mib` MiB and no image. Needs root and the mkfs tools.
     pub fn new(fs: FsType, size_mib: u64) -> Result<LoopMount> {
+        if let Some(why) = fs.untestable_here() {
+            bail!("cannot make {fs}: {why}");
+        }
         let dir = unique_temp_dir(&format!("observer-loop-{fs}"))?;
         let lower = match fs {
             FsType::Fuse => dir.join("backing"),

@@ -33,8 +33,14 @@ pub fn offer(fs: &[String]) -> Offer {
     let known = fs::read_to_string("/proc/filesystems").unwrap_or_default();
     let mut offer = Offer::default();
     for f in fs {
-        let name = FsType::named(f).map(|t| t.as_str());
-        if name.is_some_and(|n| known.split_whitespace().any(|w| w == n)) {
+        let t = FsType::named(f);
+        let name = t.map(|t| t.as_str());
+        let has = name.is_some_and(|n| known.split_whitespace().any(|w| w == n));
+        if let (true, Some(why)) = (has, t.and_then(FsType::untestable_here)) {
+            offer
+                .missing
+                .push((f.clone(), format!("the host kernel has {f}, but {why}")));
+        } else if has {
             offer.runs.push(f.clone());
         } else if name.is_some() {
             offer.missing.push((

@@ -44,16 +44,19 @@ use crate::{
 #[derive(clap::Args, Debug)]
 pub struct MatrixArgs {
     /// Kernels, in order: Debian series (5.10, 6.1, 6.12, 7.2 from sid, 7.3
-    /// from trixie-backports) or exact releases booted under qemu as `cargo
-    /// xtask vm` does, and `host` for the running kernel on loop mounts.
+    /// from trixie-backports), with `:amd64` for the generic flavour, or
+    /// exact releases, booted under qemu as `cargo xtask vm` does, and `host`
+    /// for the running kernel on loop mounts [default: every series' cloud
+    /// kernel, the generic one of 5.10, 6.12 and 7.3, and the host; with
+    /// --all, every series' generic one too].
+    #[arg(long, value_delimiter = ',')]
+    pub kernels: Vec<String>,
+    /// Filesystems, where the kernel offers them.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "5.10,6.1,6.12,7.2,7.3,host"
+        default_value = "xfs,ext4,btrfs,tmpfs,fuse,f2fs,ntfs3,ntfs,gfs2,ocfs2,bcachefs"
     )]
-    pub kernels: Vec<String>,
-    /// Filesystems, where the kernel offers them.
-    #[arg(long, value_delimiter = ',', default_value = "xfs,ext4,btrfs,tmpfs")]
     pub fs: Vec<String>,
     /// Invalidators to run one short racer each for (racer --op values), on
     /// every kernel [default: every one on the host; on the VM kernels the
@@ -127,7 +130,46 @@ enum Row<'a> {
     Broken(anyhow::Error),
 }
 
-pub fn run(ws: &Workspace, args: MatrixArgs) -> Result<()> {
+/// The kernels CI's default run covers: every series' cloud kernel (xfs,
+/// ext4, btrfs, tmpfs, fuse, ntfs3 on 6.12, ntfs on 7.x), and the generic
+/// flavour (f2fs, gfs2, ocfs2) of the oldest series, the newest, and 6.12,
+/// the one with ntfs3 and bcachefs.
+const DEFAULT_KERNELS: &[&str] = &[
+    "5.10",
+    "5.10:amd64",
+    "6.1",
+    "6.12",
+    "6.12:amd64",
+    "7.2",
+    "7.3",
+    "7.3:amd64",
+    "host",
+];
+
+/// --all: every series in both flavours.
+const ALL_KERNELS: &[&str] = &[
+    "5.10",
+    "5.10:amd64",
+    "6.1",
+    "6.1:amd64",
+    "6.12",
+    "6.12:amd64",
+    "7.2",
+    "7.2:amd64",
+    "7.3",
+    "7.3:amd64",
+    "host",
+];
+
+pub fn run(ws: &Workspace, mut args: MatrixArgs) -> Result<()> {
+    if args.kernels.is_empty() {
+        let list = if args.all {
+            ALL_KERNELS
+        } else {
+            DEFAULT_KERNELS
+        };
+        args.kernels = list.iter().map(|k| k.to_string()).collect();
+    }
     crate::vm::check_filesystems("--fs", &args.fs)?;
     for op in args.ops.iter().flatten() {
         if Op::named(op).is_none() {

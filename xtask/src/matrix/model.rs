@@ -350,6 +350,18 @@ impl Cell {
         all
     }
 
+    /// filemap_map_pages calls seen (reported or dropped by the kernel's
+    /// filter), summed over the good steps; None when none ran. 0 on a
+    /// filesystem without fault-around (ocfs2 has no `.map_pages`).
+    pub(super) fn fault_arounds(&self) -> Option<u64> {
+        let name = functions(&[Role::MapPages])
+            .next()
+            .unwrap_or("filemap_map_pages");
+        self.summaries()
+            .map(|s| s.events.get(name) + s.filtered + s.filtered_outside_range)
+            .reduce(|a, b| a + b)
+    }
+
     /// Pages of punched ranges the racer read back not zero, summed over
     /// the good steps that checked; None when none did.
     pub(super) fn holes_not_zero(&self) -> Option<u64> {

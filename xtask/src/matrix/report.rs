@@ -365,6 +365,8 @@ struct CellJson<'a> {
     /// Pages of punched ranges the racer read back not zero (racer
     /// --check-holes); None when no step checked.
     holes_not_zero: Option<u64>,
+    /// filemap_map_pages calls, window or not.
+    fault_arounds: Option<u64>,
     /// By workload, in the order they ran.
     #[serde(serialize_with = "in_order")]
     workloads: Vec<(&'a str, WorkloadJson)>,
@@ -391,6 +393,7 @@ impl<'a> CellJson<'a> {
             windows_by_op: c.windows_by_op(),
             lost: any_ok.then(|| c.lost()),
             holes_not_zero: c.holes_not_zero(),
+            fault_arounds: c.fault_arounds(),
             workloads: c
                 .workloads()
                 .into_iter()
