@@ -455,3 +455,103 @@ fn debian_6_12_tmpfs_huge_pmd_past_eof_is_class_c() {
         "no PMD alert with the installer's stack: {eof:?}"
     );
 }
+
+/// The live race this project found on current kernels: gfs2 on Debian
+/// 7.3's generic flavour (lock_nolock). A punch truncates the page cache
+/// under the inode glock; readahead(2) refills the range through
+/// gfs2_readahead, which takes no glock, from blocks punch_hole frees right
+/// after; the hole then reads back the old data. Each stale_data alert
+/// names the racer's file, a page of the punch it raced, a reader stack
+/// through readahead(2) and a punch stack in __gfs2_punch_hole; the racer
+/// read such pages back from its holes itself.
+#[test]
+#[ignore = "needs root and qemu: run by cargo xtask test"]
+fn debian_7_3_gfs2_readahead_refills_a_punched_hole_with_freed_blocks() {
+    let run = Run::boot_with(
+        "7.3:amd64",
+        &[
+            "--fs",
+            "gfs2",
+            "--duration",
+            "6",
+            "--racer-args",
+            "--op punch --punch-pages 16 --fault-threads 2 --readers 2 --check-holes",
+        ],
+    );
+    let rel = kernel_release(&run.dir);
+    assert!(
+        rel.starts_with("7.3.") && !rel.contains("cloud"),
+        "booted {rel}"
+    );
+    let g = run.fs("gfs2");
+    assert!(
+        g.log
+            .contains("observer: punch_hole: kprobe/kretprobe (file from gfs2_inode.i_inode"),
+        "gfs2's punch_hole not watched:\n{}",
+        g.log
+    );
+    let holes = g.racer.holes.expect("the racer checked its holes");
+    assert!(
+        holes.pages_not_zero > 0,
+        "every hole read back as zeroes: {:?}",
+        g.racer
+    );
+    let dev = format!("{}:{}", g.racer.dev_major, g.racer.dev_minor);
+    let stale: Vec<&Value> = g
+        .stream
+        .alerts_on(&dev, g.racer.ino)
+        .into_iter()
+        .filter(|a| a["kind"] == "stale_data")
+        .collect();
+    assert!(
+        !stale.is_empty(),
+        "no stale_data on the racer's file:\n{}",
+        g.log
+    );
+    assert_eq!(g.summary().classes.b.stale_data, stale.len() as u64);
+    let stack = |a: &Value, which: &str| -> Vec<String> {
+        a["evidence"][which]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect()
+    };
+    for a in &stale {
+        assert_eq!(a["severity"], "critical", "{a}");
+        assert_eq!(a["task"]["comm"], "racer-read", "{a}");
+        assert_eq!(a["window"]["task"]["comm"], "racer-punch", "{a}");
+        assert_eq!(a["window"]["op"], "punch_hole", "{a}");
+        assert_eq!(a["refill"]["fs_remove"], "punch_hole", "{a}");
+        // gfs2 has no invalidate_lock to hold.
+        assert_eq!(a["refill"]["invalidate_lock"], "not_held", "{a}");
+        // Inside the punch's range and time: after its page-cache
+        // truncation began (it may pass the page before the add), before its
+        // block removal ended.
+        let (p, w) = (&a["pages"], &a["window"]["pages"]);
+        assert!(
+            w["start"].as_u64() <= p["start"].as_u64() && p["end"].as_u64() <= w["end"].as_u64(),
+            "{a}"
+        );
+        let added = a["refill"]["added_ns"].as_u64().unwrap();
+        assert!(a["window"]["opened_ns"].as_u64().unwrap() <= added, "{a}");
+        assert!(
+            added <= a["refill"]["fs_remove_exit_ns"].as_u64().unwrap(),
+            "{a}"
+        );
+        let punch = stack(a, "punch_stack");
+        assert!(
+            punch.iter().any(|f| f.starts_with("__gfs2_punch_hole+")),
+            "{punch:?}"
+        );
+    }
+    // The refills come through readahead(2), not read(2): read(2) takes the
+    // glock the punch holds.
+    let victims: Vec<Vec<String>> = stale.iter().map(|a| stack(a, "victim_stack")).collect();
+    assert!(
+        victims
+            .iter()
+            .all(|s| s.iter().any(|f| f.starts_with("ksys_readahead+"))),
+        "a refill not through readahead(2): {victims:?}"
+    );
+}
