@@ -26,7 +26,13 @@ const VM_SHARED: u64 = 0x8;
 
 #[inline(always)]
 fn stash_key(kind: Kind) -> u64 {
-    ((tid() as u64) << 8) | kind as u64
+    stash_key_of(tid(), kind)
+}
+
+/// [`stash_key`] of another task's entry.
+#[inline(always)]
+fn stash_key_of(tid: u32, kind: Kind) -> u64 {
+    ((tid as u64) << 8) | kind as u64
 }
 
 /// Page range of `unmap_mapping_range(mapping, holebegin, holelen, even_cows)`,
@@ -555,7 +561,7 @@ pub fn folio_delete(folio: u64, fidelity: u8) {
 /// a syscall window, truncate_inode_pages_range or shmem_undo_range.
 #[inline(always)]
 fn in_invalidation(tid: u32) -> bool {
-    let inside = |kind: Kind| unsafe { STASH.get(&(((tid as u64) << 8) | kind as u64)) }.is_some();
+    let inside = |kind: Kind| unsafe { STASH.get(&stash_key_of(tid, kind)) }.is_some();
     inside(Kind::SyscallEnter) || inside(Kind::TruncateEnter) || inside(Kind::ShmemUndoEnter)
 }
 
