@@ -148,38 +148,22 @@ impl FsType {
         }
     }
 
-    /// The kernel config options behind [`FsType::modules`], in order.
-    pub fn kernel_config(self) -> &'static [&'static str] {
-        match self {
-            FsType::Tmpfs => &["CONFIG_TMPFS"],
-            FsType::Fuse => &["CONFIG_FUSE_FS", "CONFIG_EXT4_FS"],
-            FsType::Xfs => &["CONFIG_XFS_FS"],
-            FsType::Ext4 => &["CONFIG_EXT4_FS"],
-            FsType::Btrfs => &["CONFIG_BTRFS_FS"],
-            FsType::F2fs => &["CONFIG_F2FS_FS"],
-            FsType::Ntfs3 => &["CONFIG_NTFS3_FS"],
-            FsType::Ntfs => &["CONFIG_NTFS_FS"],
-            FsType::Gfs2 => &["CONFIG_GFS2_FS"],
-            FsType::Ocfs2 => &["CONFIG_OCFS2_FS"],
-            FsType::Bcachefs => &["CONFIG_BCACHEFS_FS"],
-        }
-    }
-
-    /// The kernel modules it needs, by name (the backing one's too; a
-    /// module built into the kernel is skipped when loading).
-    pub fn modules(self) -> &'static [&'static str] {
+    /// The kernel modules it needs (the backing one's too; one built into
+    /// the kernel is skipped when loading), each with the config option
+    /// that builds it.
+    pub fn modules(self) -> &'static [(&'static str, &'static str)] {
         match self {
             FsType::Tmpfs => &[],
-            FsType::Fuse => &["fuse", "ext4"],
-            FsType::Xfs => &["xfs"],
-            FsType::Ext4 => &["ext4"],
-            FsType::Btrfs => &["btrfs"],
-            FsType::F2fs => &["f2fs"],
-            FsType::Ntfs3 => &["ntfs3"],
-            FsType::Ntfs => &["ntfs"],
-            FsType::Gfs2 => &["gfs2"],
-            FsType::Ocfs2 => &["ocfs2"],
-            FsType::Bcachefs => &["bcachefs"],
+            FsType::Fuse => &[("fuse", "CONFIG_FUSE_FS"), ("ext4", "CONFIG_EXT4_FS")],
+            FsType::Xfs => &[("xfs", "CONFIG_XFS_FS")],
+            FsType::Ext4 => &[("ext4", "CONFIG_EXT4_FS")],
+            FsType::Btrfs => &[("btrfs", "CONFIG_BTRFS_FS")],
+            FsType::F2fs => &[("f2fs", "CONFIG_F2FS_FS")],
+            FsType::Ntfs3 => &[("ntfs3", "CONFIG_NTFS3_FS")],
+            FsType::Ntfs => &[("ntfs", "CONFIG_NTFS_FS")],
+            FsType::Gfs2 => &[("gfs2", "CONFIG_GFS2_FS")],
+            FsType::Ocfs2 => &[("ocfs2", "CONFIG_OCFS2_FS")],
+            FsType::Bcachefs => &[("bcachefs", "CONFIG_BCACHEFS_FS")],
         }
     }
 }

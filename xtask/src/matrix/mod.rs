@@ -333,26 +333,20 @@ fn share_flavours(rows: &mut [(Row, Duration)]) {
             .ok()
             .map(|s| (s.version.to_string(), s.flavour))
     };
-    let clouds: Vec<(String, Vec<String>)> = rows
-        .iter()
-        .filter_map(|(row, _)| match row {
-            Row::Vm(k) => match series(k.spec)? {
-                (version, Flavour::Cloud) => Some((version, k.offer.runs.clone())),
+    // What each series' rows of one flavour offer.
+    let offered = |flavour: Flavour| -> Vec<(String, Vec<String>)> {
+        rows.iter()
+            .filter_map(|(row, _)| match row {
+                Row::Vm(k) => match series(k.spec)? {
+                    (version, f) if f == flavour => Some((version, k.offer.runs.clone())),
+                    _ => None,
+                },
                 _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    let generics: Vec<(String, Vec<String>)> = rows
-        .iter()
-        .filter_map(|(row, _)| match row {
-            Row::Vm(k) => match series(k.spec)? {
-                (version, Flavour::Generic) => Some((version, k.offer.runs.clone())),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
+            })
+            .collect()
+    };
+    let clouds = offered(Flavour::Cloud);
+    let generics = offered(Flavour::Generic);
     for (row, _) in rows.iter_mut() {
         let Row::Vm(k) = row else { continue };
         let Some((version, flavour)) = series(k.spec) else {

@@ -440,7 +440,7 @@ fn boot_guest(ws: &Workspace, g: &Guest) -> Result<Booted> {
     // On 5.10 virtio_pci is a module too (pulling in virtio, virtio_ring).
     let mut wanted: Vec<String> = ["virtio_pci", "virtio_blk"].map(String::from).to_vec();
     for t in g.filesystems.iter().filter_map(|fs| fs_type(fs)) {
-        for m in t.modules() {
+        for (m, _) in t.modules() {
             if !wanted.iter().any(|w| w == m) {
                 wanted.push(m.to_string());
             }

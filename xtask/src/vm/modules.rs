@@ -31,7 +31,7 @@ pub fn missing(kernel: &Kernel, fs: &str) -> Result<Option<String>> {
     }
     let builtin = builtin_modules(&kernel.moddir)?;
     let shipped = index_modules(&kernel.moddir.join("kernel"))?;
-    for (module, option) in t.modules().iter().zip(t.kernel_config()) {
+    for &(module, option) in t.modules() {
         let name = normalize(module);
         if builtin.contains(&name) || shipped.contains_key(&name) {
             continue;
