@@ -69,8 +69,9 @@ enum Cmd {
     /// workload: bare, observer, observer --full-stream, alternating.
     Bench(bench::BenchArgs),
     /// The truth table: every invalidator and the race workloads under the
-    /// observer, per kernel (Debian 5.10, 6.1, 6.12, 7.2, 7.3 under qemu; the host)
-    /// and filesystem (xfs, ext4, btrfs, tmpfs).
+    /// observer, per kernel (Debian 5.10, 6.1, 6.12, 7.2, 7.3 under qemu, cloud
+    /// and generic; the host) and filesystem (xfs, ext4, btrfs, tmpfs, fuse,
+    /// f2fs, ntfs3, ntfs, gfs2, ocfs2, bcachefs).
     Matrix(Box<matrix::MatrixArgs>),
 }
 

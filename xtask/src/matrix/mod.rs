@@ -1,8 +1,9 @@
 //! `cargo xtask matrix`: the truth table across kernels and filesystems.
 //!
-//! For every kernel (Debian 5.10, 6.1, 6.12, 7.2 and 7.3 cloud kernels under qemu, and
-//! the host's own kernel on loop mounts) and every filesystem it offers among
-//! xfs, ext4, btrfs and tmpfs, the racer runs a list of workloads, each under
+//! For every kernel (Debian 5.10, 6.1, 6.12, 7.2 and 7.3 under qemu, cloud and
+//! generic flavour, and the host's own kernel on loop mounts) and every
+//! filesystem it offers among xfs, ext4, btrfs, tmpfs, fuse, f2fs, ntfs3, ntfs,
+//! gfs2, ocfs2 and bcachefs, the racer runs a list of workloads, each under
 //! its own observer: a few "race" runs (hole punches racing mapped faults and
 //! buffered reads of the punched range: race classes A and B), then one short
 //! run per invalidator (punch, zero range, collapse, insert, ftruncate,

@@ -61,10 +61,12 @@ pub struct VmArgs {
     /// Kernel series (5.10, 6.1, 6.12, 7.2 or 7.3: newest Debian cloud
     /// package; 5.10 comes from bullseye, 7.2 from sid, 7.3 from
     /// trixie-backports; a series the suite has left falls back to the newest
-    /// cached one) or an exact release such as 6.1.0-50-cloud-amd64.
+    /// cached one) or an exact release such as 6.1.0-50-cloud-amd64; with
+    /// `:amd64`, Debian's generic flavour (f2fs, gfs2, ocfs2), e.g. 7.3:amd64.
     #[arg(long)]
     kernel: String,
-    /// Filesystems to run the racer on, in order (xfs, ext4, btrfs, tmpfs).
+    /// Filesystems to run the racer on, in order (xfs, ext4, btrfs, tmpfs,
+    /// tmpfs-huge, fuse, f2fs, ntfs3, ntfs, gfs2, ocfs2).
     #[arg(long, value_delimiter = ',', default_value = "xfs,ext4")]
     fs: Vec<String>,
     /// Seconds the racer runs on each filesystem.
