@@ -350,15 +350,16 @@ impl Cell {
         all
     }
 
-    /// filemap_map_pages calls seen (reported or dropped by the kernel's
-    /// filter), summed over the good steps; None when none ran. 0 on a
-    /// filesystem without fault-around (ocfs2 has no `.map_pages`).
+    /// filemap_map_pages calls on files with an invalidation window open
+    /// (the kernel's filter drops the others: every binary the guest maps),
+    /// summed over the good steps; None when none ran. 0 on a filesystem
+    /// without fault-around (ocfs2 has no `.map_pages`).
     pub(super) fn fault_arounds(&self) -> Option<u64> {
         let name = functions(&[Role::MapPages])
             .next()
             .unwrap_or("filemap_map_pages");
         self.summaries()
-            .map(|s| s.events.get(name) + s.filtered + s.filtered_outside_range)
+            .map(|s| s.events.get(name))
             .reduce(|a, b| a + b)
     }
 

@@ -365,7 +365,7 @@ struct CellJson<'a> {
     /// Pages of punched ranges the racer read back not zero (racer
     /// --check-holes); None when no step checked.
     holes_not_zero: Option<u64>,
-    /// filemap_map_pages calls, window or not.
+    /// filemap_map_pages calls on files with a window open.
     fault_arounds: Option<u64>,
     /// By workload, in the order they ran.
     #[serde(serialize_with = "in_order")]
