@@ -19,7 +19,8 @@
 //! Prints one JSON line on stdout at the end:
 //! {"file":…,"dev":"MAJ:MIN","ino":N,"pages":N,"punch_pages":N,"op":"punch",
 //!  "punches":N,"faults":N,"reads":N,"punched":{"start":N,"end":N},
-//!  "holes":{"checked":N,"pages_not_zero":N,"first":{"page":N,"at_s":F}|null}|null,
+//!  "holes":{"checked":N,"pages_not_zero":N,"by_offset":{"OFFSET":N,...},
+//!           "first":{"page":N,"at_s":F}|null}|null,
 //!  "duration_s":F,"seed":N}
 //!
 //! Exit status: 0 when done, 77 when the file system does not support the
@@ -280,12 +281,15 @@ struct PunchStats {
 }
 
 /// What --check-holes read back.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Holes {
     /// Ranges read back.
     checked: u64,
     /// Pages of them holding a byte that is not zero.
     pages_not_zero: u64,
+    /// Those pages by their offset in the punched range: where a
+    /// filesystem's guard falls short shows (one page, the last, or all).
+    by_offset: std::collections::BTreeMap<u64, u64>,
     /// The first such page, and when (seconds into the run).
     first: Option<(u64, f64)>,
 }
@@ -294,6 +298,9 @@ impl Holes {
     fn add(&mut self, other: Holes) {
         self.checked += other.checked;
         self.pages_not_zero += other.pages_not_zero;
+        for (offset, n) in other.by_offset {
+            *self.by_offset.entry(offset).or_default() += n;
+        }
         self.first = match (self.first, other.first) {
             (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
             (a, b) => a.or(b),
@@ -304,9 +311,16 @@ impl Holes {
         let first = self.first.map_or("null".to_string(), |(page, at)| {
             format!(r#"{{"page":{page},"at_s":{at:.6}}}"#)
         });
+        let by_offset: Vec<String> = self
+            .by_offset
+            .iter()
+            .map(|(o, n)| format!(r#""{o}":{n}"#))
+            .collect();
         format!(
-            r#"{{"checked":{},"pages_not_zero":{},"first":{first}}}"#,
-            self.checked, self.pages_not_zero
+            r#"{{"checked":{},"pages_not_zero":{},"by_offset":{{{}}},"first":{first}}}"#,
+            self.checked,
+            self.pages_not_zero,
+            by_offset.join(",")
         )
     }
 }
@@ -322,6 +336,7 @@ fn check_hole(sh: &Shared, holes: &mut Holes, start: u64, count: u64) -> Result<
     for (i, p) in buf.chunks(page).enumerate() {
         if p.iter().any(|&b| b != 0) {
             holes.pages_not_zero += 1;
+            *holes.by_offset.entry(i as u64).or_default() += 1;
             holes
                 .first
                 .get_or_insert((start + i as u64, sh.t0.elapsed().as_secs_f64()));
