@@ -198,12 +198,14 @@ pub struct RacerReport {
 
 /// racer --check-holes: punched (or zeroed) ranges read back right after
 /// the operation, before anything writes them again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoleCheck {
     pub checked: u64,
     /// Pages that read back a byte that is not zero: data the hole should
     /// have dropped.
     pub pages_not_zero: u64,
+    /// Those pages by their offset in the punched range.
+    pub by_offset: std::collections::BTreeMap<u64, u64>,
     /// The first such page.
     pub first_page: Option<u64>,
 }
@@ -241,6 +243,13 @@ impl RacerReport {
                 Some(h) => Some(HoleCheck {
                     checked: get_u64(h, "checked")?,
                     pages_not_zero: get_u64(h, "pages_not_zero")?,
+                    by_offset: h
+                        .get("by_offset")
+                        .and_then(Value::as_object)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_u64()?)))
+                        .collect(),
                     first_page: h
                         .get("first")
                         .and_then(|f| f.get("page"))

@@ -96,7 +96,7 @@ fn punched_holes_read_back_as_zeroes_on_xfs() {
     let file = m.path().join("race");
     let r = race(&file, &["--readers", "2", "--check-holes"]);
     check(&r, &file, "punch");
-    let holes = r.holes.expect("--check-holes reports holes");
+    let holes = r.holes.clone().expect("--check-holes reports holes");
     assert_eq!(holes.checked, r.punches, "{r:?}");
     assert_eq!(holes.pages_not_zero, 0, "{r:?}");
     assert_eq!(holes.first_page, None, "{r:?}");

@@ -490,7 +490,7 @@ fn debian_7_3_gfs2_readahead_refills_a_punched_hole_with_freed_blocks() {
         "gfs2's punch_hole not watched:\n{}",
         g.log
     );
-    let holes = g.racer.holes.expect("the racer checked its holes");
+    let holes = g.racer.holes.clone().expect("the racer checked its holes");
     assert!(
         holes.pages_not_zero > 0,
         "every hole read back as zeroes: {:?}",

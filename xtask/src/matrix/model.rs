@@ -95,6 +95,9 @@ pub(super) struct StepResult {
     pub(super) probes: Vec<Probe>,
     /// Alerts by kind.
     pub(super) kinds: BTreeMap<String, u64>,
+    /// racer --check-holes: the non-zero pages by their offset in the
+    /// punched range.
+    pub(super) holes_by_offset: BTreeMap<u64, u64>,
     pub(super) wall_s: Option<f64>,
 }
 
@@ -154,14 +157,19 @@ pub(super) fn read_step(dir: &Path, planned: &Planned) -> StepResult {
         workload: planned.workload.clone(),
         status,
         detail,
+        holes_by_offset: read("racer.json")
+            .and_then(|t| RacerReport::parse(&t).ok())
+            .and_then(|r| r.holes)
+            .map(|h| h.by_offset)
+            .unwrap_or_default(),
         racer: read("racer.json")
             .and_then(|t| RacerReport::parse(&t).ok())
             .map(|r| RacerCounts {
                 punches: r.punches,
                 faults: r.faults,
                 reads: r.reads,
-                holes_checked: r.holes.map(|h| h.checked),
-                holes_not_zero: r.holes.map(|h| h.pages_not_zero),
+                holes_checked: r.holes.as_ref().map(|h| h.checked),
+                holes_not_zero: r.holes.as_ref().map(|h| h.pages_not_zero),
             }),
         probes: ends
             .startup
@@ -369,6 +377,18 @@ impl Cell {
         self.ok()
             .filter_map(|s| s.racer.and_then(|r| r.holes_not_zero))
             .reduce(|a, b| a + b)
+    }
+
+    /// The racer's non-zero hole pages by offset, summed over the good
+    /// steps.
+    pub(super) fn holes_by_offset(&self) -> BTreeMap<u64, u64> {
+        let mut all = BTreeMap::new();
+        for s in self.ok() {
+            for (o, n) in &s.holes_by_offset {
+                *all.entry(*o).or_default() += n;
+            }
+        }
+        all
     }
 
     pub(super) fn lost(&self) -> Lost {

@@ -367,6 +367,8 @@ struct CellJson<'a> {
     holes_not_zero: Option<u64>,
     /// filemap_map_pages calls on files with a window open.
     fault_arounds: Option<u64>,
+    /// `holes_not_zero` by the page's offset in its punched range.
+    holes_by_offset: BTreeMap<u64, u64>,
     /// By workload, in the order they ran.
     #[serde(serialize_with = "in_order")]
     workloads: Vec<(&'a str, WorkloadJson)>,
@@ -394,6 +396,7 @@ impl<'a> CellJson<'a> {
             lost: any_ok.then(|| c.lost()),
             holes_not_zero: c.holes_not_zero(),
             fault_arounds: c.fault_arounds(),
+            holes_by_offset: c.holes_by_offset(),
             workloads: c
                 .workloads()
                 .into_iter()

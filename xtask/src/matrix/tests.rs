@@ -43,7 +43,7 @@ fn startup(pte: bool) -> Startup {
     fixtures::startup(&probes)
 }
 
-const RACER: &str = r#"{"file":"/mnt/ext4/racer.dat","dev":"254:2","ino":12,"pages":256,"punch_pages":16,"op":"punch","punches":77,"faults":5298,"reads":4353,"punched":{"start":0,"end":255},"holes":{"checked":77,"pages_not_zero":5,"first":{"page":40,"at_s":0.25}},"duration_s":1.5,"seed":1}"#;
+const RACER: &str = r#"{"file":"/mnt/ext4/racer.dat","dev":"254:2","ino":12,"pages":256,"punch_pages":16,"op":"punch","punches":77,"faults":5298,"reads":4353,"punched":{"start":0,"end":255},"holes":{"checked":77,"pages_not_zero":5,"by_offset":{"0":1,"15":4},"first":{"page":40,"at_s":0.25}},"duration_s":1.5,"seed":1}"#;
 
 /// The files init.sh leaves for a step.
 fn write_step(dir: &Path, name: &str, startup: &Startup, racer_rc: i32) {
@@ -162,6 +162,10 @@ fn cells_sum_steps_and_mark_unsupported() {
     assert_eq!(c.steps[0].racer.unwrap().reads, 4353);
     // Every good step's read-back (the clone step was refused).
     assert_eq!(c.holes_not_zero(), Some(3 * 5));
+    assert_eq!(
+        c.holes_by_offset(),
+        std::collections::BTreeMap::from([(0, 3), (15, 12)])
+    );
 
     let table = report.table();
     // Rows name the series and the package booted.
@@ -179,6 +183,7 @@ fn cells_sum_steps_and_mark_unsupported() {
     assert_eq!(cell["class_a_in_window"], 120);
     assert_eq!(cell["class_a_source"], "classes");
     assert_eq!(cell["holes_not_zero"], 15);
+    assert_eq!(cell["holes_by_offset"]["15"], 12);
     assert_eq!(cell["classes"]["b"]["stale_data"], 3);
     assert_eq!(cell["lost"]["late"], 6);
     assert_eq!(cell["alerts"]["stale_data"], 3);
