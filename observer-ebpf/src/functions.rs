@@ -13,7 +13,7 @@ use observer_abi::{
 use crate::{
     kernel::config,
     probe::{
-        FsFile, byte_pages, ext4_block_pages, folio_add, fs_remove_enter, fs_remove_exit,
+        byte_pages, ext4_block_pages, folio_add, fs_remove_enter, fs_remove_exit,
         inclusive_byte_pages, invalidate_enter, invalidate_exit, map_pages_enter, map_pages_exit,
         pmd_install_check, pte_install_check, pte_install_return, pte_install_send,
         pte_install_stash, shmem_undo_enter, shmem_undo_exit, truncate_pages, unmap_pages,
@@ -193,15 +193,16 @@ pub fn installer_kretprobe(ctx: &RetProbeContext, fidelity: u8) {
 }
 
 /// A filesystem's block-removal entry: `args` are the argument slots of
-/// its inode and of the two ends of its range, `file` finds the VFS inode
-/// from the first, `pages` turns the range into page indexes.
+/// its inode and of the two ends of its range, `pages` turns the range into
+/// page indexes. The VFS inode sits at `Config::remover_inode` in the first
+/// (0 for a `struct inode *`); where the module's BTF did not say, the probe
+/// takes the file of the task's last invalidation.
 #[inline(always)]
 fn fs_remover<C: Args>(
     ctx: &C,
     fidelity: u8,
     code: u64,
     args: (usize, usize, usize),
-    file: impl Fn(&Config, u64) -> FsFile,
     pages: impl Fn(u64, u64, u64) -> (u64, u64),
 ) {
     let (Some(cfg), Some(ip), Some(a), Some(b)) = (
@@ -212,144 +213,64 @@ fn fs_remover<C: Args>(
     ) else {
         return;
     };
-    let (start, end) = pages(ip, a, b);
-    fs_remove_enter(ctx, fidelity, file(cfg, ip), start, end, code);
-}
-
-/// ext4_ext_remove_space(inode, start, end): logical blocks, end inclusive.
-#[inline(always)]
-pub fn ext4_ext_remove_space<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_EXT4_EXT,
-        (0, 1, 2),
-        |_, inode| FsFile::Inode(inode),
-        |inode, first, last| ext4_block_pages(inode, first as u32, last as u32),
-    );
-}
-
-/// ext4_ind_remove_space(handle, inode, start, end): end exclusive.
-#[inline(always)]
-pub fn ext4_ind_remove_space<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_EXT4_IND,
-        (1, 2, 3),
-        |_, inode| FsFile::Inode(inode),
-        |inode, first, stop| ext4_block_pages(inode, first as u32, (stop as u32).wrapping_sub(1)),
-    );
-}
-
-/// The VFS inode of a remover's first argument, from `Config::remover_inode`.
-#[inline(always)]
-fn remover_file(cfg: &Config, code: u64, ip: u64) -> FsFile {
     let off = cfg
         .remover_inode
         .get(code as usize)
         .copied()
         .unwrap_or(Config::UNKNOWN);
-    FsFile::Embedded(ip, off)
+    let inode = (off != Config::UNKNOWN).then(|| ip + off as u64);
+    let (start, end) = pages(ip, a, b);
+    fs_remove_enter(ctx, fidelity, inode, start, end, code);
 }
 
-/// xfs_free_file_space(ip, offset, len): the file from `ip->i_vnode` when
-/// the xfs BTF gave its offset, else the task's last invalidation.
-#[inline(always)]
-pub fn xfs_free_file_space<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_XFS,
-        (0, 1, 2),
-        |cfg, ip| remover_file(cfg, FS_REMOVE_XFS, ip),
-        |_, offset, len| byte_pages(offset, len),
-    );
+/// One entry handler per block-removal function of the filesystem table:
+/// `name(CODE, (inode, range start, range end argument slots)) => pages`,
+/// where `pages(first argument, start, end)` gives the page indexes.
+macro_rules! removers {
+    ($($(#[$doc:meta])* $name:ident($code:ident, $args:expr) => $pages:expr;)*) => {$(
+        $(#[$doc])*
+        #[inline(always)]
+        pub fn $name<C: Args>(ctx: &C, fidelity: u8) {
+            fs_remover(ctx, fidelity, $code, $args, $pages);
+        }
+    )*};
 }
 
-/// btrfs_replace_file_extents(inode, path, start, end, ...): bytes, end
-/// inclusive; `inode` is a `struct btrfs_inode *` since 5.12 (a VFS inode
-/// before), whose offset of the VFS inode the agent found (0 for a VFS one).
-#[inline(always)]
-pub fn btrfs_replace_file_extents<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_BTRFS,
-        (0, 2, 3),
-        |cfg, ip| remover_file(cfg, FS_REMOVE_BTRFS, ip),
-        |_, first, last| inclusive_byte_pages(first, last),
-    );
-}
-
-/// f2fs_truncate_hole(inode, pg_start, pg_end): pages, end exclusive.
-#[inline(always)]
-pub fn f2fs_truncate_hole<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_F2FS,
-        (0, 1, 2),
-        |_, inode| FsFile::Inode(inode),
-        |_, first, stop| (first, stop.saturating_sub(1).max(first)),
-    );
-}
-
-/// attr_punch_hole(ni, vbo, bytes, frame_size): ntfs3's, in bytes.
-#[inline(always)]
-pub fn attr_punch_hole<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_NTFS3,
-        (0, 1, 2),
-        |cfg, ni| remover_file(cfg, FS_REMOVE_NTFS3, ni),
-        |_, vbo, bytes| byte_pages(vbo, bytes),
-    );
-}
-
-/// ntfs_non_resident_attr_punch_hole(ni, start_vcn, len): clusters, whose
-/// size is the volume's. The agent takes only the removal's time and file,
-/// so the record gives a superset: from page `start_vcn` (a cluster is at
-/// least a page, so no later than the first page punched) to the end, the
-/// range ntfs truncated from the page cache before it.
-#[inline(always)]
-pub fn ntfs_non_resident_attr_punch_hole<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_NTFS,
-        (0, 1, 2),
-        |cfg, ni| remover_file(cfg, FS_REMOVE_NTFS, ni),
-        |_, vcn, _| (vcn, EOF_PAGE),
-    );
-}
-
-/// gfs2's punch_hole(ip, offset, length): bytes, length 0 to the end (a
-/// truncate).
-#[inline(always)]
-pub fn gfs2_punch_hole<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_GFS2,
-        (0, 1, 2),
-        |cfg, ip| remover_file(cfg, FS_REMOVE_GFS2, ip),
-        |_, offset, len| byte_pages(offset, len),
-    );
-}
-
-/// ocfs2_remove_inode_range(inode, di_bh, byte_start, byte_len).
-#[inline(always)]
-pub fn ocfs2_remove_inode_range<C: Args>(ctx: &C, fidelity: u8) {
-    fs_remover(
-        ctx,
-        fidelity,
-        FS_REMOVE_OCFS2,
-        (0, 2, 3),
-        |_, inode| FsFile::Inode(inode),
-        |_, start, len| byte_pages(start, len),
-    );
+removers! {
+    /// ext4_ext_remove_space(inode, start, end): logical blocks, end inclusive.
+    ext4_ext_remove_space(FS_REMOVE_EXT4_EXT, (0, 1, 2)) =>
+        |inode, first, last| ext4_block_pages(inode, first as u32, last as u32);
+    /// ext4_ind_remove_space(handle, inode, start, end): end exclusive.
+    ext4_ind_remove_space(FS_REMOVE_EXT4_IND, (1, 2, 3)) =>
+        |inode, first, stop| ext4_block_pages(inode, first as u32, (stop as u32).wrapping_sub(1));
+    /// xfs_free_file_space(ip, offset, len): bytes.
+    xfs_free_file_space(FS_REMOVE_XFS, (0, 1, 2)) =>
+        |_, offset, len| byte_pages(offset, len);
+    /// btrfs_replace_file_extents(inode, path, start, end, ...): bytes, end
+    /// inclusive; `inode` is a `struct btrfs_inode *` since 5.12 (a VFS inode
+    /// before).
+    btrfs_replace_file_extents(FS_REMOVE_BTRFS, (0, 2, 3)) =>
+        |_, first, last| inclusive_byte_pages(first, last);
+    /// f2fs_truncate_hole(inode, pg_start, pg_end): pages, end exclusive.
+    f2fs_truncate_hole(FS_REMOVE_F2FS, (0, 1, 2)) =>
+        |_, first, stop| (first, stop.saturating_sub(1).max(first));
+    /// attr_punch_hole(ni, vbo, bytes, frame_size): ntfs3's, in bytes.
+    attr_punch_hole(FS_REMOVE_NTFS3, (0, 1, 2)) =>
+        |_, vbo, bytes| byte_pages(vbo, bytes);
+    /// ntfs_non_resident_attr_punch_hole(ni, start_vcn, len): clusters, whose
+    /// size is the volume's. The agent takes only the removal's time and
+    /// file, so the record gives a superset: from page `start_vcn` (a cluster
+    /// is at least a page, so no later than the first page punched) to the
+    /// end, the range ntfs truncated from the page cache before it.
+    ntfs_non_resident_attr_punch_hole(FS_REMOVE_NTFS, (0, 1, 2)) =>
+        |_, vcn, _| (vcn, EOF_PAGE);
+    /// gfs2's punch_hole(ip, offset, length): bytes, length 0 to the end (a
+    /// truncate).
+    gfs2_punch_hole(FS_REMOVE_GFS2, (0, 1, 2)) =>
+        |_, offset, len| byte_pages(offset, len);
+    /// ocfs2_remove_inode_range(inode, di_bh, byte_start, byte_len).
+    ocfs2_remove_inode_range(FS_REMOVE_OCFS2, (0, 2, 3)) =>
+        |_, start, len| byte_pages(start, len);
 }
 
 #[inline(always)]

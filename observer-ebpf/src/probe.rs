@@ -217,25 +217,16 @@ pub fn shmem_undo_exit<C: StackIdContext>(ctx: &C, fidelity: u8) {
     window_exit(ctx, Kind::ShmemUndoEnter, Kind::ShmemUndoExit, fidelity);
 }
 
-/// Where a filesystem's block-removal function names its file.
-pub enum FsFile {
-    /// A VFS `struct inode *` (ext4, btrfs on 5.10).
-    Inode(u64),
-    /// A filesystem inode embedding the VFS inode at `off` (xfs_inode,
-    /// btrfs_inode), from the module's BTF; UNKNOWN without it.
-    Embedded(u64, u32),
-}
-
-/// Entry of ext4_ext_remove_space / ext4_ind_remove_space /
-/// xfs_free_file_space / btrfs_replace_file_extents (`aux` = FS_REMOVE_*).
-/// Pages [start, end] are what is removed, when known. The window stays open
-/// for the whole removal, so that refills during it pass the pre-filter.
+/// Entry of a filesystem's block-removal function (`aux` = FS_REMOVE_*):
+/// `inode` is the VFS inode, None when the module's BTF did not say where
+/// its argument keeps it. Pages [start, end] are what is removed, when
+/// known. The window stays open for the whole removal, so that refills
+/// during it pass the pre-filter.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub fn fs_remove_enter<C: StackIdContext>(
     ctx: &C,
     fidelity: u8,
-    file: FsFile,
+    inode: Option<u64>,
     start: u64,
     end: u64,
     aux: u64,
@@ -244,11 +235,6 @@ pub fn fs_remove_enter<C: StackIdContext>(
     if ignored(cfg) {
         return;
     }
-    let inode = match file {
-        FsFile::Inode(inode) => Some(inode),
-        FsFile::Embedded(ip, off) if off != Config::UNKNOWN => Some(ip + off as u64),
-        FsFile::Embedded(..) => None,
-    };
     let key = match inode {
         Some(inode) => file_of_inode(cfg, inode),
         // No module BTF (5.10): the file this task last invalidated. The

@@ -495,6 +495,11 @@ pub fn load(opts: &Options) -> Result<Loaded> {
 /// then takes the file of the task's last invalidation) when that BTF is
 /// missing or says otherwise.
 fn remover_inode_offset(vmlinux: &btf::Btf, r: &Remover) -> (u32, String) {
+    // A `struct inode *` needs no BTF to be read (5.10's modules have none).
+    let (container, member) = match r.inode {
+        InodeArg::Vfs => return (0, "file from struct inode at +0".to_owned()),
+        InodeArg::Within { container, member } => (container, member),
+    };
     let fallback = "file: the task's last invalidation";
     let path = std::path::Path::new("/sys/kernel/btf").join(r.module);
     let module_btf;
@@ -518,9 +523,9 @@ fn remover_inode_offset(vmlinux: &btf::Btf, r: &Remover) -> (u32, String) {
             ),
         );
     };
-    let found = match (btf.param_struct(r.function, 0), r.inode) {
-        (Some("inode"), _) => Ok((0, "struct inode".to_owned())),
-        (Some(s), InodeArg::Within { container, member }) => {
+    let found = match btf.param_struct(r.function, 0) {
+        Some("inode") => Ok((0, "struct inode".to_owned())),
+        Some(s) => {
             // The argument is the container, or the first member of it
             // (named after its struct, as big_ntfs_inode.ntfs_inode).
             let opens = s == container || btf.member_offset(container, s).is_ok_and(|o| o.0 == 0);
@@ -532,8 +537,7 @@ fn remover_inode_offset(vmlinux: &btf::Btf, r: &Remover) -> (u32, String) {
                 Err(format!("{s} is not {container}, nor at its start"))
             }
         }
-        (Some(other), InodeArg::Vfs) => Err(format!("unexpected first argument struct {other}")),
-        (None, _) => Err(format!("{} has no BTF prototype", r.function)),
+        None => Err(format!("{} has no BTF prototype", r.function)),
     };
     match found {
         Ok((off, what)) => (off, format!("file from {what} at +{off}, BTF")),
