@@ -70,6 +70,22 @@ impl ObserverProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // As from a terminal, whatever started the tests: a shell that ran
+        // them in the background left SIGINT ignored, `observer run` passes
+        // that on to its command, and a command that inherits it ignored
+        // cannot trap it (the forwarding test's sh then never ends).
+        // SAFETY: signal(2) is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                for sig in [libc::SIGINT, libc::SIGTERM] {
+                    if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         let shown = format!("{cmd:?}");
         let mut child = cmd
             .spawn()
