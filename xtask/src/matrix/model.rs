@@ -152,25 +152,23 @@ pub(super) fn read_step(dir: &Path, planned: &Planned) -> StepResult {
             )),
         ),
     };
+    let racer = read("racer.json").and_then(|t| RacerReport::parse(&t).ok());
     StepResult {
         name: step.name.clone(),
         workload: planned.workload.clone(),
         status,
         detail,
-        holes_by_offset: read("racer.json")
-            .and_then(|t| RacerReport::parse(&t).ok())
+        racer: racer.as_ref().map(|r| RacerCounts {
+            punches: r.punches,
+            faults: r.faults,
+            reads: r.reads,
+            holes_checked: r.holes.as_ref().map(|h| h.checked),
+            holes_not_zero: r.holes.as_ref().map(|h| h.pages_not_zero),
+        }),
+        holes_by_offset: racer
             .and_then(|r| r.holes)
             .map(|h| h.by_offset)
             .unwrap_or_default(),
-        racer: read("racer.json")
-            .and_then(|t| RacerReport::parse(&t).ok())
-            .map(|r| RacerCounts {
-                punches: r.punches,
-                faults: r.faults,
-                reads: r.reads,
-                holes_checked: r.holes.as_ref().map(|h| h.checked),
-                holes_not_zero: r.holes.as_ref().map(|h| h.pages_not_zero),
-            }),
         probes: ends
             .startup
             .map(|s| s.probes.iter().map(Probe::from).collect())
