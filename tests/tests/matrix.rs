@@ -43,9 +43,12 @@ const UNSUPPORTED_ON: &[(&str, &str, &[&str])] = &[("5.10", "fuse", &["zero"])];
 /// racer's `by_offset` names it.
 const LAST_PAGE: &str = "15";
 
-/// Filesystems whose refills inside a punch the observer counts as exempt,
-/// not stale (observer_abi::filesystems).
-const EXEMPT: &[&str] = &["btrfs", "ocfs2"];
+/// Whether the observer counts refills inside a punch on `fs` as exempt,
+/// not stale (btrfs, ocfs2).
+fn exempt(fs: &str) -> bool {
+    use observer_abi::filesystems::{RefillPolicy, by_name};
+    by_name(fs).is_some_and(|f| matches!(f.refill, RefillPolicy::Exempt { .. }))
+}
 
 /// Kernels with invalidate_lock (5.15 on) and without the xfs MMAPLOCK
 /// wrapper around fault-around (gone in 6.4): 7.2 and 7.3 behave as 6.12.
@@ -291,7 +294,6 @@ fn matrix_truth_table() {
         // btrfs's holes keep a punch's last page now and then from 6.12 on,
         // which the exemption does not see (README: btrfs).
         let holes = u64_of(&cell["holes_not_zero"]);
-        let exempt = EXEMPT.contains(&fs);
         // btrfs keeps data only on a punch's last page (its page re-check
         // skips that page from 6.12 on; README: btrfs), never elsewhere.
         if fs == "btrfs" {
@@ -311,7 +313,8 @@ fn matrix_truth_table() {
                 ));
             }
         }
-        if spec != "host" && !exempt && holes > 0 && u64_of(&cell["alerts"]["stale_data"]) == 0 {
+        if spec != "host" && !exempt(fs) && holes > 0 && u64_of(&cell["alerts"]["stale_data"]) == 0
+        {
             failures.push(format!(
                 "{spec} {fs}: the racer read {holes} pages of holes back not zero, and the \
                  observer raised no stale_data"
